@@ -1,0 +1,40 @@
+# Sluice: one entry point for setting up, testing, running and benchmarking.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup test lint typecheck unit demo bench-hotpath clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+## The README's test command: lint, strict types, then every test tier.
+test: lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+## The README's main job: the embedded demo.
+demo: $(STAMP)
+	$(VENV)/bin/sluice up examples/
+
+bench-hotpath: $(STAMP)
+	$(PY) -m bench.hotpath
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results

@@ -1,0 +1,61 @@
+"""Value objects describing what the activator routes to.
+
+Every source (static YAML file, the embedded control plane, Kubernetes) produces these same
+frozen values; the router and the throttler consume nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_DOMAIN = "localhost"
+DEFAULT_QUEUE_DEPTH = 10000
+DEFAULT_TIMEOUT_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficTarget:
+    """One entry of a Route's ``traffic`` list, already resolved to a revision name."""
+
+    revision_name: str
+    percent: int
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    namespace: str
+    traffic: tuple[TrafficTarget, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A revision as the data plane needs it. ``endpoints`` are queue-proxy ``host:port``."""
+
+    name: str
+    namespace: str
+    container_concurrency: int = 0
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    response_start_timeout_seconds: int = 0
+    idle_timeout_seconds: int = 0
+    endpoints: tuple[str, ...] = ()
+    service: str = ""
+    configuration: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Everything the activator needs to route: the whole state of one source at one time."""
+
+    domain: str = DEFAULT_DOMAIN
+    tag_header_routing: bool = False
+    queue_depth: int = DEFAULT_QUEUE_DEPTH
+    routes: tuple[Route, ...] = ()
+    revisions: tuple[Revision, ...] = ()
+    scaler_url: str | None = None
+    extra: dict[str, str] = field(default_factory=dict, compare=False)

@@ -1,0 +1,221 @@
+"""Host and tag routing: what Knative's ingress does in front of the activator.
+
+``RouteTable.build`` compiles a ``RoutingConfig`` once into a dict from normalised host to a
+precomputed entry, so ``resolve`` on the hot path is one dict lookup plus a walk over at most
+a few cumulative percents. The table is immutable; a new config means a new table.
+
+Semantics (reference §3):
+
+* A route's traffic is grouped: the default group holds every entry, and each tag gets a
+  group holding only its own entry. Within a group, entries naming the same revision are
+  merged (percents added); a group that merges down to one revision is forced to 100 %; then
+  0 % splits are dropped. Hence a 0 % tagged revision is never picked by the default split yet
+  gets 100 % on its tag host.
+* Default hosts are ``<route>.<ns>.<domain>``, ``<route>.<ns>``, ``<route>.<ns>.svc`` and
+  ``<route>.<ns>.svc.<cluster-domain>``; tag hosts are the same with ``<tag>-<route>`` as the
+  first label. Matching ignores case, any ``:port`` and a trailing dot.
+* With tag-header routing enabled, a ``Knative-Serving-Tag`` header that exactly names a tag
+  of the route selects that tag's group on the route's default hosts; an unknown tag falls
+  through to the weighted split. The default path then adds ``Knative-Serving-Default-Route:
+  true`` and a tag host adds ``Knative-Serving-Tag: <tag>``. With it disabled the header is
+  ignored and neither header is added.
+* Each request draws independently (no stickiness): ``r = rand() * total`` over the cumulative
+  percents, ``total`` being 100 for any validated route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from activator.model import Revision, Route, RoutingConfig
+
+__all__ = [
+    "DEFAULT_ROUTE_HEADER",
+    "TAG_HEADER",
+    "RouteDecision",
+    "RouteTable",
+    "normalise_host",
+]
+
+TAG_HEADER = "Knative-Serving-Tag"
+DEFAULT_ROUTE_HEADER = "Knative-Serving-Default-Route"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """Where one request goes, and the headers the ingress would set (overwrite) upstream.
+
+    ``set_headers`` holds only the tag-routing headers; the revision and namespace travel in
+    the fields (Knative's ``Knative-Serving-Revision``/``-Namespace`` split headers).
+    """
+
+    namespace: str
+    revision: str
+    set_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """A weighted choice among decisions; ``bounds`` are the cumulative percents."""
+
+    decisions: tuple[RouteDecision, ...]
+    bounds: tuple[int, ...]
+
+    def pick(self, rand: Callable[[], float]) -> RouteDecision:
+        decisions = self.decisions
+        if len(decisions) == 1:
+            return decisions[0]  # no draw: single-target hosts stay deterministic
+        bounds = self.bounds
+        r = rand() * bounds[-1]
+        for i, bound in enumerate(bounds):
+            if r < bound:
+                return decisions[i]
+        return decisions[-1]  # only reachable if rand() returned 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _HostEntry:
+    default: _Split
+    #: Tag-header paths; empty on tag hosts and when tag-header routing is off.
+    by_tag: Mapping[str, _Split]
+
+
+def normalise_host(host: str) -> str:
+    """Lower-case ``host`` and strip any ``:port`` and a trailing dot."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end >= 0:
+            host = host[: end + 1]
+    else:
+        colon = host.rfind(":")
+        if colon >= 0:
+            host = host[:colon]
+    return host.rstrip(".").lower()
+
+
+class RouteTable:
+    """Immutable host → split table compiled from one ``RoutingConfig``."""
+
+    __slots__ = ("_hosts", "_revisions", "cluster_domain", "domain", "tag_header_routing")
+
+    def __init__(
+        self,
+        hosts: Mapping[str, _HostEntry],
+        revisions: Mapping[tuple[str, str], Revision],
+        *,
+        domain: str,
+        cluster_domain: str,
+        tag_header_routing: bool,
+    ) -> None:
+        self._hosts = dict(hosts)
+        self._revisions = dict(revisions)
+        self.domain = domain
+        self.cluster_domain = cluster_domain
+        self.tag_header_routing = tag_header_routing
+
+    @classmethod
+    def build(cls, cfg: RoutingConfig, cluster_domain: str = "cluster.local") -> RouteTable:
+        """Compile ``cfg``. When two routes claim one host the first in ``cfg.routes`` wins
+        (``parse_config`` rejects such files; other sources should too)."""
+        domain = cfg.domain.strip(".").lower()
+        cluster_domain = cluster_domain.strip(".").lower()
+        hosts: dict[str, _HostEntry] = {}
+        for route in cfg.routes:
+            for host, entry in _compile_route(
+                route, domain, cluster_domain, cfg.tag_header_routing
+            ):
+                hosts.setdefault(host, entry)
+        return cls(
+            hosts,
+            {rev.key: rev for rev in cfg.revisions},
+            domain=domain,
+            cluster_domain=cluster_domain,
+            tag_header_routing=cfg.tag_header_routing,
+        )
+
+    def resolve(
+        self, host: str, tag_header: str | None, rand: Callable[[], float]
+    ) -> RouteDecision | None:
+        """Pick the revision for a request to ``host``; None means no route owns it (404).
+
+        ``tag_header`` is the request's ``Knative-Serving-Tag`` value, if any; ``rand`` returns
+        a float in [0, 1) and is called at most once, only when there is a real split.
+        """
+        entry = self._hosts.get(normalise_host(host))
+        if entry is None:
+            return None
+        if tag_header is not None and entry.by_tag:
+            split = entry.by_tag.get(tag_header)
+            if split is not None:
+                return split.pick(rand)
+        return entry.default.pick(rand)
+
+    def lookup_revision(self, namespace: str, name: str) -> Revision | None:
+        return self._revisions.get((namespace, name))
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """Every host the table answers for (normalised)."""
+        return frozenset(self._hosts)
+
+    def __repr__(self) -> str:
+        return (
+            f"RouteTable(hosts={len(self._hosts)}, revisions={len(self._revisions)}, "
+            f"domain={self.domain!r}, tag_header_routing={self.tag_header_routing})"
+        )
+
+
+def _compile_route(
+    route: Route, domain: str, cluster_domain: str, tag_header_routing: bool
+) -> list[tuple[str, _HostEntry]]:
+    """Host entries of one route, default hosts first so they win a clash inside the route."""
+    ns = route.namespace
+    header_paths: dict[str, _Split] = {}
+    tag_hosts: list[tuple[str, _HostEntry]] = []
+    for target in route.traffic:
+        tag = target.tag
+        if tag is None or tag in header_paths:
+            continue
+        # A tag group is one entry, so it is forced to 100 % whatever its percent.
+        header_paths[tag] = _make_split(ns, [(target.revision_name, 100)], ())
+        headers = ((TAG_HEADER, tag),) if tag_header_routing else ()
+        entry = _HostEntry(_make_split(ns, [(target.revision_name, 100)], headers), {})
+        tag_hosts += [
+            (h, entry) for h in _hosts_for(f"{tag}-{route.name}", ns, domain, cluster_domain)
+        ]
+    default_headers = ((DEFAULT_ROUTE_HEADER, "true"),) if tag_header_routing else ()
+    default = _make_split(
+        ns, [(t.revision_name, t.percent) for t in route.traffic], default_headers
+    )
+    if not default.decisions:
+        return tag_hosts  # every split is 0 %: nothing to route to on the default hosts
+    entry = _HostEntry(default, header_paths if tag_header_routing else {})
+    return [(h, entry) for h in _hosts_for(route.name, ns, domain, cluster_domain)] + tag_hosts
+
+
+def _make_split(
+    namespace: str,
+    weights: list[tuple[str, int]],
+    headers: tuple[tuple[str, str], ...],
+) -> _Split:
+    merged: dict[str, int] = {}
+    for revision, percent in weights:
+        merged[revision] = merged.get(revision, 0) + percent
+    if len(merged) == 1:
+        merged = dict.fromkeys(merged, 100)
+    decisions: list[RouteDecision] = []
+    bounds: list[int] = []
+    cumulative = 0
+    for revision, percent in merged.items():
+        if percent <= 0:
+            continue  # dropped after the 100 % forcing, as the ingress does
+        cumulative += percent
+        decisions.append(RouteDecision(namespace, revision, headers))
+        bounds.append(cumulative)
+    return _Split(tuple(decisions), tuple(bounds))
+
+
+def _hosts_for(label: str, namespace: str, domain: str, cluster_domain: str) -> list[str]:
+    base = f"{label}.{namespace}".lower()
+    return [f"{base}.{domain}", base, f"{base}.svc", f"{base}.svc.{cluster_domain}"]

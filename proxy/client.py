@@ -1,0 +1,382 @@
+"""The upstream side of the engine: keep-alive connections and a pool per destination.
+
+Theory of operation
+-------------------
+An ``UpstreamConnection`` carries one request at a time. The caller writes the request head
+and body itself, and the connection pushes the parsed response into a ``ResponseSink``
+synchronously from llhttp's callbacks: the head (so the client sees it in the same loop
+iteration), each body chunk, then completion. Back-pressure goes the other way through
+``pause_reading``/``resume_reading``.
+
+A connection goes back to the pool only when the exchange ended cleanly: the whole response
+was read, the server did not ask to close, the whole request body was sent and nothing
+failed. Anything else closes it. The pool decides synchronously (reuse the most recently
+used idle connection, or dial), then does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections import deque
+from typing import Protocol, cast
+
+import httptools
+
+from proxy.errors import BadGateway
+from proxy.headers import HeaderList
+
+#: Response heads larger than this are treated as malformed (502).
+MAX_RESPONSE_HEAD = 65536
+
+# Dial retry on timeouts only (connection refused is final): start at 50 ms, grow 1.4x.
+_DIAL_FIRST_TIMEOUT = 0.05
+_DIAL_BACKOFF = 1.4
+_DIAL_STEPS = 15
+
+
+class ResponseSink(Protocol):
+    """Where an upstream response goes, one call per event, in order."""
+
+    def on_informational(self, status: int, headers: HeaderList) -> None: ...
+    def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None: ...
+
+
+class UpstreamClosed(BadGateway):
+    """The upstream connection ended before the response was complete."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream. Not shared between concurrent requests."""
+
+    def __init__(self, pool: UpstreamPool | None, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = False
+        self.requests = 0
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: ResponseSink | None = None
+        self._head: asyncio.Future[int] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._headers: HeaderList = []
+        self._head_size = 0
+        self._is_head = False
+        self._interim = False
+        self._until_close = False
+        self._got_head = False
+        self._tunnel: bool = False
+        self._write_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self.body_bytes = 0
+
+    # --------------------------------------------------------- request lifecycle
+
+    def begin(self, sink: ResponseSink, is_head: bool) -> None:
+        """Prepare for the next response; must precede writing the request head."""
+        loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._head = loop.create_future()
+        self._done = loop.create_future()
+        self._headers = []
+        self._head_size = 0
+        self._is_head = is_head
+        self._interim = False
+        self._until_close = False
+        self._got_head = False
+        self.reusable = False
+        self.body_bytes = 0
+        self.requests += 1
+
+    @property
+    def head(self) -> asyncio.Future[int]:
+        assert self._head is not None
+        return self._head
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        assert self._done is not None
+        return self._done
+
+    @property
+    def got_head(self) -> bool:
+        return self._got_head
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(parts)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise UpstreamClosed("upstream connection closed while sending the request body")
+        if not self._write_paused:
+            return
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+        await self._writable
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def enter_tunnel(self, sink: ResponseSink) -> None:
+        self._tunnel = True
+        self._sink = sink
+
+    # ---------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        if self.pool is not None:
+            self.pool.forget(self)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(UpstreamClosed("upstream closed the connection"))
+        head, done = self._head, self._done
+        if head is not None and not head.done():
+            reason = f": {exc}" if exc else ""
+            head.set_exception(UpstreamClosed(f"upstream closed the connection{reason}"))
+            head.exception()  # retrieved here: the caller may already have given up
+        if done is not None and not done.done():
+            if self._until_close and self._got_head:
+                done.set_result(None)
+            else:
+                done.set_exception(UpstreamClosed("upstream response truncated"))
+                done.exception()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            assert self._sink is not None
+            self._sink.on_body(data)
+            return
+        if self._sink is None:
+            # Bytes on an idle connection: the server broke protocol; never reuse it.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._upgraded(data[offset:])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, BadGateway) else BadGateway(str(exc)))
+        except httptools.HttpParserError as exc:
+            self._fail(BadGateway(f"malformed response from upstream: {exc}"))
+
+    def _fail(self, error: BadGateway) -> None:
+        self.abort()
+        for fut in (self._head, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+                fut.exception()
+
+    def _upgraded(self, rest: bytes) -> None:
+        if self._parser.get_status_code() != 101:
+            self._fail(BadGateway("upstream switched protocols without a 101"))
+            return
+        self._tunnel = True
+        self._got_head = True
+        assert self._sink is not None
+        self._sink.on_upgrade(self._headers, rest)
+        if self._head is not None and not self._head.done():
+            self._head.set_result(101)
+
+    # ----------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._head_size = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_RESPONSE_HEAD:
+            raise BadGateway("upstream response head too large")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        sink = self._sink
+        assert sink is not None
+        if status < 200 and status != 101:
+            self._interim = True
+            sink.on_informational(status, self._headers)
+            return
+        if status == 101:
+            return  # the parser raises HttpParserUpgrade next; handled in data_received
+        self._interim = False
+        self._got_head = True
+        length: int | None = None
+        chunked = False
+        for name, value in self._headers:
+            low = name.lower()
+            if low == b"content-length":
+                length = int(value)
+            elif low == b"transfer-encoding":
+                chunked = True
+        no_body = self._is_head or status in (204, 304)
+        if chunked:
+            length = None
+        elif length is None and not no_body:
+            self._until_close = True
+        sink.on_head(status, self._headers, length if not no_body or self._is_head else None)
+        assert self._head is not None
+        if not self._head.done():
+            self._head.set_result(status)
+        if no_body and self._is_head:
+            # llhttp cannot be told the request was HEAD: finish here and start a fresh
+            # parser, so a Content-Length on the HEAD answer is not awaited as a body.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete(keep_alive=not self._until_close and self._keep_alive_header())
+
+    def on_body(self, body: bytes) -> None:
+        if self._interim:
+            return
+        self.body_bytes += len(body)
+        assert self._sink is not None
+        self._sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._done is not None and self._done.done():
+            return
+        self._complete(keep_alive=self._parser.should_keep_alive())
+
+    def _keep_alive_header(self) -> bool:
+        for name, value in self._headers:
+            if name.lower() == b"connection" and b"close" in value.lower():
+                return False
+        return True
+
+    def _complete(self, keep_alive: bool) -> None:
+        self.reusable = keep_alive and not self.closed
+        self._sink = None
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+
+class UpstreamPool:
+    """Keep-alive connections per ``(host, port)``, at most ``max_idle_per_host`` idle each."""
+
+    def __init__(self, *, max_idle_per_host: int = 100, idle_timeout: float = 90.0) -> None:
+        if max_idle_per_host < 0:
+            raise ValueError("max_idle_per_host must be >= 0")
+        self.max_idle_per_host = max_idle_per_host
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        idle = sum(len(q) for q in self._idle.values())
+        return f"UpstreamPool(hosts={len(self._idle)}, idle={idle})"
+
+    def idle_count(self, host: str, port: int) -> int:
+        return len(self._idle.get((host, port), ()))
+
+    async def acquire(self, host: str, port: int) -> UpstreamConnection:
+        """A connection to ``host:port``: the freshest idle one, or a new one."""
+        key = (host, port)
+        idle = self._idle.get(key)
+        if idle:
+            now = asyncio.get_running_loop().time()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self.idle_timeout:
+                    return conn
+                conn.close()
+        return await self.connect(host, port)
+
+    async def connect(self, host: str, port: int) -> UpstreamConnection:
+        """Dial a new connection, retrying only dial timeouts with growing limits."""
+        loop = asyncio.get_running_loop()
+        key = (host, port)
+        timeout = _DIAL_FIRST_TIMEOUT
+        started = loop.time()
+        for step in range(_DIAL_STEPS):
+            try:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(lambda: UpstreamConnection(self, key), host, port),
+                    timeout,
+                )
+            except TimeoutError:
+                if step == _DIAL_STEPS - 1:
+                    break
+                timeout *= _DIAL_BACKOFF * (1 + random.random() * 0.1)
+                await asyncio.sleep(0.03 * (1 + random.random() * 0.1))
+                continue
+            except ConnectionRefusedError:
+                raise BadGateway(f"dial tcp {host}:{port}: connect: connection refused") from None
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise BadGateway(f"dial tcp {host}:{port}: {reason.lower()}") from None
+            sock = proto.transport.get_extra_info("socket") if proto.transport else None
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return proto
+        elapsed = loop.time() - started
+        raise BadGateway(f"timed out dialing {host}:{port} after {elapsed:.2f}s")
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return ``conn`` after an exchange: kept if it ended cleanly, else closed."""
+        if not conn.reusable or conn.closed or self._closed:
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, deque())
+        if len(idle) >= self.max_idle_per_host:
+            conn.close()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle is not None:
+            try:
+                idle.remove(conn)
+            except ValueError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self._idle.clear()

@@ -1,0 +1,277 @@
+"""Reverse-proxying one exchange to one upstream: the part both components share.
+
+``forward`` builds the upstream request head (hop-by-hop headers stripped, ``X-Forwarded-For``
+appended, the component's header edits applied, framing chosen by us), streams the body with
+back-pressure, and pipes the response into the client exchange as llhttp parses it. It never
+retries a request that may have reached the upstream; the one exception is Go's: a request
+with no body whose reused keep-alive connection turned out to be dead before any response
+byte is sent once more on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from proxy.client import UpstreamConnection, UpstreamPool
+from proxy.errors import BadGateway, ProxyError
+from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
+from proxy.http1 import ClientDisconnected, Exchange
+
+# Headers the proxy writes itself on the upstream request.
+_REQUEST_OWN = frozenset({b"host", b"x-forwarded-for", b"content-length", b"expect"})
+_RESPONSE_OWN = frozenset({b"content-length"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """A component's edits to the upstream request, beyond the engine's own.
+
+    ``remove`` holds lower-case names dropped from the client's request; ``set`` headers are
+    written after it (replacing any client value, as Knative's ingress overwrites). ``host``
+    replaces the Host header when given.
+    """
+
+    remove: frozenset[bytes] = frozenset()
+    set: tuple[Header, ...] = ()
+    host: bytes | None = None
+
+
+NO_REWRITE = Rewrite()
+
+
+def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
+    """The upstream request head for ``ex`` (HTTP/1.1)."""
+    headers = ex.headers
+    named = connection_tokens(headers) if ex.header(b"connection") is not None else set()
+    drop = rewrite.remove
+    set_names = {name.lower() for name, _ in rewrite.set} if rewrite.set else ()
+    host = rewrite.host
+    xff: list[bytes] = []
+    parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        low = name.lower()
+        if low in _REQUEST_OWN:
+            if low == b"host":
+                if host is None:
+                    host = value
+            elif low == b"x-forwarded-for":
+                xff.append(value)
+            continue
+        if low in HOP_BY_HOP or low in named or low in drop or low in set_names:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"Host: ", host if host is not None else default_host, b"\r\n")
+    for name, value in rewrite.set:
+        parts += (name, b": ", value, b"\r\n")
+    if ex.peer:
+        xff.append(ex.peer.encode())
+    if xff:
+        parts += (b"X-Forwarded-For: ", b", ".join(xff), b"\r\n")
+    if ex.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif ex.content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % ex.content_length)
+    if ex.upgrade:
+        upgrade = ex.header(b"upgrade")
+        if upgrade is not None:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_headers(headers: Iterable[Header]) -> HeaderList:
+    """Upstream response headers minus hop-by-hop ones and the framing we redo."""
+    headers = list(headers)
+    named = connection_tokens(headers)
+    out: HeaderList = []
+    for name, value in headers:
+        low = name.lower()
+        if low in HOP_BY_HOP or low in named or low in _RESPONSE_OWN:
+            continue
+        out.append((name, value))
+    return out
+
+
+class _Pipe:
+    """Sink that writes the upstream response straight into the client exchange."""
+
+    __slots__ = ("conn", "ex", "tunnel_done")
+
+    def __init__(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        self.ex = ex
+        self.conn = conn
+        self.tunnel_done: asyncio.Future[None] | None = None
+
+    def on_informational(self, status: int, headers: HeaderList) -> None:
+        if status != 100:  # our own 100 Continue is the engine's business
+            self.ex.informational(status, response_headers(headers))
+
+    def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
+        if self.ex.response_done:
+            return  # a timeout already answered
+        self.ex.start_response(status, response_headers(headers), content_length)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.ex
+        ex.write(data)
+        if ex.write_paused:
+            self.conn.pause_reading()
+
+    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
+        ex = self.ex
+        conn = self.conn
+        if not ex.upgrade or ex.response_done:
+            conn.abort()
+            return
+        loop = asyncio.get_running_loop()
+        self.tunnel_done = done = loop.create_future()
+
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        out = response_headers(headers)
+        upgrade = next((v for k, v in headers if k.lower() == b"upgrade"), b"websocket")
+        out += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+        to_client = ex.start_tunnel(out, on_data=conn.write, on_close=finish)
+        conn.enter_tunnel(_TunnelSink(to_client, ex, conn, finish))
+        if rest:
+            to_client(rest)
+
+
+class _TunnelSink:
+    """Upstream → client bytes once a 101 has switched protocols."""
+
+    __slots__ = ("conn", "ex", "finish", "to_client")
+
+    def __init__(
+        self,
+        to_client: Callable[[bytes], None],
+        ex: Exchange,
+        conn: UpstreamConnection,
+        finish: Callable[[], None],
+    ) -> None:
+        self.to_client = to_client
+        self.ex = ex
+        self.conn = conn
+        self.finish = finish
+
+    def on_informational(self, status: int, headers: HeaderList) -> None:
+        pass
+
+    def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
+        pass
+
+    def on_body(self, data: bytes) -> None:
+        self.to_client(data)
+        if self.ex.write_paused:
+            self.conn.pause_reading()
+
+    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
+        pass
+
+
+async def forward(
+    ex: Exchange,
+    pool: UpstreamPool,
+    host: str,
+    port: int,
+    rewrite: Rewrite = NO_REWRITE,
+) -> int:
+    """Proxy ``ex`` to ``host:port`` and stream the answer back. Returns the final status.
+
+    Raises ``BadGateway`` (502) when the upstream fails before a response head arrived; after
+    that a failure aborts the client connection instead, since a status was already sent.
+    """
+    head = build_request_head(ex, rewrite, f"{host}:{port}".encode())
+    ex.dispatched = True
+    conn = await pool.acquire(host, port)
+    reused = conn.requests > 0
+    try:
+        status = await _exchange(ex, conn, head)
+    except BadGateway:
+        if not (reused and not ex.has_body and not conn.got_head and not ex.response_started):
+            raise
+        # A reused keep-alive connection that died before answering: the request never
+        # reached the application, so one more try on a fresh connection is safe.
+        conn.close()
+        conn = await pool.connect(host, port)
+        status = await _exchange(ex, conn, head)
+    finally:
+        ex._proto.flow_listener = None
+        pool.release(conn)
+    return status
+
+
+async def _exchange(ex: Exchange, conn: UpstreamConnection, head: bytes) -> int:
+    pipe = _Pipe(ex, conn)
+    conn.begin(pipe, ex.method == b"HEAD")
+    ex._proto.flow_listener = lambda paused: (
+        conn.pause_reading() if paused else conn.resume_reading()
+    )
+    conn.write(head)
+    pump: asyncio.Task[None] | None = None
+    if ex.has_body:
+        pump = asyncio.get_running_loop().create_task(_send_body(ex, conn))
+    try:
+        try:
+            status = await conn.head
+        except ProxyError:
+            if pump is not None and pump.done() and pump.exception() is not None:
+                exc = pump.exception()
+                if isinstance(exc, ProxyError | ClientDisconnected):
+                    raise exc from None
+            raise
+        if pipe.tunnel_done is not None:
+            await pipe.tunnel_done
+            conn.close()
+            return status
+        try:
+            await conn.done
+        except BadGateway:
+            # Headers already went out: the body is cut, so cut the client connection too.
+            ex.abort()
+            return status
+        if pump is not None:
+            if not pump.done():
+                # The upstream answered before taking the whole body: it will not read the
+                # rest, so neither connection can be reused.
+                pump.cancel()
+                conn.reusable = False
+                ex.close_after = True
+            elif pump.exception() is not None:
+                conn.reusable = False
+        ex.end()
+        return status
+    except BaseException:
+        conn.abort()
+        raise
+    finally:
+        if pump is not None and not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+
+async def _send_body(ex: Exchange, conn: UpstreamConnection) -> None:
+    """Stream the request body upstream, re-chunking when the client sent it chunked."""
+    chunked = ex.chunked
+    try:
+        while True:
+            chunk = await ex.read_body()
+            if not chunk:
+                break
+            if chunked:
+                conn.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                conn.write(chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+    except (ProxyError, ClientDisconnected):
+        # The client's body broke: the upstream must not see it as complete.
+        conn.abort()
+        raise

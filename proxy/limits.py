@@ -1,0 +1,48 @@
+"""Limits and timeouts of the HTTP/1.1 server side, with the reason for each default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Bounds on what one client may make the server hold. Validated at construction."""
+
+    #: Request line (method + target + version). nginx and Envoy default to about 8 KiB.
+    max_request_line: int = 8192
+    #: One header line, name plus value; the same 8 KiB that nginx uses per buffer.
+    max_header_bytes: int = 8192
+    #: All header bytes of one request; 64 KiB bounds memory per connection (catalogue B3).
+    max_total_header_bytes: int = 65536
+    #: Header lines per request; Go, nginx and Envoy all land near 100.
+    max_header_count: int = 100
+    #: Request body bytes; None means no limit (Knative sets none on the data path).
+    max_body_bytes: int | None = None
+    #: Seconds from the first byte of a request head to its end (slowloris).
+    head_timeout: float = 10.0
+    #: Seconds a request body may go without new bytes while someone waits for it.
+    body_idle_timeout: float = 60.0
+    #: Seconds an idle keep-alive connection stays open between requests.
+    keepalive_timeout: float = 75.0
+    #: Open client connections per server; more are answered 503 and closed.
+    max_connections: int = 10000
+    #: Bytes buffered from a request body before reading from the client pauses.
+    body_high_water: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_request_line",
+            "max_header_bytes",
+            "max_total_header_bytes",
+            "max_header_count",
+            "max_connections",
+            "body_high_water",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ServerLimits.{name} must be positive")
+        for name in ("head_timeout", "body_idle_timeout", "keepalive_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ServerLimits.{name} must be positive seconds")
+        if self.max_body_bytes is not None and self.max_body_bytes < 0:
+            raise ValueError("ServerLimits.max_body_bytes must be >= 0 or None")

@@ -1,0 +1,184 @@
+"""One-shot TCP and HTTP probes on raw asyncio, shared by the queue-proxy and the activator.
+
+The queue-proxy uses them to check the user container (kubelet-style readiness), the
+activator to probe pods with ``K-Network-Probe: queue``. Each call opens one connection,
+does one exchange and closes it: probes must never reuse a connection, because a probe
+answer that rode on a stale keep-alive connection would say nothing about the peer now.
+
+Contract shared by both functions: success returns, every failure (refused, reset, DNS,
+TLS, timeout, malformed or truncated response) raises ``ProbeError`` with a one-line
+reason. ``CancelledError`` is never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httptools
+
+#: Probe answers are small (``queue``, ``activator``); more than this is cut off, not an error.
+MAX_BODY_BYTES = 64 * 1024
+_READ_CHUNK = 16 * 1024
+
+
+class ProbeError(Exception):
+    """A probe failed; the message is one line saying why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProbeResponse:
+    """The status and (at most ``MAX_BODY_BYTES`` of) the body of a probe answer."""
+
+    status: int
+    body: bytes
+
+
+class _NullProtocol(asyncio.Protocol):
+    """Ignores everything: a TCP probe only needs the handshake to complete."""
+
+
+async def probe_tcp(host: str, port: int, timeout: float) -> None:
+    """Open a TCP connection to ``host:port`` within ``timeout`` seconds, then close it.
+
+    Raises ``ProbeError`` if the connection cannot be established in time.
+    """
+    loop = asyncio.get_running_loop()
+    target = _hostport(host, port)
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await loop.create_connection(_NullProtocol, host, port)
+    except TimeoutError:
+        raise ProbeError(f"dial tcp {target}: i/o timeout") from None
+    except OSError as exc:
+        raise ProbeError(f"dial tcp {target}: {_os_reason(exc)}") from None
+    transport.close()
+
+
+_unverified_ctx: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    # Like the kubelet, probes check liveness, not identity: certificates are not verified.
+    global _unverified_ctx
+    if _unverified_ctx is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _unverified_ctx = ctx
+    return _unverified_ctx
+
+
+class _ResponseSink:
+    """httptools callbacks: collect the status and up to ``MAX_BODY_BYTES`` of body."""
+
+    __slots__ = ("body", "complete", "framed", "headers_done", "truncated")
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.framed = False
+        self.headers_done = False
+        self.complete = False
+        self.truncated = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, data: bytes) -> None:
+        room = MAX_BODY_BYTES - len(self.body)
+        if len(data) >= room:
+            self.body += data[:room]
+            self.truncated = True
+        else:
+            self.body += data
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _build_request(host: str, port: int, path: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    if not path.startswith("/"):
+        path = "/" + path
+    lines = [f"GET {path} HTTP/1.1"]
+    if not any(name.lower() == "host" for name, _ in headers):
+        lines.append(f"Host: {_hostport(host, port)}")
+    for name, value in headers:
+        if name.lower() in ("connection", "content-length", "transfer-encoding"):
+            continue  # the probe owns framing and connection handling
+        lines.append(f"{name}: {value}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+async def probe_http(
+    host: str,
+    port: int,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    timeout: float,
+    scheme: str = "http",
+) -> HttpProbeResponse:
+    """Send one HTTP/1.1 ``GET`` with ``Connection: close`` and return the answer.
+
+    ``headers`` are sent as given (a ``Host`` among them replaces the default
+    ``host:port``). ``scheme`` is ``http`` or ``https`` (case-insensitive); HTTPS does not
+    verify the certificate. ``timeout`` bounds the whole exchange, connect included. Any
+    status is returned; judging it is the caller's business. Raises ``ProbeError`` on a
+    transport error, timeout, or a malformed or incomplete response.
+    """
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ProbeError(f"unsupported probe scheme {scheme!r}")
+    url = f"{scheme}://{_hostport(host, port)}{path if path.startswith('/') else '/' + path}"
+    request = _build_request(host, port, path, headers)
+    ctx = _ssl_context() if scheme == "https" else None
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+            writer.write(request)
+            return await _read_response(reader)
+    except TimeoutError:
+        raise ProbeError(f"GET {url}: timeout after {timeout:g}s") from None
+    except httptools.HttpParserError as exc:
+        raise ProbeError(f"GET {url}: malformed response: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise ProbeError(f"GET {url}: {_os_reason(exc)}") from None
+    finally:
+        if writer is not None:
+            # abort, not close: the answer is in hand and a TLS close_notify could stall.
+            writer.transport.abort()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> HttpProbeResponse:
+    sink = _ResponseSink()
+    parser = httptools.HttpResponseParser(sink)
+    while not sink.complete and not sink.truncated:
+        data = await reader.read(_READ_CHUNK)
+        if not data:
+            # Without a length, a Connection: close response ends at EOF; otherwise
+            # EOF before the end of the message means a truncated answer.
+            if sink.headers_done and not sink.framed:
+                break
+            raise EOFError("connection closed before the response was complete")
+        parser.feed_data(data)
+    return HttpProbeResponse(status=parser.get_status_code(), body=bytes(sink.body))
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect: connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc.reason or exc}"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return text or type(exc).__name__

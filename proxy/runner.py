@@ -1,0 +1,25 @@
+"""Running a component on uvloop, with signal handling in one place."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import uvloop
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main`` on a fresh uvloop event loop and return its result."""
+
+    async def wrapper() -> T:
+        return await main()
+
+    return uvloop.run(wrapper())
+
+
+def install_uvloop() -> None:
+    """Make new event loops uvloop ones (for code that creates its own loop)."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
