@@ -43,6 +43,7 @@ class ResponseSink(Protocol):
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_upgrade(self, headers: HeaderList, rest: bytes) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamClosed(BadGateway):
@@ -52,7 +53,10 @@ class UpstreamClosed(BadGateway):
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream. Not shared between concurrent requests."""
 
-    def __init__(self, pool: UpstreamPool | None, key: tuple[str, int]) -> None:
+    def __init__(
+        self, pool: UpstreamPool | None, key: tuple[str, int], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._loop = loop
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -62,7 +66,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
-        self._head: asyncio.Future[int] | None = None
         self._done: asyncio.Future[None] | None = None
         self._headers: HeaderList = []
         self._head_size = 0
@@ -79,10 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def begin(self, sink: ResponseSink, is_head: bool) -> None:
         """Prepare for the next response; must precede writing the request head."""
-        loop = asyncio.get_running_loop()
         self._sink = sink
-        self._head = loop.create_future()
-        self._done = loop.create_future()
+        self._done = self._loop.create_future()
         self._headers = []
         self._head_size = 0
         self._is_head = is_head
@@ -92,11 +93,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.body_bytes = 0
         self.requests += 1
-
-    @property
-    def head(self) -> asyncio.Future[int]:
-        assert self._head is not None
-        return self._head
 
     @property
     def done(self) -> asyncio.Future[None]:
@@ -121,7 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._write_paused:
             return
         if self._writable is None or self._writable.done():
-            self._writable = asyncio.get_running_loop().create_future()
+            self._writable = self._loop.create_future()
         await self._writable
 
     def pause_reading(self) -> None:
@@ -160,17 +156,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.forget(self)
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(UpstreamClosed("upstream closed the connection"))
-        head, done = self._head, self._done
-        if head is not None and not head.done():
-            reason = f": {exc}" if exc else ""
-            head.set_exception(UpstreamClosed(f"upstream closed the connection{reason}"))
-            head.exception()  # retrieved here: the caller may already have given up
+        done = self._done
         if done is not None and not done.done():
             if self._until_close and self._got_head:
                 done.set_result(None)
             else:
-                done.set_exception(UpstreamClosed("upstream response truncated"))
-                done.exception()
+                if self._got_head:
+                    error = UpstreamClosed("upstream response truncated")
+                else:
+                    reason = f": {exc}" if exc else ""
+                    error = UpstreamClosed(f"upstream closed the connection{reason}")
+                done.set_exception(error)
+                done.exception()  # retrieved here: the caller may already have given up
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -189,23 +186,27 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the server broke protocol; never reuse it.
             self.close()
             return
+        sink = self._sink
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._upgraded(data[offset:])
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self._fail(cause if isinstance(cause, BadGateway) else BadGateway(str(exc)))
         except httptools.HttpParserError as exc:
             self._fail(BadGateway(f"malformed response from upstream: {exc}"))
+        # A head parsed from this read goes out now, with whatever body came along.
+        sink.flush()
 
     def _fail(self, error: BadGateway) -> None:
         self.abort()
-        for fut in (self._head, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-                fut.exception()
+        fut = self._done
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+            fut.exception()
 
     def _upgraded(self, rest: bytes) -> None:
         if self._parser.get_status_code() != 101:
@@ -215,8 +216,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_head = True
         assert self._sink is not None
         self._sink.on_upgrade(self._headers, rest)
-        if self._head is not None and not self._head.done():
-            self._head.set_result(101)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     # ----------------------------------------------------------- parser callbacks
 
@@ -256,9 +257,6 @@ class UpstreamConnection(asyncio.Protocol):
         elif length is None and not no_body:
             self._until_close = True
         sink.on_head(status, self._headers, length if not no_body or self._is_head else None)
-        assert self._head is not None
-        if not self._head.done():
-            self._head.set_result(status)
         if no_body and self._is_head:
             # llhttp cannot be told the request was HEAD: finish here and start a fresh
             # parser, so a Content-Length on the HEAD answer is not awaited as a body.
@@ -313,8 +311,11 @@ class UpstreamPool:
 
     async def acquire(self, host: str, port: int) -> UpstreamConnection:
         """A connection to ``host:port``: the freshest idle one, or a new one."""
-        key = (host, port)
-        idle = self._idle.get(key)
+        return self.take_idle(host, port) or await self.connect(host, port)
+
+    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """The most recently used live idle connection to ``host:port``, if any."""
+        idle = self._idle.get((host, port))
         if idle:
             now = asyncio.get_running_loop().time()
             while idle:
@@ -322,7 +323,7 @@ class UpstreamPool:
                 if not conn.closed and now - conn.idle_since < self.idle_timeout:
                     return conn
                 conn.close()
-        return await self.connect(host, port)
+        return None
 
     async def connect(self, host: str, port: int) -> UpstreamConnection:
         """Dial a new connection, retrying only dial timeouts with growing limits."""
@@ -333,7 +334,7 @@ class UpstreamPool:
         for step in range(_DIAL_STEPS):
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamConnection(self, key), host, port),
+                    loop.create_connection(lambda: UpstreamConnection(self, key, loop), host, port),
                     timeout,
                 )
             except TimeoutError:

@@ -82,16 +82,22 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
     return b"".join(parts)
 
 
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
 def response_headers(headers: Iterable[Header]) -> HeaderList:
     """Upstream response headers minus hop-by-hop ones and the framing we redo."""
-    headers = list(headers)
-    named = connection_tokens(headers)
     out: HeaderList = []
+    named: set[bytes] | None = None
     for name, value in headers:
         low = name.lower()
-        if low in HOP_BY_HOP or low in named or low in _RESPONSE_OWN:
+        if low in HOP_BY_HOP or low in _RESPONSE_OWN:
+            if low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                named = connection_tokens([(name, value)]) | (named or set())
             continue
         out.append((name, value))
+    if named:
+        out = [(name, value) for name, value in out if name.lower() not in named]
     return out
 
 
@@ -112,7 +118,16 @@ class _Pipe:
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
         if self.ex.response_done:
             return  # a timeout already answered
-        self.ex.start_response(status, response_headers(headers), content_length)
+        self.ex.start_response(status, headers, content_length, from_upstream=True)
+
+    def flow(self, paused: bool) -> None:
+        if paused:
+            self.conn.pause_reading()
+        else:
+            self.conn.resume_reading()
+
+    def flush(self) -> None:
+        self.ex.flush()
 
     def on_body(self, data: bytes) -> None:
         ex = self.ex
@@ -173,6 +188,9 @@ class _TunnelSink:
     def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 async def forward(
     ex: Exchange,
@@ -188,72 +206,61 @@ async def forward(
     """
     head = build_request_head(ex, rewrite, f"{host}:{port}".encode())
     ex.dispatched = True
-    conn = await pool.acquire(host, port)
-    reused = conn.requests > 0
-    try:
-        status = await _exchange(ex, conn, head)
-    except BadGateway:
-        if not (reused and not ex.has_body and not conn.got_head and not ex.response_started):
-            raise
-        # A reused keep-alive connection that died before answering: the request never
-        # reached the application, so one more try on a fresh connection is safe.
-        conn.close()
+    conn = pool.take_idle(host, port)
+    reused = conn is not None
+    if conn is None:
         conn = await pool.connect(host, port)
-        status = await _exchange(ex, conn, head)
-    finally:
-        ex._proto.flow_listener = None
-        pool.release(conn)
-    return status
-
-
-async def _exchange(ex: Exchange, conn: UpstreamConnection, head: bytes) -> int:
-    pipe = _Pipe(ex, conn)
-    conn.begin(pipe, ex.method == b"HEAD")
-    ex._proto.flow_listener = lambda paused: (
-        conn.pause_reading() if paused else conn.resume_reading()
-    )
-    conn.write(head)
-    pump: asyncio.Task[None] | None = None
-    if ex.has_body:
-        pump = asyncio.get_running_loop().create_task(_send_body(ex, conn))
+    proto = ex._proto
     try:
-        try:
-            status = await conn.head
-        except ProxyError:
-            if pump is not None and pump.done() and pump.exception() is not None:
-                exc = pump.exception()
-                if isinstance(exc, ProxyError | ClientDisconnected):
-                    raise exc from None
-            raise
-        if pipe.tunnel_done is not None:
-            await pipe.tunnel_done
-            conn.close()
-            return status
-        try:
-            await conn.done
-        except BadGateway:
-            # Headers already went out: the body is cut, so cut the client connection too.
-            ex.abort()
-            return status
-        if pump is not None:
-            if not pump.done():
-                # The upstream answered before taking the whole body: it will not read the
-                # rest, so neither connection can be reused.
-                pump.cancel()
+        while True:
+            pipe = _Pipe(ex, conn)
+            conn.begin(pipe, ex.method == b"HEAD")
+            proto.flow_listener = pipe.flow
+            conn.write(head)
+            pump = (
+                asyncio.get_running_loop().create_task(_send_body(ex, conn))
+                if ex.has_body
+                else None
+            )
+            try:
+                await conn.done
+            except BadGateway:
+                if conn.got_head:
+                    # Headers already went out: the body is cut, so cut the client too.
+                    ex.abort()
+                    return ex.status
+                if pump is not None and pump.done() and not pump.cancelled():
+                    failure = pump.exception()
+                    if isinstance(failure, ProxyError | ClientDisconnected):
+                        raise failure from None
+                if reused and pump is None and not ex.response_started:
+                    # A reused keep-alive connection that died before answering: the
+                    # request never reached the application; one fresh try is safe.
+                    conn.close()
+                    conn = await pool.connect(host, port)
+                    reused = False
+                    continue
+                raise
+            finally:
+                if pump is not None and not pump.done():
+                    # The upstream answered before taking the whole body (or we are
+                    # giving up): neither connection can carry another request.
+                    pump.cancel()
+                    conn.reusable = False
+                    ex.close_after = True
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
+            if pipe.tunnel_done is not None:
+                await pipe.tunnel_done
+                conn.close()
+                return 101
+            if pump is not None and (pump.cancelled() or pump.exception() is not None):
                 conn.reusable = False
-                ex.close_after = True
-            elif pump.exception() is not None:
-                conn.reusable = False
-        ex.end()
-        return status
-    except BaseException:
-        conn.abort()
-        raise
+            ex.end()
+            return ex.status
     finally:
-        if pump is not None and not pump.done():
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+        proto.flow_listener = None
+        pool.release(conn)
 
 
 async def _send_body(ex: Exchange, conn: UpstreamConnection) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -47,7 +48,7 @@ from proxy.errors import (
     UriTooLong,
     reason_phrase,
 )
-from proxy.headers import HeaderList
+from proxy.headers import HOP_BY_HOP, HeaderList, strip_hop_by_hop
 from proxy.limits import ServerLimits
 
 log = logging.getLogger("sluice.http")
@@ -62,6 +63,8 @@ _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
 _STATUS_LINES: dict[int, bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT_PLAIN = b"text/plain; charset=utf-8"
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_CONTENT_LENGTH = frozenset({b"content-length"})
 
 
 def parser_is_compiled() -> bool:
@@ -114,6 +117,7 @@ class Exchange:
         "_chunks",
         "_continue_sent",
         "_mode",
+        "_pending",
         "_proto",
         "_remaining",
         "body_complete",
@@ -176,6 +180,7 @@ class Exchange:
         self.last_write = 0.0
         self._mode = _NO_BODY
         self._remaining = 0
+        self._pending: bytes | None = None
 
     # ----------------------------------------------------------------- request side
 
@@ -251,18 +256,35 @@ class Exchange:
         status: int,
         headers: HeaderList,
         content_length: int | None = None,
+        *,
+        from_upstream: bool = False,
     ) -> None:
         """Write the status line and ``headers`` (which must hold no framing headers).
 
-        The engine adds Content-Length or Transfer-Encoding and Connection itself.
+        The engine adds Content-Length or Transfer-Encoding and Connection itself. With
+        ``from_upstream`` the headers are an upstream's as received: hop-by-hop ones (and
+        those named in ``Connection``) and Content-Length are dropped on the way.
         """
         if self.response_started:
             raise RuntimeError("response already started")
         self.response_started = True
         self.status = status
         parts = [status_line(status)]
-        for key, value in headers:
-            parts += (key, b": ", value, b"\r\n")
+        if from_upstream:
+            for key, value in headers:
+                low = key.lower()
+                if low in HOP_BY_HOP or low == b"content-length":
+                    if low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                        # It names more headers to drop: take the careful path.
+                        parts = [status_line(status)]
+                        for key2, value2 in strip_hop_by_hop(headers, _CONTENT_LENGTH):
+                            parts += (key2, b": ", value2, b"\r\n")
+                        break
+                    continue
+                parts += (key, b": ", value, b"\r\n")
+        else:
+            for key, value in headers:
+                parts += (key, b": ", value, b"\r\n")
         if self.method == b"HEAD" or status in (204, 304) or status < 200:
             self._mode = _NO_BODY
             if content_length is not None and status != 204 and status >= 200:
@@ -287,7 +309,15 @@ class Exchange:
         elif self.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        self._proto.write_raw(b"".join(parts))
+        # Held back until the first body bytes or ``flush``: one write instead of two.
+        self._pending = b"".join(parts)
+
+    def flush(self) -> None:
+        """Send a response head that is still held back."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._proto.write_raw(pending)
 
     def informational(self, status: int, headers: HeaderList) -> None:
         """Forward a 1xx interim response (103 Early Hints...) before the final one."""
@@ -308,31 +338,43 @@ class Exchange:
         if self.response_done or not data:
             return
         mode = self._mode
+        head = self._pending
+        if head is not None:
+            self._pending = None
+        else:
+            head = b""
         if mode == _LENGTH:
             if len(data) > self._remaining:
                 data = data[: self._remaining]
             self._remaining -= len(data)
-            self._proto.write_raw(data)
+            self._proto.write_raw(head + data)
         elif mode == _CHUNKED:
-            self._proto.write_lines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._proto.write_lines((head, b"%x\r\n" % len(data), data, b"\r\n"))
         elif mode == _UNTIL_CLOSE:
-            self._proto.write_raw(data)
+            self._proto.write_raw(head + data)
         else:
+            if head:
+                self._proto.write_raw(head)
             return
         self.bytes_out += len(data)
         self.last_write = self._proto.ctx.loop.time()
 
     async def drain(self) -> None:
         """Wait until the client's socket buffer falls below its low-water mark."""
+        self.flush()
         await self._proto.wait_writable()
 
     def end(self) -> None:
         """Finish the response. A Content-Length response that is short is cut instead."""
         if self.response_done:
             return
-        if self._mode == _CHUNKED:
+        head = self._pending
+        if head is not None:
+            self._pending = None
+            self._proto.write_raw(head + b"0\r\n\r\n" if self._mode == _CHUNKED else head)
+        elif self._mode == _CHUNKED:
             self._proto.write_raw(b"0\r\n\r\n")
-        elif self._mode == _LENGTH and self._remaining > 0:
+        if self._mode == _LENGTH and self._remaining > 0:
             self.abort()
             return
         elif self._mode == _UNTIL_CLOSE:
@@ -348,6 +390,7 @@ class Exchange:
         self.response_done = True
         self.close_after = True
         self.keep_alive = False
+        self.flush()
         self._proto.close()
 
     def fail(self, error: ProxyError) -> None:
@@ -755,7 +798,8 @@ def _parser_message(exc: Exception) -> str:
     return f"malformed request: {text}"
 
 
-_BAD_HOST_BYTES = frozenset(b"/\\@ \t\r\n\x00")
+# Characters nginx refuses in Host (http_host.t), control bytes, and "..".
+_BAD_HOST = re.compile(rb"[/\\@\s\x00-\x1f\x7f]|\.\.")
 
 
 def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
@@ -771,9 +815,7 @@ def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
         low = name.lower()
         if low == b"host":
             hosts += 1
-            if any(byte in _BAD_HOST_BYTES or byte < 0x20 or byte == 0x7F for byte in value):
-                raise BadRequest("invalid Host header")
-            if b".." in value:
+            if _BAD_HOST.search(value) is not None:
                 raise BadRequest("invalid Host header")
         elif low == b"transfer-encoding":
             te_values.append(value)
