@@ -42,6 +42,7 @@ CONTAINER_NAME = "queue-proxy"
 #: Distinct route tags kept before further unknown tags are folded into ``UNDEFINED``;
 #: the tag comes from a request header, so an unbounded label set would be a memory leak.
 MAX_ROUTE_TAGS = 1000
+_RESERVED_TAGS = frozenset({"DISABLED", "DEFAULT", "UNDEFINED"})
 
 
 def route_tag(tag_header: str | None, default_route_header: str | None) -> str:
@@ -172,12 +173,14 @@ class RequestMetrics:
             self._queue_depth = n
 
     def _new_request_series(self, status: int, tag: str) -> _Series:
-        if tag not in self._route_tags:
+        if tag not in self._route_tags and tag not in _RESERVED_TAGS:
             if len(self._route_tags) >= MAX_ROUTE_TAGS:
-                return self._requests.get((status, "UNDEFINED")) or self._new_request_series(
-                    status, "UNDEFINED"
-                )
-            self._route_tags.add(tag)
+                tag = "UNDEFINED"
+                found = self._requests.get((status, tag))
+                if found is not None:
+                    return found
+            else:
+                self._route_tags.add(tag)
         series = self._requests[(status, tag)] = _Series(self._label_text(status, tag))
         return series
 

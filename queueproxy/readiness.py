@@ -211,7 +211,7 @@ class ReadinessProber:
             return True
         task = self._inflight
         if task is None or task.done():
-            task = asyncio.ensure_future(self._run(self.spec))
+            task = asyncio.ensure_future(self._guarded(self.spec))
             self._inflight = task
             task.add_done_callback(self._forget)
         return await asyncio.shield(task)
@@ -219,6 +219,15 @@ class ReadinessProber:
     def _forget(self, task: asyncio.Future[bool]) -> None:
         if self._inflight is task:
             self._inflight = None
+
+    async def _guarded(self, spec: ProbeSpec) -> bool:
+        # The task may outlive every caller (it is shielded), so it must never end in an
+        # exception nobody retrieves: anything unexpected fails closed, with one line.
+        try:
+            return await self._run(spec)
+        except Exception as exc:
+            self._log(f"readiness check failed: {exc!r}")
+            return False
 
     async def _run(self, spec: ProbeSpec) -> bool:
         if spec.http_get is None and spec.tcp_socket is None:

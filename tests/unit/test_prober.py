@@ -140,7 +140,9 @@ async def test_probe_http_returns_non_2xx_status_without_raising() -> None:
 
 async def test_probe_http_reads_chunked_body() -> None:
     srv = ScriptedServer(
-        fixed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nque\r\n2\r\nue\r\n0\r\n\r\n")
+        fixed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nque\r\n2\r\nue\r\n0\r\n\r\n"
+        )
     )
     await srv.start()
     try:
@@ -233,9 +235,9 @@ def make_server_tls(tmp_path: Path) -> ssl.SSLContext:
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not available to make a self-signed certificate")
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        ["openssl", *args, "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
         timeout=30,

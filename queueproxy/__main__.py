@@ -1,0 +1,7 @@
+"""Container entrypoint: ``python -m queueproxy``."""
+
+import sys
+
+from queueproxy.main import main
+
+sys.exit(main())

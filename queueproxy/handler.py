@@ -1,0 +1,239 @@
+"""The queue-proxy's request path on the serving port, in Knative's order.
+
+The handler chain is composed here, once, in execution order (knative-dataplane.md §1.4):
+
+1. probes, classified from headers on any path: kubelet / activator / autoscaler probes get the
+   health answer (503 ``shutting down`` while draining), ``K-Network-Probe: probe`` gets the
+   network-probe answer; everything else resets the drain quiet timer and goes on;
+2. request metrics (outermost of the real chain, so 503/504 produced further in count);
+3. the timeout handler (revision, response-start and idle timeouts);
+4. the Forwarded shim;
+5. stats "in" (before the breaker, so queued time counts as concurrency), ``K-Original-Host``
+   restored into Host;
+6. the breaker (``containerConcurrency`` ≥ 1): 503 ``pending request queue full`` at once when
+   the queue is full;
+7. app metrics, then the reverse proxy to the user container.
+
+Headers the chain needs are read in one pass over the request's header list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from dataclasses import dataclass
+
+from proxy.breaker import Breaker
+from proxy.client import UpstreamPool
+from proxy.deadline import RequestTimer
+from proxy.drain import Drainer
+from proxy.errors import ProxyError
+from proxy.forward import Rewrite, forward
+from proxy.http1 import Exchange
+from proxy.stats import RequestStats
+from queueproxy.forwarded import forwarded_value
+from queueproxy.metrics import RequestMetrics, route_tag
+from queueproxy.readiness import ReadinessProber
+from queueproxy.requestlog import RequestLogEntry, RequestLogger
+
+# Internal headers that never reach the user container.
+_REMOVE = frozenset({b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host"})
+_REWRITE = Rewrite(remove=_REMOVE)
+
+_PROBE_UA_PREFIXES = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
+_WANTED = frozenset(
+    {
+        b"user-agent",
+        b"k-kubelet-probe",
+        b"k-network-probe",
+        b"k-network-hash",
+        b"k-proxy-request",
+        b"k-original-host",
+        b"knative-serving-tag",
+        b"knative-serving-default-route",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    }
+)
+_SHUTTING_DOWN = b"shutting down\n"
+_HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" header\n'
+
+
+def _scan(ex: Exchange) -> dict[bytes, bytes]:
+    """The first value of each header the chain looks at, by lower-case name."""
+    found: dict[bytes, bytes] = {}
+    for name, value in ex.headers:
+        low = name.lower()
+        if low in _WANTED and low not in found:
+            found[low] = value
+    return found
+
+
+@dataclass(slots=True)
+class QueueProxyState:
+    """Everything the request path shares; mutated only from the event loop."""
+
+    pool: UpstreamPool
+    user_host: str
+    user_port: int
+    stats: RequestStats
+    drainer: Drainer
+    prober: ReadinessProber
+    breaker: Breaker | None
+    metrics: RequestMetrics | None
+    request_log: RequestLogger | None
+    log_probes: bool
+    timeout: float
+    response_start_timeout: float
+    idle_timeout: float
+
+
+class QueueProxyHandler:
+    """``await handler(ex)`` serves one exchange on the serving port."""
+
+    def __init__(self, state: QueueProxyState) -> None:
+        self.s = state
+        self._loop = asyncio.get_event_loop()
+
+    async def __call__(self, ex: Exchange) -> None:
+        s = self.s
+        h = _scan(ex)
+        ua = h.get(b"user-agent", b"")
+        probe = h.get(b"k-network-probe", b"")
+        if h.get(b"k-kubelet-probe") or ua.startswith(_PROBE_UA_PREFIXES):
+            await self._health(ex, probe)
+            if s.log_probes and s.request_log is not None:
+                self._log(ex, h, self._loop.time())
+            return
+        if probe == b"probe":
+            self._network_probe(ex, h)
+            return
+        s.drainer.on_request()
+        await self._serve(ex, h, is_probe=bool(probe))
+
+    # ------------------------------------------------------------------ probes
+
+    async def _health(self, ex: Exchange, probe: bytes) -> None:
+        if self.s.drainer.draining:
+            ex.send(503, _SHUTTING_DOWN)
+            return
+        if probe != b"queue":
+            text = html.escape(probe.decode("latin-1"), quote=False)
+            ex.send(400, f"unexpected probe header value: {text}\n".encode())
+            return
+        if await self.s.prober.check():
+            ex.send(200, b"queue")
+        else:
+            ex.send(503)
+
+    def _network_probe(self, ex: Exchange, h: dict[bytes, bytes]) -> None:
+        if self.s.drainer.draining:
+            ex.send(503, _SHUTTING_DOWN)
+            return
+        digest = h.get(b"k-network-hash", b"")
+        if not digest:
+            ex.send(400, _HASH_MISSING)
+            return
+        ex.send(200, headers=[(b"K-Network-Hash", digest)])
+
+    # ------------------------------------------------------------------ traffic
+
+    async def _serve(self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool) -> None:
+        s = self.s
+        loop = self._loop
+        started = loop.time()
+        timer = RequestTimer(
+            ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
+        )
+        proxied = h.get(b"k-proxy-request") == b"activator"
+        s.stats.req_in(started, proxied)
+        try:
+            await self._proxy(ex, h, is_probe)
+        except ProxyError as error:
+            ex.fail(error)
+        finally:
+            now = loop.time()
+            s.stats.req_out(now, proxied)
+            timer.cancel()
+            status = ex.status if ex.response_started else 500
+            if s.metrics is not None and not is_probe:
+                tag = route_tag(
+                    _text(h.get(b"knative-serving-tag")),
+                    _text(h.get(b"knative-serving-default-route")),
+                )
+                s.metrics.record_request(status, now - started, tag)
+            if s.request_log is not None and (not is_probe or s.log_probes):
+                self._log(ex, h, started, now)
+
+    async def _proxy(self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool) -> None:
+        s = self.s
+        rewrite = _REWRITE
+        original_host = h.get(b"k-original-host")
+        shim = None
+        if b"forwarded" not in h and (
+            b"x-forwarded-for" in h or b"x-forwarded-proto" in h or b"x-forwarded-host" in h
+        ):
+            shim = forwarded_value(ex.headers)
+        if original_host or shim is not None:
+            rewrite = Rewrite(
+                remove=_REMOVE,
+                set=((b"Forwarded", shim),) if shim is not None else (),
+                host=original_host or None,
+            )
+        breaker = s.breaker
+        if breaker is None:
+            await self._app(ex, rewrite, is_probe)
+            return
+        await breaker.acquire()  # QueueFull → 503 at once
+        try:
+            await self._app(ex, rewrite, is_probe)
+        finally:
+            breaker.release()
+
+    async def _app(self, ex: Exchange, rewrite: Rewrite, is_probe: bool) -> None:
+        s = self.s
+        metrics = s.metrics
+        if metrics is None or is_probe:
+            await forward(ex, s.pool, s.user_host, s.user_port, rewrite)
+            return
+        if s.breaker is not None:
+            metrics.set_queue_depth(s.breaker.in_flight)
+        started = self._loop.time()
+        status = 500
+        try:
+            status = await forward(ex, s.pool, s.user_host, s.user_port, rewrite)
+        except ProxyError as error:
+            status = error.status
+            raise
+        finally:
+            metrics.record_app_request(status, self._loop.time() - started)
+
+    # ------------------------------------------------------------------ logging
+
+    def _log(self, ex: Exchange, h: dict[bytes, bytes], started: float, now: float = 0.0) -> None:
+        logger = self.s.request_log
+        assert logger is not None
+        end = now or self._loop.time()
+        length = ex.content_length if ex.content_length is not None else (-1 if ex.chunked else 0)
+        logger.log(
+            RequestLogEntry(
+                method=ex.method.decode("latin-1"),
+                request_uri=ex.target.decode("latin-1"),
+                host=_text(ex.header(b"host")) or "",
+                proto=f"HTTP/{ex.version}",
+                content_length=length,
+                user_agent=_text(h.get(b"user-agent")) or "",
+                remote_addr=ex.peer,
+                referer=_text(ex.header(b"referer")) or "",
+                headers=ex.headers,
+                code=ex.status if ex.response_started else 500,
+                size=ex.bytes_out,
+                latency_seconds=max(0.0, end - started),
+            )
+        )
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None

@@ -1,0 +1,263 @@
+"""``python -m queueproxy``: the sidecar's wiring, start-up and drain.
+
+Start-up (knative-dataplane.md §1.3): read the environment into one ``Config`` (a bad or
+missing variable ends the process with one line naming it and exit code 1), build the stats,
+breaker, prober and metrics, then serve:
+
+* the serving port (``QUEUE_SERVING_PORT``): probes and traffic, ``queueproxy.handler``;
+* the admin port (8022, ``SLUICE_ADMIN_PORT``): ``/wait-for-drain`` only;
+* the autoscaler stats port (9090, ``SLUICE_STATS_PORT``): ``/metrics``, protobuf ``Stat``;
+* the request metrics port (9091, ``SLUICE_METRICS_PORT``): Prometheus text, when
+  ``SERVING_REQUEST_METRICS_BACKEND=prometheus``.
+
+SIGTERM (or SIGINT) starts the drain: probes fail at once with 503 ``shutting down``, traffic
+is served until ``SLUICE_DRAIN_QUIET_SECONDS`` (default 30) pass with no request, then the
+servers stop listening and every in-flight request (websockets included) runs to completion,
+bounded by the revision timeout each request already carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+
+from proxy.breaker import Breaker
+from proxy.client import UpstreamPool
+from proxy.drain import Drainer
+from proxy.http1 import Exchange
+from proxy.runner import run
+from proxy.server import HttpServer
+from proxy.statproto import Stat, encode_stat
+from proxy.stats import RequestStats
+from queueproxy.config import Config, ConfigError, load_config
+from queueproxy.handler import QueueProxyHandler, QueueProxyState
+from queueproxy.metrics import RequestMetrics
+from queueproxy.readiness import ReadinessProber
+from queueproxy.requestlog import RequestLogger, RevisionInfo
+
+log = logging.getLogger("sluice.queueproxy")
+
+#: How often the stats accumulator is folded into the reported Stat (Knative: 1 s).
+REPORTING_PERIOD = 1.0
+#: After ``/wait-for-drain`` starts a drain, how long to wait for our own SIGTERM before
+#: concluding the preStop came from a liveness-driven restart and resetting (Knative: 1 s).
+PRESTOP_RESET_AFTER = 1.0
+_NOT_FOUND = b"404 page not found\n"
+
+
+class StatsReporter:
+    """Holds the encoded ``Stat`` of the last completed window; refreshed every period."""
+
+    def __init__(self, stats: RequestStats, pod_name: str, clock_start: float) -> None:
+        self._stats = stats
+        self._pod = pod_name
+        self._start = clock_start
+        # Valid before the first report: only the pod name (knative §1.13).
+        self.body = encode_stat(Stat(pod_name=pod_name))
+
+    def report(self, now: float) -> None:
+        r = self._stats.report(now)
+        self.body = encode_stat(
+            Stat(
+                pod_name=self._pod,
+                average_concurrent_requests=r.average_concurrency,
+                average_proxied_concurrent_requests=r.average_proxied_concurrency,
+                request_count=r.request_count / REPORTING_PERIOD,
+                proxied_request_count=r.proxied_request_count / REPORTING_PERIOD,
+                process_uptime=now - self._start,
+            )
+        )
+
+    async def run(self, loop: asyncio.AbstractEventLoop) -> None:
+        next_at = loop.time() + REPORTING_PERIOD
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += REPORTING_PERIOD
+            self.report(loop.time())
+
+
+class QueueProxy:
+    """The running sidecar: servers, background tasks, and the drain sequence."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        self.drainer = Drainer(cfg.drain_quiet_seconds, self.loop)
+        self.stats = RequestStats(self.loop.time())
+        self.reporter = StatsReporter(self.stats, cfg.pod_name, self.loop.time())
+        settings = cfg.breaker
+        breaker = (
+            Breaker(settings.queue_depth, settings.max_concurrency, settings.initial_capacity)
+            if settings is not None
+            else None
+        )
+        metrics = (
+            RequestMetrics(
+                namespace=cfg.namespace,
+                service=cfg.service,
+                configuration=cfg.configuration,
+                revision=cfg.revision,
+                pod_name=cfg.pod_name,
+                queue_depth_enabled=breaker is not None,
+            )
+            if cfg.request_metrics_enabled
+            else None
+        )
+        self.metrics = metrics
+        request_log = (
+            RequestLogger(
+                cfg.request_log_template,
+                RevisionInfo(
+                    name=cfg.revision,
+                    namespace=cfg.namespace,
+                    service=cfg.service,
+                    configuration=cfg.configuration,
+                    pod_name=cfg.pod_name,
+                    pod_ip=cfg.pod_ip,
+                ),
+            )
+            if cfg.enable_request_log
+            else None
+        )
+        self.prober = ReadinessProber(
+            cfg.readiness_probe, user_host=cfg.user_host, user_port=cfg.user_port
+        )
+        idle = cfg.container_concurrency if cfg.container_concurrency > 0 else 1000
+        self.pool = UpstreamPool(max_idle_per_host=idle)
+        state = QueueProxyState(
+            pool=self.pool,
+            user_host=cfg.user_host,
+            user_port=cfg.user_port,
+            stats=self.stats,
+            drainer=self.drainer,
+            prober=self.prober,
+            breaker=breaker,
+            metrics=metrics,
+            request_log=request_log,
+            log_probes=cfg.enable_probe_request_log,
+            timeout=float(cfg.revision_timeout_seconds),
+            response_start_timeout=float(cfg.response_start_timeout_seconds),
+            idle_timeout=float(cfg.idle_timeout_seconds),
+        )
+        self.main = HttpServer(QueueProxyHandler(state))
+        self.admin = HttpServer(self._admin)
+        self.stats_server = HttpServer(self._stats)
+        self.metrics_server = HttpServer(self._metrics) if metrics is not None else None
+        self._sigterm = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------- handlers
+
+    async def _admin(self, ex: Exchange) -> None:
+        if ex.target.split(b"?", 1)[0] != b"/wait-for-drain":
+            ex.send(404, _NOT_FOUND)
+            return
+        # A preStop hook: drain as SIGTERM would. If our own SIGTERM does not follow within
+        # a second, the container is being restarted by a liveness failure: undo the drain.
+        reset = self.loop.call_later(PRESTOP_RESET_AFTER, self._reset_unless_terminating)
+        try:
+            await self.drainer.drain()
+        finally:
+            reset.cancel()
+        ex.send(200)
+
+    def _reset_unless_terminating(self) -> None:
+        if not self._sigterm.is_set():
+            self.drainer.reset()
+
+    async def _stats(self, ex: Exchange) -> None:
+        if ex.target.split(b"?", 1)[0] != b"/metrics":
+            ex.send(404, _NOT_FOUND)
+            return
+        ex.send(200, self.reporter.body, content_type=b"application/protobuf")
+
+    async def _metrics(self, ex: Exchange) -> None:
+        if ex.target.split(b"?", 1)[0] != b"/metrics":
+            ex.send(404, _NOT_FOUND)
+            return
+        assert self.metrics is not None
+        body = self.metrics.render()
+        ex.send(200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        host = cfg.bind_host or None
+        await self.main.start(host, cfg.serving_port)
+        await self.admin.start(host, cfg.admin_port)
+        await self.stats_server.start(host, cfg.stats_port)
+        if self.metrics_server is not None:
+            await self.metrics_server.start(host, cfg.metrics_port)
+        self._tasks.append(self.loop.create_task(self.reporter.run(self.loop)))
+        # Start probing the user container now, so the first kubelet probe finds it warm.
+        self._tasks.append(self.loop.create_task(self._warm_probe()))
+
+    async def _warm_probe(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.prober.check()
+
+    def terminate(self) -> None:
+        self._sigterm.set()
+
+    async def run_until_terminated(self) -> None:
+        await self._sigterm.wait()
+        log.info("received SIGTERM: draining (quiet period %ss)", self.cfg.drain_quiet_seconds)
+        await self.drainer.drain()
+        log.info("drained: shutting down servers")
+        servers = [self.main, self.admin, self.stats_server]
+        if self.metrics_server is not None:
+            servers.append(self.metrics_server)
+        await asyncio.gather(*(server.shutdown(grace=None) for server in servers))
+        for task in self._tasks:
+            task.cancel()
+        self.pool.close()
+
+
+async def serve(cfg: Config) -> int:
+    qp = QueueProxy(cfg)
+    try:
+        await qp.start()
+    except OSError as exc:
+        print(f"queue-proxy: cannot listen: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, qp.terminate)
+    log.info(
+        "queue-proxy for %s/%s serving on :%d (user port %d, containerConcurrency %d)",
+        cfg.namespace,
+        cfg.revision,
+        cfg.serving_port,
+        cfg.user_port,
+        cfg.container_concurrency,
+    )
+    await qp.run_until_terminated()
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    levels = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=levels.get(level.lower(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.Formatter.converter = time.gmtime
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    try:
+        cfg = load_config(env)
+    except (ConfigError, ValueError) as exc:
+        print(f"queue-proxy: {exc}", file=sys.stderr, flush=True)
+        return 1
+    _setup_logging(cfg.logging_level)
+    return run(lambda: serve(cfg))
