@@ -5,7 +5,8 @@ The queue-proxy serves one ``metrics.Stat`` on :9090/metrics; the activator send
 build time, so the message classes are built once at import from a hand-written
 ``FileDescriptorProto`` in a private descriptor pool (so they cannot clash with any other
 module that registers a ``metrics`` package). Callers see only the frozen ``Stat`` value and
-four encode/decode functions; the protobuf classes stay private.
+the encode/decode functions; the protobuf classes stay private. ``encode_stat`` itself is the
+library-free encoder of ``proxy.stat`` (see there why), checked against ``encode_stat_pb``.
 
 Encoding is standard proto3: doubles are fixed64 (wire type 1), fields at their default value
 are omitted, and decoding accepts fields in any order and skips unknown ones.
@@ -13,25 +14,20 @@ are omitted, and decoding accepts fields in any order and skips unknown ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-__all__ = ["Stat", "decode_stat", "decode_wire_stats", "encode_stat", "encode_wire_stats"]
+from proxy.stat import Stat, encode_stat
 
-
-@dataclass(frozen=True, slots=True)
-class Stat:
-    """One pod's (or one activator's per-revision) figures for the autoscaler."""
-
-    pod_name: str = ""
-    average_concurrent_requests: float = 0
-    average_proxied_concurrent_requests: float = 0
-    request_count: float = 0
-    proxied_request_count: float = 0
-    process_uptime: float = 0
-    timestamp: int = 0
+__all__ = [
+    "Stat",
+    "decode_stat",
+    "decode_wire_stats",
+    "encode_stat",
+    "encode_stat_pb",
+    "encode_wire_stats",
+]
 
 
 _FDP = descriptor_pb2.FieldDescriptorProto
@@ -106,8 +102,8 @@ def _from_pb(pb: Any) -> Stat:
     return Stat(**{name: getattr(pb, name) for name in _STAT_NAMES})
 
 
-def encode_stat(stat: Stat) -> bytes:
-    """Serialize one ``metrics.Stat``."""
+def encode_stat_pb(stat: Stat) -> bytes:
+    """Serialize one ``metrics.Stat`` with the protobuf library (reference for ``encode_stat``)."""
     pb = _StatPB()
     _fill(pb, stat)
     out: bytes = pb.SerializeToString()

@@ -33,7 +33,7 @@ from proxy.drain import Drainer
 from proxy.http1 import Exchange
 from proxy.runner import run
 from proxy.server import HttpServer
-from proxy.statproto import Stat, encode_stat
+from proxy.stat import Stat, encode_stat
 from proxy.stats import RequestStats
 from queueproxy.config import Config, ConfigError, load_config
 from queueproxy.handler import QueueProxyHandler, QueueProxyState

@@ -4,7 +4,7 @@ Knative exports these through OpenCensus, whose Prometheus exporter writes count
 *without* the ``_total`` suffix (``revision_request_count``). ``prometheus_client``
 always appends ``_total`` to counter families, so the request metrics are kept here in
 plain Python numbers and rendered by hand in the text format (0.0.4). Only the
-``process_*`` basics come from ``prometheus_client``'s ``ProcessCollector``.
+``process_*`` basics come from ``proxy.procmetrics`` (see there why not prometheus_client).
 
 Hot path: one dict lookup on ``(status, route_tag)`` finds a cached series; an
 observation is a few integer additions and one ``bisect``. The event loop is the only
@@ -28,7 +28,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from decimal import Decimal
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from proxy.procmetrics import render_process_metrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -149,9 +149,7 @@ class RequestMetrics:
         self._route_tags: set[str] = set()
         self._queue_depth_enabled = queue_depth_enabled
         self._queue_depth: int | None = None
-        self._registry = CollectorRegistry(auto_describe=False)
-        if process_metrics:
-            ProcessCollector(registry=self._registry)
+        self._process_metrics = process_metrics
 
     def record_request(self, status: int, latency_seconds: float, route_tag: str) -> None:
         """Count a request seen by the outer handler (probes must not be recorded)."""
@@ -211,7 +209,9 @@ class RequestMetrics:
                 f"revision_queue_depth{{{_labels(pairs)}}} "
                 f"{format_go_float(float(self._queue_depth))}\n"
             )
-        return "".join(out).encode() + generate_latest(self._registry)
+        if self._process_metrics:
+            out.append(render_process_metrics())
+        return "".join(out).encode()
 
 
 def _counter(out: list[str], name: str, help_text: str, series: list[_Series]) -> None:

@@ -106,3 +106,31 @@ def test_wire_stats_keep_an_all_default_stat_present() -> None:
 def test_decode_wire_stats_rejects_malformed_input() -> None:
     with pytest.raises(ValueError):
         decode_wire_stats(b"\x0a\x09\x0a")
+
+
+# The queue-proxy's library-free encoder must match the protobuf library byte for byte.
+_SAMPLES = [
+    Stat(),
+    Stat(pod_name="p"),
+    Stat(pod_name="hello-00001-deployment-7d9c-xk2p", average_concurrent_requests=1.5),
+    Stat(
+        pod_name="pod-ü",
+        average_concurrent_requests=0.25,
+        average_proxied_concurrent_requests=3.0,
+        request_count=39.0,
+        proxied_request_count=1e-9,
+        process_uptime=123456.789,
+        timestamp=1_700_000_000,
+    ),
+    Stat(request_count=-0.0, timestamp=-5),
+    Stat(pod_name="x" * 300, process_uptime=1e300),
+]
+
+
+@pytest.mark.parametrize("stat", _SAMPLES)
+def test_hand_encoder_matches_protobuf_library(stat: Stat) -> None:
+    from proxy.stat import encode_stat as hand_encode
+    from proxy.statproto import encode_stat_pb
+
+    assert hand_encode(stat) == encode_stat_pb(stat)
+    assert decode_stat(hand_encode(stat)) == stat
