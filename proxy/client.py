@@ -20,6 +20,7 @@ import asyncio
 import random
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -74,7 +75,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._got_head = False
         self._tunnel: bool = False
+        self._switching = False
+        self._on_tunnel_close: Callable[[], None] | None = None
+        self._tunnel_flow: Callable[[bool], None] | None = None
         self._write_paused = False
+        self.reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self.body_bytes = 0
 
@@ -122,10 +127,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -140,9 +147,25 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
 
-    def enter_tunnel(self, sink: ResponseSink) -> None:
+    def enter_tunnel(
+        self,
+        sink: ResponseSink,
+        on_close: Callable[[], None],
+        flow: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Send every later byte to ``sink.on_body``; call ``on_close`` when the upstream ends.
+
+        ``flow(paused)`` is told when writes to the upstream pause and resume, so the other
+        side of the tunnel can stop reading.
+        """
         self._tunnel = True
         self._sink = sink
+        self._on_tunnel_close = on_close
+        self._tunnel_flow = flow
+
+    def write_eof(self) -> None:
+        if self.transport is not None and not self.closed and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     # ---------------------------------------------------------- transport events
 
@@ -154,6 +177,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         if self.pool is not None:
             self.pool.forget(self)
+        if self._on_tunnel_close is not None:
+            on_close, self._on_tunnel_close = self._on_tunnel_close, None
+            on_close()
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(UpstreamClosed("upstream closed the connection"))
         done = self._done
@@ -171,9 +197,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._tunnel_flow is not None:
+            self._tunnel_flow(True)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._tunnel_flow is not None:
+            self._tunnel_flow(False)
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -209,13 +239,17 @@ class UpstreamConnection(asyncio.Protocol):
             fut.exception()
 
     def _upgraded(self, rest: bytes) -> None:
-        if self._parser.get_status_code() != 101:
+        sink = self._sink
+        self._switching = False
+        if self._parser.get_status_code() != 101 or sink is None:
             self._fail(BadGateway("upstream switched protocols without a 101"))
             return
-        self._tunnel = True
+        sink.on_upgrade(self._headers, rest)
+        if not self._tunnel:
+            # The sink refused: the request did not ask to upgrade, or was answered already.
+            self._fail(BadGateway("upstream switched protocols unasked"))
+            return
         self._got_head = True
-        assert self._sink is not None
-        self._sink.on_upgrade(self._headers, rest)
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 
@@ -240,7 +274,10 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_informational(status, self._headers)
             return
         if status == 101:
-            return  # the parser raises HttpParserUpgrade next; handled in data_received
+            # llhttp reports the message complete, then raises HttpParserUpgrade; both are
+            # handled in ``_upgraded``.
+            self._switching = True
+            return
         self._interim = False
         self._got_head = True
         length: int | None = None
@@ -273,6 +310,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
+            return
+        if self._switching:
             return
         if self._done is not None and self._done.done():
             return
@@ -364,6 +403,10 @@ class UpstreamPool:
         if len(idle) >= self.max_idle_per_host:
             conn.close()
             return
+        if conn.reading_paused:
+            # A slow client paused it during the last read of the response: an idle
+            # connection must read, or it would hang the next request and miss a FIN.
+            conn.resume_reading()
         conn.idle_since = asyncio.get_running_loop().time()
         idle.append(conn)
 

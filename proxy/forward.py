@@ -151,8 +151,17 @@ class _Pipe:
         out = response_headers(headers)
         upgrade = next((v for k, v in headers if k.lower() == b"upgrade"), b"websocket")
         out += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-        to_client = ex.start_tunnel(out, on_data=conn.write, on_close=finish)
-        conn.enter_tunnel(_TunnelSink(to_client, ex, conn, finish))
+        to_client = ex.start_tunnel(out, conn.write, finish, conn.write_eof)
+        proto = ex._proto
+
+        def client_flow(paused: bool) -> None:
+            # The upstream is not taking bytes as fast as the client sends them.
+            if paused:
+                proto.pause_reading()
+            else:
+                proto.resume_reading()
+
+        conn.enter_tunnel(_TunnelSink(to_client, ex, conn, finish), finish, client_flow)
         if rest:
             to_client(rest)
 

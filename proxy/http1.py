@@ -393,6 +393,12 @@ class Exchange:
         self.flush()
         self._proto.close()
 
+    def cancel(self) -> None:
+        """Stop whoever serves this exchange (its handler task), e.g. when a timeout fired."""
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+
     def fail(self, error: ProxyError) -> None:
         """Answer with ``error``'s status and body, or abort if the response already started."""
         if self.response_done:
@@ -425,12 +431,17 @@ class Exchange:
     # ------------------------------------------------------------------- upgrades
 
     def start_tunnel(
-        self, headers: HeaderList, on_data: Callable[[bytes], None], on_close: Callable[[], None]
+        self,
+        headers: HeaderList,
+        on_data: Callable[[bytes], None],
+        on_close: Callable[[], None],
+        on_eof: Callable[[], None] | None = None,
     ) -> Callable[[bytes], None]:
         """Answer ``101`` with ``headers`` and splice the connection to ``on_data``.
 
         Bytes the client already sent after its upgrade request are delivered first. Returns
-        the function that writes upstream bytes to the client.
+        the function that writes upstream bytes to the client. ``on_close`` runs when the
+        client connection is gone, ``on_eof`` when the client half-closed it.
         """
         self.response_started = True
         self.status = 101
@@ -439,7 +450,7 @@ class Exchange:
             parts += (key, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         self._proto.write_raw(b"".join(parts))
-        self._proto.enter_tunnel(on_data, on_close)
+        self._proto.enter_tunnel(on_data, on_close, on_eof)
         return self._proto.write_raw
 
 
@@ -466,6 +477,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._tunnel_data: Callable[[bytes], None] | None = None
         self._tunnel_close: Callable[[], None] | None = None
+        self._tunnel_eof: Callable[[], None] | None = None
         self._upgrade_buffer: bytearray | None = None
         self._closed = False
         self.flow_listener: Callable[[bool], None] | None = None
@@ -506,6 +518,9 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._tunnel_close is not None:
+            # Pass the half-close on; the tunnel ends when the other side closes too.
+            if self._tunnel_eof is not None:
+                self._tunnel_eof()
             return True
         ex = self._current
         if ex is not None and not ex.body_complete:
@@ -605,6 +620,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._header_bytes += size
         if size > limits.max_header_bytes or self._header_bytes > limits.max_total_header_bytes:
             raise HeadersTooLarge("request header fields too large")
+        if ex.started_at:
+            # A trailer field (llhttp reports them like headers): bounded above, then
+            # dropped, never merged into the head (catalogue A8).
+            return
         if len(ex.headers) >= limits.max_header_count:
             raise HeadersTooLarge("too many request header fields")
         ex.headers.append((name, value))
@@ -763,9 +782,15 @@ class HttpServerProtocol(asyncio.Protocol):
             self._closed = True
             self.transport.close()
 
-    def enter_tunnel(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
+    def enter_tunnel(
+        self,
+        on_data: Callable[[bytes], None],
+        on_close: Callable[[], None],
+        on_eof: Callable[[], None] | None = None,
+    ) -> None:
         self._tunnel_data = on_data
         self._tunnel_close = on_close
+        self._tunnel_eof = on_eof
         pending = self._upgrade_buffer
         self._upgrade_buffer = None
         if pending:

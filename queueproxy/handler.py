@@ -141,6 +141,7 @@ class QueueProxyHandler:
     # ------------------------------------------------------------------ traffic
 
     async def _serve(self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool) -> None:
+        """Steps 2-7 of the chain in one frame: every ``await`` here is one frame deep."""
         s = self.s
         loop = self._loop
         started = loop.time()
@@ -148,27 +149,8 @@ class QueueProxyHandler:
             ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
         )
         proxied = h.get(b"k-proxy-request") == b"activator"
-        s.stats.req_in(started, proxied)
-        try:
-            await self._proxy(ex, h, is_probe)
-        except ProxyError as error:
-            ex.fail(error)
-        finally:
-            now = loop.time()
-            s.stats.req_out(now, proxied)
-            timer.cancel()
-            status = ex.status if ex.response_started else 500
-            if s.metrics is not None and not is_probe:
-                tag = route_tag(
-                    _text(h.get(b"knative-serving-tag")),
-                    _text(h.get(b"knative-serving-default-route")),
-                )
-                s.metrics.record_request(status, now - started, tag)
-            if s.request_log is not None and (not is_probe or s.log_probes):
-                self._log(ex, h, started, now)
-
-    async def _proxy(self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool) -> None:
-        s = self.s
+        stats = s.stats
+        stats.req_in(started, proxied)
         rewrite = _REWRITE
         original_host = h.get(b"k-original-host")
         shim = None
@@ -182,33 +164,43 @@ class QueueProxyHandler:
                 set=((b"Forwarded", shim),) if shim is not None else (),
                 host=original_host or None,
             )
+        metrics = None if is_probe else s.metrics
         breaker = s.breaker
-        if breaker is None:
-            await self._app(ex, rewrite, is_probe)
-            return
-        await breaker.acquire()  # QueueFull → 503 at once
+        app_status = 0
+        app_started = 0.0
         try:
-            await self._app(ex, rewrite, is_probe)
-        finally:
-            breaker.release()
-
-    async def _app(self, ex: Exchange, rewrite: Rewrite, is_probe: bool) -> None:
-        s = self.s
-        metrics = s.metrics
-        if metrics is None or is_probe:
-            await forward(ex, s.pool, s.user_host, s.user_port, rewrite)
-            return
-        if s.breaker is not None:
-            metrics.set_queue_depth(s.breaker.in_flight)
-        started = self._loop.time()
-        status = 500
-        try:
-            status = await forward(ex, s.pool, s.user_host, s.user_port, rewrite)
+            if breaker is not None:
+                await breaker.acquire()  # QueueFull → 503 at once
+            try:
+                if metrics is not None:
+                    if breaker is not None:
+                        metrics.set_queue_depth(breaker.in_flight)
+                    app_started = loop.time()
+                app_status = 500
+                app_status = await forward(ex, s.pool, s.user_host, s.user_port, rewrite)
+            except ProxyError as error:
+                app_status = error.status
+                raise
+            finally:
+                if breaker is not None:
+                    breaker.release()
+                if metrics is not None:
+                    metrics.record_app_request(app_status, loop.time() - app_started)
         except ProxyError as error:
-            status = error.status
-            raise
+            ex.fail(error)
         finally:
-            metrics.record_app_request(status, self._loop.time() - started)
+            now = loop.time()
+            stats.req_out(now, proxied)
+            timer.cancel()
+            status = ex.status if ex.response_started else 500
+            if metrics is not None:
+                tag = route_tag(
+                    _text(h.get(b"knative-serving-tag")),
+                    _text(h.get(b"knative-serving-default-route")),
+                )
+                metrics.record_request(status, now - started, tag)
+            if s.request_log is not None and (not is_probe or s.log_probes):
+                self._log(ex, h, started, now)
 
     # ------------------------------------------------------------------ logging
 

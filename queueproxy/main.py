@@ -145,6 +145,8 @@ class QueueProxy:
             response_start_timeout=float(cfg.response_start_timeout_seconds),
             idle_timeout=float(cfg.idle_timeout_seconds),
         )
+        #: The request path's shared state (breaker, stats, timeouts...), for introspection.
+        self.state = state
         self.main = HttpServer(QueueProxyHandler(state))
         self.admin = HttpServer(self._admin)
         self.stats_server = HttpServer(self._stats)

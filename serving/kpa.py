@@ -263,8 +263,7 @@ def _build_spec(
             errors.append(f"invalid value: {raw[key]}: {where(key)}")
             return default
         if not lo <= value <= hi or math.isnan(value):
-            shown = int(value) if integer else value
-            errors.append(f"expected {_num(lo)} <= {shown} <= {_num(hi)}: {where(key)}")
+            errors.append(f"expected {_num(lo)} <= {_num(value)} <= {_num(hi)}: {where(key)}")
             return default
         return value
 
@@ -346,7 +345,7 @@ def _build_spec(
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if value == int(value) else str(value)
+    return str(int(value)) if math.isfinite(value) and value == int(value) else str(value)
 
 
 def _dur(seconds: float) -> str:

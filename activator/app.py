@@ -1,0 +1,309 @@
+"""Wiring of one activator process: servers, the single update writer, reporting, drain.
+
+Tasks and who owns what:
+
+* the *source pump* copies each ``RoutingConfig`` snapshot of the ``Source`` onto ``updates``;
+* pod watchers (``Backends``) put ``BackendsUpdate`` values onto the same queue;
+* the *writer* (``_apply_loop``) is the only task that changes routing state: it builds the
+  ``RouteTable``, creates, reuses or retires throttlers, applies healthy pod sets, and
+  publishes a new ``Snapshot`` that requests read;
+* the *reporter* closes the concurrency period every second and hands the batch to the scaler.
+
+Drain (``terminate`` then ``drain``): kubelet probes fail at once, traffic is still served for
+``drain_seconds``, then the data server stops accepting and waits for in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from activator.backends import PROBE_INTERVAL, PROBE_TIMEOUT, Backends, BackendsUpdate, Prober
+from activator.backends import probe_queue as default_probe
+from activator.handler import ActivatorHandler, Snapshot
+from activator.metrics import CONTENT_TYPE, ActivatorMetrics
+from activator.model import Revision, RoutingConfig
+from activator.probes import SIGTERM_ERROR
+from activator.routing import RouteTable
+from activator.scaler import Scaler, WebhookScaler
+from activator.source import Source
+from activator.stats import ConcurrencyReporter
+from activator.throttler import RevisionThrottler
+from proxy.client import UpstreamPool
+from proxy.http1 import Exchange
+from proxy.server import HttpServer
+
+__all__ = ["Activator", "Settings"]
+
+log = logging.getLogger("sluice.activator")
+
+Key = tuple[str, str]
+Update = RoutingConfig | BackendsUpdate
+
+#: Knative's ``MAX_IDLE_PROXY_CONNS_PER_HOST`` default.
+MAX_IDLE_PER_HOST = 100
+#: Knative's ``network.DefaultDrainTimeout``.
+DRAIN_SECONDS = 45.0
+#: Seconds between two reports to the scaler.
+REPORT_INTERVAL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one activator process is started with (built by ``main.parse_settings``)."""
+
+    config: Path
+    host: str = ""
+    port: int = 8012
+    metrics_port: int = 9090
+    workers: int = 1
+    #: This process's index among ``workers``; -1 in the supervising parent.
+    worker_index: int = 0
+    drain_seconds: float = DRAIN_SECONDS
+    pod_name: str = "activator"
+    log_level: str = "info"
+    #: Overrides the configuration file's ``scaler.url`` when set.
+    scaler_url: str | None = None
+    probe_interval: float = PROBE_INTERVAL
+    probe_timeout: float = PROBE_TIMEOUT
+    report_interval: float = REPORT_INTERVAL
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port: invalid value {self.port}: must be in [0, 65535]")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(
+                f"--metrics-port: invalid value {self.metrics_port}: must be in [0, 65535]"
+            )
+        if self.workers < 1:
+            raise ValueError(f"--workers: invalid value {self.workers}: must be >= 1")
+        if self.drain_seconds < 0:
+            raise ValueError(f"--drain-seconds: invalid value {self.drain_seconds}: must be >= 0")
+        if not self.pod_name:
+            raise ValueError("--pod-name: must not be empty")
+
+    @property
+    def own_metrics_port(self) -> int:
+        """Worker ``i`` serves metrics on ``metrics_port + i`` (0 stays 0: any free port)."""
+        if self.metrics_port == 0:
+            return 0
+        return self.metrics_port + max(0, self.worker_index)
+
+
+class Activator:
+    """One activator process (or one worker of several). ``start``, then ``close`` or drain."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        scaler: Scaler | None = None,
+        probe: Prober = default_probe,
+        rand: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.pool = UpstreamPool(max_idle_per_host=MAX_IDLE_PER_HOST)
+        self.reporter = ConcurrencyReporter(settings.pod_name)
+        self.webhook: WebhookScaler | None = None
+        if scaler is None:
+            self.webhook = WebhookScaler(settings.scaler_url)
+            scaler = self.webhook
+        self.scaler = scaler
+        webhook = self.webhook
+        self.metrics = ActivatorMetrics(
+            settings.pod_name, dropped=(lambda: webhook.dropped) if webhook else None
+        )
+        self.metrics.watch_queue_depth(self._queue_depths)
+        self.handler = ActivatorHandler(self.pool, self.reporter, self.metrics, scaler, rand)
+        self._rng = rng or random.Random()
+        self.updates: asyncio.Queue[Update] = asyncio.Queue()
+        self.backends = Backends(
+            self.updates.put_nowait, probe, settings.probe_interval, settings.probe_timeout
+        )
+        self.server = HttpServer(self.handler)
+        self.metrics_server = HttpServer(self._serve_metrics)
+        self._healthy: dict[Key, frozenset[str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._applied = asyncio.Event()
+        self.config: RoutingConfig | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def activators(self) -> int:
+        return self.settings.workers
+
+    @property
+    def index(self) -> int:
+        return max(0, self.settings.worker_index) if self.settings.workers > 1 else 0
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.port
+
+    async def start(self, wait_for_config: bool = True) -> None:
+        """Start the tasks, then listen. With ``wait_for_config`` (the default), listening
+        starts only once the source's first snapshot is applied, so no early request is
+        answered 404 for want of routes; pass False for a source that may start empty."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._pump(), name="source pump"),
+            loop.create_task(self._apply_loop(), name="update writer"),
+            loop.create_task(self._report_loop(), name="stats reporter"),
+        ]
+        if self.webhook is not None:
+            self.webhook.start()
+        if wait_for_config:
+            while self.config is None:
+                self._applied.clear()
+                await self._applied.wait()
+        await self.server.start(s.host, s.port, reuse_port=s.workers > 1)
+        await self.metrics_server.start(s.host, s.own_metrics_port)
+        log.info(
+            "activator %s (worker %d of %d) serving on port %d, metrics on port %d",
+            s.pod_name, self.index, self.activators, self.port, self.metrics_port,
+        )  # fmt: skip
+
+    def terminate(self) -> None:
+        """Fail kubelet probes from now on (SIGTERM); traffic is still served."""
+        self.handler.health_error = SIGTERM_ERROR
+
+    async def drain(self) -> None:
+        """``terminate``, serve for ``drain_seconds``, then stop after in-flight requests."""
+        self.terminate()
+        log.info("draining for %gs", self.settings.drain_seconds)
+        await asyncio.sleep(self.settings.drain_seconds)
+        await self.server.shutdown()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop everything now (in-flight requests are cut)."""
+        await self.server.shutdown(grace=0)
+        await self.metrics_server.shutdown(grace=0)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.backends.close()
+        if self.webhook is not None:
+            await self.webhook.close()
+        self.pool.close()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds after some update was applied (for tests)."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._applied.clear()
+                await self._applied.wait()
+
+    # ---------------------------------------------------------------- the writer
+
+    async def _pump(self) -> None:
+        async for cfg in self.source.snapshots():
+            self.updates.put_nowait(cfg)
+
+    async def _apply_loop(self) -> None:
+        while True:
+            update = await self.updates.get()
+            try:
+                if isinstance(update, RoutingConfig):
+                    self.apply_config(update)
+                else:
+                    self.apply_backends(update)
+            except Exception:
+                log.exception("applying %r failed", type(update).__name__)
+            self._applied.set()
+
+    def apply_config(self, cfg: RoutingConfig) -> None:
+        """Make ``cfg`` the routing state (writer task only)."""
+        old = self.handler.snapshot.throttlers
+        throttlers: dict[Key, RevisionThrottler] = {}
+        retire: list[RevisionThrottler] = []
+        for rev in cfg.revisions:
+            current = old.get(rev.key)
+            same = (
+                current is not None
+                and current.cc == rev.container_concurrency
+                and current.queue_depth == cfg.queue_depth
+            )
+            if current is not None and same:
+                current.revision = rev  # timeouts and labels may change in place
+                throttlers[rev.key] = current
+                continue
+            throttler = RevisionThrottler(
+                rev, cfg.queue_depth, self.activators, self.index, self._rng
+            )
+            throttler.apply(self._healthy.get(rev.key, ()))
+            throttlers[rev.key] = throttler
+            if current is not None:
+                retire.append(current)
+        retire += [t for key, t in old.items() if key not in throttlers]
+        self.handler.snapshot = Snapshot(RouteTable.build(cfg), throttlers)
+        for throttler in retire:
+            throttler.retire()  # after publishing, so its waiters find the successor
+        for key in [k for k in self._healthy if k not in throttlers]:
+            del self._healthy[key]
+        self.backends.set_endpoints({rev.key: frozenset(rev.endpoints) for rev in cfg.revisions})
+        if self.webhook is not None and self.settings.scaler_url is None:
+            self.webhook.url = cfg.scaler_url
+        self.config = cfg
+
+    def apply_backends(self, update: BackendsUpdate) -> None:
+        """Give a revision's throttler its new healthy pods (writer task only)."""
+        throttler = self.handler.snapshot.throttlers.get(update.key)
+        if throttler is None:
+            return  # the revision left the configuration after the watcher emitted
+        self._healthy[update.key] = update.dests
+        throttler.apply(update.dests)
+        log.info(
+            "revision %s/%s: %d healthy pod(s), capacity %d",
+            update.key[0], update.key[1], len(update.dests), throttler.capacity,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ side channels
+
+    async def _report_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.report_interval
+        while True:
+            await asyncio.sleep(interval)
+            batch = self.reporter.report(loop.time())
+            if not batch:
+                continue
+            self.scaler.report(batch)
+            table = self.handler.snapshot.table
+            for ns, name, stat in batch:
+                revision = table.lookup_revision(ns, name)
+                if revision is not None:
+                    self.metrics.set_concurrency(revision, stat.average_concurrent_requests)
+
+    def _queue_depths(self) -> Iterable[tuple[Revision, int]]:
+        for throttler in self.handler.snapshot.throttlers.values():
+            yield throttler.revision, throttler.waiting
+
+    async def _serve_metrics(self, ex: Exchange) -> None:
+        path = ex.target.split(b"?", 1)[0]
+        if ex.method not in (b"GET", b"HEAD") or path != b"/metrics":
+            ex.send(404, b"404 page not found\n")
+            return
+        ex.send(200, self.metrics.render(), content_type=CONTENT_TYPE.encode())
+
+    def __repr__(self) -> str:
+        return (
+            f"Activator({self.settings.pod_name!r}, worker={self.index}/{self.activators}, "
+            f"revisions={len(self.handler.snapshot.throttlers)})"
+        )

@@ -1,0 +1,225 @@
+"""The activator's request path, composed in one place (reference §2.2, DESIGN §4).
+
+Order, outermost first, written once in ``ActivatorHandler.__call__``:
+
+1. probe and health answers (``probes.answer_probe``), before any routing;
+2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present (Knative's
+   activator contract), else the Host through the ``RouteTable`` (tag host, tag header,
+   weighted split), else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no
+   poke and nothing held;
+3. metrics (only requests that resolved to a revision are measured);
+4. concurrency accounting; the first request of an idle revision pokes the scaler at once;
+5. the request deadline (revision timeouts, 504 ``activator request timeout``);
+6. the revision throttler, then ``forward`` to the chosen pod with the activator's header
+   edits. An upstream failure is a 502 with the engine's one-line reason; never retried.
+
+The handler only reads the routing ``Snapshot``; a single writer task publishes new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from activator.backends import split_dest
+from activator.deadline import RequestDeadline
+from activator.metrics import ActivatorMetrics
+from activator.model import Revision, RoutingConfig
+from activator.probes import answer_probe
+from activator.routing import RouteTable
+from activator.scaler import NullScaler, Scaler
+from activator.stats import ConcurrencyReporter
+from activator.throttler import Retired, RevisionThrottler
+from proxy.client import UpstreamPool
+from proxy.errors import NotFound, ProxyError
+from proxy.forward import Rewrite, forward
+from proxy.headers import Header
+from proxy.http1 import Exchange
+
+__all__ = ["ActivatorHandler", "Snapshot", "not_found"]
+
+Key = tuple[str, str]
+
+#: Client headers never passed to a pod: the split headers (the pod learns nothing from
+#: them and must not trust a client's) and the network-probe hash.
+_REMOVE = frozenset({b"knative-serving-revision", b"knative-serving-namespace", b"k-network-hash"})
+_PROXY_HEADER: Header = (b"K-Proxy-Request", b"activator")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What requests read: the route table and the throttler of every known revision."""
+
+    table: RouteTable
+    throttlers: Mapping[Key, RevisionThrottler] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        return cls(RouteTable.build(RoutingConfig()))
+
+
+def not_found(name: str) -> NotFound:
+    return NotFound(
+        f'Error getting active endpoint: revision.serving.knative.dev "{name}" not found'
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _dest(dest: str) -> tuple[str, int, bytes]:
+    host, port = split_dest(dest)
+    return host, port, dest.encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _edits(set_headers: tuple[tuple[str, str], ...]) -> tuple[frozenset[bytes], tuple[Header, ...]]:
+    extra = tuple((k.encode(), v.encode()) for k, v in set_headers)
+    remove = _REMOVE | frozenset(k.lower() for k, _ in extra)
+    return remove, (_PROXY_HEADER, *extra)
+
+
+def _revision_from_host(host: str, cluster_domain: str) -> Key | None:
+    """``<rev>.<ns>.svc.<cluster-domain>[:port]`` → (ns, rev), Knative's fallback."""
+    parts = host.split(".", 3)
+    if len(parts) != 4 or parts[2] != "svc":
+        return None
+    if parts[3].rsplit(":", 1)[0].lower().rstrip(".") != cluster_domain:
+        return None
+    return parts[1], parts[0]
+
+
+class ActivatorHandler:
+    """The engine handler of the activator's data port. See the module docstring."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        reporter: ConcurrencyReporter,
+        metrics: ActivatorMetrics,
+        scaler: Scaler | None = None,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.reporter = reporter
+        self.metrics = metrics
+        self.scaler: Scaler = scaler or NullScaler()
+        self.rand = rand or random.random
+        self.snapshot = Snapshot.empty()
+        #: Non-None once the process should fail kubelet probes (after SIGTERM).
+        self.health_error: str | None = None
+
+    async def __call__(self, ex: Exchange) -> None:
+        ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
+        for name, value in ex.headers:
+            low = name.lower()
+            if low == b"host":
+                host = value
+            elif low == b"user-agent":
+                ua = value
+            elif low.startswith(b"knative-serving-"):
+                if low == b"knative-serving-revision":
+                    rev = value
+                elif low == b"knative-serving-namespace":
+                    ns = value
+                elif low == b"knative-serving-tag":
+                    tag = value
+            elif low.startswith(b"k-"):
+                if low == b"k-network-probe":
+                    nprobe = value
+                elif low == b"k-network-hash":
+                    nhash = value
+                elif low == b"k-kubelet-probe":
+                    kubelet = value
+                elif low == b"k-original-host":
+                    orig = value
+        answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
+        if answer is not None:
+            ex.send(answer.status, answer.body, list(answer.headers))
+            return
+
+        snap = self.snapshot
+        table = snap.table
+        set_headers: tuple[tuple[str, str], ...] = ()
+        host_text = host.decode("latin-1") if host is not None else ""
+        if rev and ns:
+            revision = table.lookup_revision(ns.decode("latin-1"), rev.decode("latin-1"))
+            if revision is None:
+                raise not_found(rev.decode("latin-1"))
+        else:
+            tag_text = tag.decode("latin-1") if tag is not None else None
+            decision = table.resolve(host_text, tag_text, self.rand)
+            if decision is not None:
+                revision = table.lookup_revision(decision.namespace, decision.revision)
+                if revision is None:
+                    raise not_found(decision.revision)
+                set_headers = decision.set_headers
+            else:
+                key = _revision_from_host(host_text, table.cluster_domain)
+                if key is None:
+                    raise NotFound(
+                        f'Error getting active endpoint: no route for host "{host_text}"'
+                    )
+                revision = table.lookup_revision(*key)
+                if revision is None:
+                    raise not_found(key[1])
+        await self._serve(ex, revision, set_headers, host if orig is None else None)
+
+    async def _serve(
+        self,
+        ex: Exchange,
+        revision: Revision,
+        set_headers: tuple[tuple[str, str], ...],
+        original_host: bytes | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        key = revision.key
+        poke = self.reporter.request_in(key, start)
+        if poke is not None:
+            self.scaler.poke(poke)
+        deadline = RequestDeadline(
+            ex,
+            loop,
+            revision.timeout_seconds,
+            revision.response_start_timeout_seconds,
+            revision.idle_timeout_seconds,
+            start,
+        )
+        remove, extra = _edits(set_headers)
+        if original_host is not None:
+            extra = (*extra, (b"K-Original-Host", original_host))
+        try:
+            try:
+                await self._throttled(ex, key, remove, extra)
+            except ProxyError as exc:
+                ex.fail(exc)
+        finally:
+            deadline.cancel()
+            now = loop.time()
+            self.reporter.request_out(key, now)
+            if ex.status:
+                self.metrics.record_request(revision, ex.status, now - start)
+
+    async def _throttled(
+        self, ex: Exchange, key: Key, remove: frozenset[bytes], extra: tuple[Header, ...]
+    ) -> None:
+        pool = self.pool
+
+        async def send(dest: str) -> int:
+            host, port, host_header = _dest(dest)
+            return await forward(
+                ex, pool, host, port, Rewrite(remove=remove, set=extra, host=host_header)
+            )
+
+        while True:
+            throttler = self.snapshot.throttlers.get(key)
+            if throttler is None:
+                # The revision left the configuration while this request waited.
+                raise ProxyError(f'revision "{key[1]}" was removed while the request waited')
+            try:
+                await throttler.try_(send)
+                return
+            except Retired:
+                continue

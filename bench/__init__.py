@@ -1,0 +1,1 @@
+"""Sluice benchmarks: each produces files under ``bench/results/`` and compares as ratios."""

@@ -1,0 +1,255 @@
+"""Command line and orchestration for ``python -m bench.hotpath`` (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.hotpath.backends import Backend, start_backend
+from bench.hotpath.loadgen import LoadgenError, LoadResult, run_hey, run_wrk, tool_version
+from bench.hotpath.procs import (
+    ProcGroup,
+    children_cpu_seconds,
+    have,
+    machine_busy_seconds,
+    tree_cpu_seconds,
+)
+from bench.hotpath.report import (
+    FIXED_RATE,
+    SATURATION,
+    SATURATION_C50,
+    Point,
+    Run,
+    TargetResult,
+    render_markdown,
+    summarise,
+    to_json,
+    with_ratios,
+)
+from bench.hotpath.targets import TARGETS, Running, Skip, start_target
+
+REPO = Path(__file__).resolve().parents[2]
+WARMUP_S = 1.0
+#: wrk connections at saturation, and for the latency-under-load point.
+CONNECTIONS = 32
+CONNECTIONS_C50 = 50
+#: hey workers x per-worker rate = the fixed ~1000 req/s load point.
+HEY_WORKERS, HEY_QPS = 10, 100
+#: Targets that also get the 50-connection latency point.
+C50_TARGETS = frozenset({"queue-proxy-cc10"})
+
+
+@dataclass(frozen=True, slots=True)
+class CpuPlan:
+    load: int | None
+    backend: int | None
+    proxy: int | None
+    description: str
+
+
+def plan_cpus(cpu_count: int, taskset: bool) -> CpuPlan:
+    """Which CPU each role is pinned to; see the package docstring for why."""
+    if not taskset or cpu_count < 2:
+        why = "taskset not installed" if not taskset else "only 1 CPU"
+        return CpuPlan(None, None, None, f"none ({why})")
+    if cpu_count >= 3:
+        return CpuPlan(0, 2, 1, "wrk/hey on CPU 0, target on CPU 1, backend on CPU 2")
+    return CpuPlan(0, 0, 1, "wrk/hey and backend on CPU 0, target on CPU 1")
+
+
+def progress(message: str) -> None:
+    print(f"[hotpath] {message}", file=sys.stderr, flush=True)
+
+
+def _measure(target: Running, backend: Backend, load: Callable[[], LoadResult]) -> Run:
+    m0, g0 = machine_busy_seconds(), children_cpu_seconds()
+    t0, b0 = tree_cpu_seconds(target.pid), tree_cpu_seconds(backend.proc.pid)
+    res = load()
+    t1, b1 = tree_cpu_seconds(target.pid), tree_cpu_seconds(backend.proc.pid)
+    m1, g1 = machine_busy_seconds(), children_cpu_seconds()
+    ours = (g1 - g0) + (b1 - b0) + (0.0 if target.pid == backend.proc.pid else t1 - t0)
+    per_req = 1e6 / res.requests if res.requests else None
+    return Run(
+        rps=res.rps,
+        requests=res.requests,
+        duration_s=res.duration_s,
+        cpu_us_per_req=None if per_req is None else (t1 - t0) * per_req,
+        backend_cpu_us_per_req=None if per_req is None else (b1 - b0) * per_req,
+        latency_ms=dict(res.latency_ms),
+        errors=res.errors,
+        non_2xx=res.non_2xx,
+        foreign_cpu_s=max(0.0, (m1 - m0) - ours),
+    )
+
+
+def measure_target(
+    target: Running, backend: Backend, plan: CpuPlan, runs: int, duration: float
+) -> dict[str, Point]:
+    """Warm up, then every load point for ``target``; raises ``LoadgenError`` on failure."""
+    name, cpu = target.name, plan.load
+
+    def wrk(connections: int, seconds: float) -> LoadResult:
+        return run_wrk(
+            target.url,
+            connections=connections,
+            duration_s=seconds,
+            headers=target.headers,
+            cpu=cpu,
+        )
+
+    def hey() -> LoadResult:
+        return run_hey(
+            target.url,
+            duration_s=duration,
+            concurrency=HEY_WORKERS,
+            per_worker_qps=HEY_QPS,
+            headers=target.headers,
+            cpu=cpu,
+        )
+
+    def check(run: Run) -> Run:
+        if target.proc is not None and not target.proc.alive():
+            raise LoadgenError(f"{name} exited during the run: {target.proc.log_tail(3)}")
+        if run.requests == 0:
+            raise LoadgenError(f"{name}: no successful requests")
+        return run
+
+    progress(f"{name}: warm-up {WARMUP_S:g} s")
+    wrk(CONNECTIONS, WARMUP_S)
+    points: dict[str, Point] = {}
+    sat: list[Run] = []
+    for i in range(runs):
+        progress(f"{name}: saturation run {i + 1}/{runs} (wrk -t1 -c{CONNECTIONS}, {duration:g} s)")
+        sat.append(check(_measure(target, backend, lambda: wrk(CONNECTIONS, duration))))
+    points[SATURATION] = summarise(sat)
+    rate: list[Run] = []
+    for i in range(runs):
+        progress(f"{name}: ~1000 req/s run {i + 1}/{runs} (hey -c10 -q100, {duration:g} s)")
+        rate.append(check(_measure(target, backend, hey)))
+    points[FIXED_RATE] = summarise(rate)
+    if name in C50_TARGETS:
+        progress(f"{name}: latency at saturation (wrk -t1 -c{CONNECTIONS_C50}, {duration:g} s)")
+        run = _measure(target, backend, lambda: wrk(CONNECTIONS_C50, duration))
+        points[SATURATION_C50] = summarise([check(run)])
+    return points
+
+
+def environment(plan: CpuPlan, backend: Backend, runs: int, duration: float) -> dict[str, Any]:
+    tools = {
+        "wrk": tool_version(["wrk", "-v"]),
+        "hey": tool_version(["dpkg-query", "-W", "-f=${Version}", "hey"]),
+        "nginx": tool_version(["nginx", "-v"]) if have("nginx") else None,
+        "haproxy": tool_version(["haproxy", "-v"]) if have("haproxy") else None,
+        "python": platform.python_version(),
+    }
+    return {
+        "cpu_count": os.cpu_count(),
+        "pinning": plan.description,
+        "pinned": plan.proxy is not None,
+        "cpus": {"load": plan.load, "backend": plan.backend, "target": plan.proxy},
+        "backend": backend.kind,
+        "runs": runs,
+        "duration_s": duration,
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "tools": tools,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwind through every finally, which stops our processes
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per load point (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma list from: {', '.join(TARGETS)} (default all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 run of 2 s (CI smoke)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.duration = 1, 2.0
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+    if args.runs < 1 or args.duration <= 0 or args.duration > 600:
+        parser.error("--runs must be >= 1 and --duration in (0, 600]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("wrk", "hey"):
+        if not have(tool):
+            print(f"bench.hotpath: {tool} is not installed", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    plan = plan_cpus(os.cpu_count() or 1, have("taskset"))
+    results: list[TargetResult] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-hotpath-") as tmp,
+        ProcGroup(Path(tmp)) as group,
+    ):
+        progress(f"starting the backend; pinning: {plan.description}")
+        backend = start_backend(group, plan.backend, REPO)
+        env = environment(plan, backend, args.runs, args.duration)
+        for name in args.targets:
+            progress(f"{name}: starting")
+            try:
+                target = start_target(name, group, backend, plan.proxy, REPO)
+            except Skip as skip:
+                progress(f"{name}: skipped: {skip}")
+                results.append(TargetResult(name, "skipped", note=str(skip)))
+                continue
+            try:
+                points = measure_target(target, backend, plan, args.runs, args.duration)
+                results.append(
+                    TargetResult(
+                        name,
+                        "ok",
+                        cpu_of=target.cpu_of,
+                        startup_s=target.startup_s,
+                        idle_rss_kib=target.idle_rss_kib,
+                        points=points,
+                    )
+                )
+            except LoadgenError as exc:
+                progress(f"{name}: failed: {exc}")
+                results.append(TargetResult(name, "failed", note=str(exc)))
+            finally:
+                if target.proc is not None:
+                    group.stop(target.proc)
+    results = with_ratios(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "hotpath.json").write_text(json.dumps(to_json(results, env), indent=2) + "\n")
+    markdown = render_markdown(results, env)
+    (args.out / "hotpath.md").write_text(markdown)
+    print(markdown, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench.hotpath: interrupted; all started processes were stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,259 @@
+"""The control plane's desired state: Services, their revision history and resolved routes.
+
+Pure values and functions. ``ClusterState`` is an immutable mapping from service key to
+``ServiceRecord``; ``apply_manifests`` returns a new state (or raises ``ManifestError`` with
+every problem, so a bad batch changes nothing); ``mark_ready`` and ``delete_service`` likewise
+return new states. Route resolution (``serving.revisions.resolve_route``) runs after every
+change, so a route follows its revisions becoming ready. ``StateStore`` persists a state as
+one JSON file, written atomically, so ``sluice up`` comes back with the same services.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from activator.model import Route, TrafficTarget
+from serving.manifest import ManifestError, ServiceManifest, parse_service
+from serving.revisions import (
+    RevisionError,
+    RevisionRecord,
+    latest_created,
+    latest_ready,
+    plan_revision,
+    resolve_route,
+    set_ready,
+)
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+ServiceKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """One applied Service.
+
+    ``route`` is what is served now; when the manifest's traffic cannot be resolved yet
+    ``route_reason``/``route_message`` say why (and ``route`` keeps the previous resolution).
+    ``workdirs`` maps each revision to the directory its process runs in (the directory of
+    the manifest that created it).
+    """
+
+    manifest: ServiceManifest
+    history: tuple[RevisionRecord, ...] = ()
+    route: Route | None = None
+    route_reason: str = ""
+    route_message: str = ""
+    workdirs: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def key(self) -> ServiceKey:
+        return self.manifest.key
+
+    @property
+    def route_ready(self) -> bool:
+        return self.route is not None and not self.route_reason
+
+    def latest_created_name(self) -> str:
+        rec = latest_created(self.history)
+        return rec.name if rec else ""
+
+    def latest_ready_name(self) -> str:
+        rec = latest_ready(self.history)
+        return rec.name if rec else ""
+
+    def revision(self, name: str) -> RevisionRecord | None:
+        return next((r for r in self.history if r.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "manifest": self.manifest.to_dict(),
+            "history": [r.to_dict() for r in self.history],
+            "route": _route_to_dict(self.route),
+            "routeReason": self.route_reason,
+            "routeMessage": self.route_message,
+            "workdirs": dict(self.workdirs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServiceRecord:
+        manifest = parse_service(data["manifest"])
+        history = tuple(RevisionRecord.from_dict(r, manifest.name) for r in data["history"])
+        return cls(
+            manifest,
+            history,
+            _route_from_dict(data.get("route")),
+            str(data.get("routeReason", "")),
+            str(data.get("routeMessage", "")),
+            {str(k): str(v) for k, v in dict(data.get("workdirs", {})).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    services: Mapping[ServiceKey, ServiceRecord] = field(default_factory=dict, hash=False)
+
+    def revision_owner(self, name: str, namespace: str = "") -> ServiceRecord | None:
+        """The service owning revision ``name`` (in ``namespace`` when given)."""
+        for svc in self.services.values():
+            if namespace and svc.key[0] != namespace:
+                continue
+            if svc.revision(name) is not None:
+                return svc
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "services": [s.to_dict() for _, s in sorted(self.services.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterState:
+        records = [ServiceRecord.from_dict(s) for s in data.get("services", [])]
+        return cls({r.key: r for r in records})
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What an apply did, one line per service (``service/hello created``, ...)."""
+
+    state: ClusterState
+    messages: tuple[str, ...]
+    created_revisions: tuple[tuple[ServiceKey, str], ...]
+
+
+def apply_manifests(
+    state: ClusterState, items: Sequence[tuple[ServiceManifest, str]]
+) -> ApplyResult:
+    """Apply ``(manifest, workdir)`` pairs all or nothing; raises ``ManifestError`` listing
+    every refusal. ``workdir`` is where a revision the manifest creates will run."""
+    services = dict(state.services)
+    errors: list[str] = []
+    messages: list[str] = []
+    created: list[tuple[ServiceKey, str]] = []
+    for manifest, workdir in items:
+        old = services.get(manifest.key)
+        try:
+            plan = plan_revision(old.history if old else (), manifest)
+        except RevisionError as exc:
+            errors.append(f"Service {manifest.namespace}/{manifest.name}: {exc}")
+            continue
+        workdirs = dict(old.workdirs) if old else {}
+        if plan.created:
+            workdirs[plan.revision.name] = workdir
+            created.append((manifest.key, plan.revision.name))
+        record = ServiceRecord(
+            manifest,
+            plan.history,
+            old.route if old else None,
+            workdirs=workdirs,
+        )
+        services[manifest.key] = _resolve(record)
+        if old is None:
+            verb = "created"
+        elif old.manifest == manifest and not plan.created:
+            verb = "unchanged"
+        else:
+            verb = "configured"
+        messages.append(f"service.serving.knative.dev/{manifest.name} {verb}")
+    if errors:
+        raise ManifestError(errors)
+    return ApplyResult(ClusterState(services), tuple(messages), tuple(created))
+
+
+def mark_ready(
+    state: ClusterState, key: ServiceKey, revision: str, ready: bool = True
+) -> ClusterState:
+    """The state with ``revision`` (not) ready and the service's route re-resolved."""
+    svc = state.services.get(key)
+    rec = svc.revision(revision) if svc else None
+    if svc is None or rec is None or rec.ready == ready:
+        return state
+    updated = _resolve(replace(svc, history=set_ready(svc.history, revision, ready)))
+    return ClusterState({**state.services, key: updated})
+
+
+def delete_service(state: ClusterState, key: ServiceKey) -> ClusterState:
+    """The state without ``key``; ``KeyError`` when there is no such service."""
+    if key not in state.services:
+        raise KeyError(key)
+    return ClusterState({k: v for k, v in state.services.items() if k != key})
+
+
+def routes(state: ClusterState) -> tuple[Route, ...]:
+    return tuple(s.route for _, s in sorted(state.services.items()) if s.route is not None)
+
+
+def routed_revisions(state: ClusterState) -> frozenset[tuple[str, str]]:
+    """``(namespace, revision)`` of every revision a route points at (tags included)."""
+    return frozenset(
+        (route.namespace, t.revision_name) for route in routes(state) for t in route.traffic
+    )
+
+
+def all_revisions(state: ClusterState) -> Iterable[tuple[ServiceRecord, RevisionRecord]]:
+    for _, svc in sorted(state.services.items()):
+        for rec in sorted(svc.history, key=lambda r: r.generation):
+            yield svc, rec
+
+
+def _resolve(record: ServiceRecord) -> ServiceRecord:
+    res = resolve_route(record.manifest, record.history, record.route)
+    return replace(record, route=res.route, route_reason=res.reason, route_message=res.message)
+
+
+def _route_to_dict(route: Route | None) -> dict[str, Any] | None:
+    if route is None:
+        return None
+    return {
+        "name": route.name,
+        "namespace": route.namespace,
+        "traffic": [
+            {"revisionName": t.revision_name, "percent": t.percent, "tag": t.tag}
+            for t in route.traffic
+        ],
+    }
+
+
+def _route_from_dict(data: Any) -> Route | None:
+    if not data:
+        return None
+    return Route(
+        str(data["name"]),
+        str(data["namespace"]),
+        tuple(
+            TrafficTarget(str(t["revisionName"]), int(t["percent"]), t.get("tag") or None)
+            for t in data["traffic"]
+        ),
+    )
+
+
+class StateStore:
+    """Reads and writes ``<dir>/state.json``; writes go through a temporary file + rename."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / STATE_FILE
+
+    def load(self) -> ClusterState:
+        """The saved state, or an empty one; ``ManifestError`` if the file is unusable."""
+        if not self.path.exists():
+            return ClusterState()
+        try:
+            data = json.loads(self.path.read_text())
+            return ClusterState.from_dict(data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ManifestError([f"{self.path}: cannot restore state: {exc}"]) from None
+
+    def save(self, state: ClusterState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.to_dict(), indent=1, sort_keys=True))
+        os.replace(tmp, self.path)

@@ -1,0 +1,138 @@
+"""``sluice up``: the control plane, the activator and the API in one process.
+
+Start-up order: restore the state directory, validate the manifests given on the command line
+(a bad one stops here, before anything listens), start the activator and the API, start the
+control plane's loops, apply the manifests. Shutdown (Ctrl-C or SIGTERM): stop accepting
+traffic and let in-flight requests finish, drain and stop every pod (queue-proxy first, so no
+accepted request is lost), then close the activator and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from activator.source import PushSource
+from serving import views
+from serving.api import make_app
+from serving.controlplane import ControlPlane, Event
+from serving.embedded import make_activator, queue_depths
+from serving.manifest import ManifestError, ServiceManifest, load_path
+from serving.settings import UpSettings, split_address
+from serving.state import StateStore
+
+#: In-flight requests get this long to finish on Ctrl-C before pods are stopped.
+SHUTDOWN_GRACE = 10.0
+
+
+def load_items(paths: Sequence[str], settings: UpSettings) -> list[tuple[ServiceManifest, str]]:
+    """Manifests of every path with the directory each runs in; ``ManifestError`` if any is bad."""
+    items: list[tuple[ServiceManifest, str]] = []
+    errors: list[str] = []
+    for raw in paths:
+        path = Path(raw).resolve()
+        workdir = str(path if path.is_dir() else path.parent)
+        try:
+            items.extend((svc, workdir) for svc in load_path(path, settings.autoscaler))
+        except ManifestError as exc:
+            errors.extend(exc.messages)
+    if errors:
+        raise ManifestError(errors)
+    return items
+
+
+class Printer:
+    """Progress lines on ``out``: every control-plane event, one line each."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def event(self, ev: Event) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(ev.time))
+        self.line(f"{stamp} {ev.type:<7} {ev.reason:<14} {ev.object}: {ev.message}")
+
+
+async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.stdout) -> int:
+    printer = Printer(out)
+    try:
+        api_host, api_port = split_address(settings.api)
+        items = load_items(paths, settings)
+        store = StateStore(settings.state_dir)
+        source = PushSource()
+        cp = ControlPlane(settings, store, source.update)
+        cp.restore()
+    except (ManifestError, ValueError) as exc:
+        lines = exc.messages if isinstance(exc, ManifestError) else (str(exc),)
+        for message in lines:
+            print(f"error: {message}", file=sys.stderr)
+        return 1
+    activator = make_activator(settings.host, settings.port, source, cp.handle_stats)
+    cp.queue_depths = lambda: queue_depths(activator)
+    cp.publish_routing()  # the activator listens once it has a first configuration
+    info: dict[str, Any] = {
+        "activator": f"http://{settings.host}:{settings.port}",
+        "api": f"http://{api_host}:{api_port}",
+        "stateDir": str(settings.state_dir),
+        "domain": settings.domain,
+    }
+    runner = web.AppRunner(make_app(cp, info), access_log=None)
+    await runner.setup()
+    try:
+        await activator.start()
+        await web.TCPSite(runner, api_host, api_port).start()
+    except OSError as exc:
+        print(f"error: cannot listen: {exc}", file=sys.stderr)
+        await activator.close()
+        await runner.cleanup()
+        return 1
+    info["activator"] = f"http://{settings.host}:{activator.port}"
+    info["activatorMetrics"] = f"http://{settings.host}:{activator.metrics_port}/metrics"
+    await cp.start()
+    try:
+        if items:
+            result = cp.apply(items)
+            for message in result.messages:
+                printer.line(message)
+    except ManifestError as exc:
+        for message in exc.messages:
+            print(f"error: {message}", file=sys.stderr)
+    _banner(printer, cp, info)
+    cp.on_event = printer.event  # progress from here on; earlier events are in `describe`
+    await _wait_for_signal()
+    printer.line("shutting down: draining requests and pods ...")
+    await activator.server.shutdown(grace=SHUTDOWN_GRACE)
+    await cp.stop()
+    await activator.close()
+    await runner.cleanup()
+    printer.line("stopped")
+    return 0
+
+
+def _banner(printer: Printer, cp: ControlPlane, info: dict[str, Any]) -> None:
+    printer.line(f"sluice up: activator (traffic) on {info['activator']}")
+    printer.line(f"           API on {info['api']} (metrics on {info['api']}/metrics)")
+    printer.line(f"           state in {info['stateDir']}")
+    for row in views.services(cp):
+        printer.line(f"service {row['name']}: {row['url']}")
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

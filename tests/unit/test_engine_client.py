@@ -1,0 +1,271 @@
+"""The upstream side with a fake transport: response parsing, reuse decisions, the pool."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.client import UpstreamClosed, UpstreamConnection, UpstreamPool
+from proxy.errors import BadGateway
+from proxy.headers import HeaderList
+from tests.unit.engine_fakes import FakeTransport
+
+KEY = ("10.0.0.1", 80)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def on_informational(self, status: int, headers: HeaderList) -> None:
+        self.events.append(("info", status))
+
+    def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
+        self.events.append(("head", status, content_length))
+
+    def on_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
+        self.events.append(("upgrade", rest))
+
+    def flush(self) -> None:
+        pass
+
+
+def connect(pool: UpstreamPool | None = None) -> tuple[UpstreamConnection, FakeTransport]:
+    conn = UpstreamConnection(pool, KEY, asyncio.get_running_loop())
+    transport = FakeTransport(conn)
+    conn.connection_made(transport)
+    return conn, transport
+
+
+async def exchange(
+    response: bytes | list[bytes], *, head: bool = False
+) -> tuple[UpstreamConnection, FakeTransport, Sink]:
+    conn, transport = connect()
+    sink = Sink()
+    conn.begin(sink, head)
+    for part in [response] if isinstance(response, bytes) else response:
+        conn.data_received(part)
+    return conn, transport, sink
+
+
+async def test_complete_response_makes_the_connection_reusable() -> None:
+    conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert conn.done.done() and conn.done.exception() is None
+    assert conn.reusable
+    assert sink.events == [("head", 200, 2), ("body", b"hi")]
+
+
+async def test_connection_close_response_is_not_reusable() -> None:
+    conn, _, _ = await exchange(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    assert conn.done.done() and not conn.reusable
+
+
+async def test_http10_response_without_keep_alive_is_not_reusable() -> None:
+    conn, _, _ = await exchange(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert conn.done.done() and not conn.reusable
+
+
+async def test_head_response_with_length_completes_without_a_body() -> None:
+    conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head=True)
+    assert conn.done.done() and conn.reusable
+    assert sink.events == [("head", 200, 99)]
+    # the same connection parses the next response from scratch
+    sink2 = Sink()
+    conn.begin(sink2, False)
+    conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert conn.done.done() and conn.reusable
+    assert sink2.events == [("head", 204, None)]
+
+
+async def test_interim_responses_precede_the_final_one() -> None:
+    conn, _, sink = await exchange(
+        [
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early",
+            b" Hints\r\nLink: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz",
+        ]
+    )
+    assert sink.events == [("info", 100), ("info", 103), ("head", 200, 1), ("body", b"z")]
+    assert conn.reusable
+
+
+async def test_chunked_response_reports_no_length() -> None:
+    conn, _, sink = await exchange(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert sink.events == [("head", 200, None), ("body", b"abc")]
+    assert conn.reusable
+
+
+async def test_close_delimited_response_completes_on_close_and_is_not_reused() -> None:
+    conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert not conn.done.done()
+    conn.connection_lost(None)
+    assert conn.done.exception() is None
+    assert not conn.reusable
+    assert sink.events == [("head", 200, None), ("body", b"some")]
+
+
+async def test_truncated_response_fails_the_exchange() -> None:
+    conn, _, _ = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    conn.connection_lost(None)
+    error = conn.done.exception()
+    assert isinstance(error, UpstreamClosed) and "truncated" in str(error)
+    assert conn.got_head
+
+
+async def test_close_before_any_response_names_the_cause() -> None:
+    conn, _, _ = await exchange([])
+    conn.connection_lost(ConnectionResetError("reset by peer"))
+    error = conn.done.exception()
+    assert isinstance(error, UpstreamClosed)
+    assert str(error) == "upstream closed the connection: reset by peer"
+    assert not conn.got_head
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["status", "two-cl", "huge-header", "bad-chunk"],
+)
+async def test_malformed_response_is_bad_gateway_and_aborts(raw: bytes) -> None:
+    conn, transport, _ = await exchange(raw)
+    assert isinstance(conn.done.exception(), BadGateway)
+    assert transport.aborted and conn.closed and not conn.reusable
+
+
+async def test_bytes_on_an_idle_connection_close_it() -> None:
+    conn, transport, _ = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conn._sink = None
+    conn.data_received(b"HTTP/1.1 200 OK\r\n")
+    assert transport.closed and not conn.reusable
+
+
+async def test_101_to_an_upgrade_switches_to_a_tunnel() -> None:
+    conn, _, _ = await exchange([])
+
+    class Tunnel(Sink):
+        def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
+            self.events.append(("upgrade", rest))
+            conn.enter_tunnel(self, lambda: self.events.append(("closed",)))
+
+    tunnel = Tunnel()
+    conn.begin(tunnel, False)
+    conn.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n\r\nframe"
+    )
+    assert conn.done.exception() is None
+    conn.data_received(b"more")
+    conn.connection_lost(None)
+    assert tunnel.events == [("upgrade", b"frame"), ("body", b"more"), ("closed",)]
+    assert not conn.reusable
+
+
+async def test_101_the_sink_refuses_is_bad_gateway() -> None:
+    conn, transport, sink = await exchange(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    assert sink.events == [("upgrade", b"")]
+    assert isinstance(conn.done.exception(), BadGateway)
+    assert transport.aborted
+
+
+async def test_101_without_connection_upgrade_is_bad_gateway() -> None:
+    conn, transport, sink = await exchange(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nraw"
+    )
+    assert sink.events == []
+    assert isinstance(conn.done.exception(), BadGateway)
+    assert transport.aborted
+
+
+# ------------------------------------------------------------------------------- the pool
+
+
+async def pooled(pool: UpstreamPool, key: tuple[str, int] = KEY) -> UpstreamConnection:
+    conn = UpstreamConnection(pool, key, asyncio.get_running_loop())
+    conn.connection_made(FakeTransport(conn))
+    conn.reusable = True
+    return conn
+
+
+async def test_pool_reuses_the_most_recent_idle_connection() -> None:
+    pool = UpstreamPool()
+    a, b = await pooled(pool), await pooled(pool)
+    pool.release(a)
+    pool.release(b)
+    assert pool.idle_count(*KEY) == 2
+    assert pool.take_idle(*KEY) is b
+    assert pool.take_idle(*KEY) is a
+    assert pool.take_idle(*KEY) is None
+    assert repr(pool) == "UpstreamPool(hosts=1, idle=0)"
+
+
+async def test_pool_closes_what_it_cannot_reuse() -> None:
+    pool = UpstreamPool(max_idle_per_host=1)
+    a, b, c = await pooled(pool), await pooled(pool), await pooled(pool)
+    c.reusable = False
+    pool.release(a)
+    pool.release(b)  # over the per-host cap
+    pool.release(c)  # not reusable
+    assert pool.idle_count(*KEY) == 1
+    assert not a.closed and b.closed and c.closed
+
+
+async def test_pool_drops_connections_idle_past_the_timeout() -> None:
+    pool = UpstreamPool(idle_timeout=0.001)
+    a = await pooled(pool)
+    pool.release(a)
+    a.idle_since -= 1
+    assert pool.take_idle(*KEY) is None
+    assert a.closed
+
+
+async def test_pool_forgets_a_connection_the_upstream_closed() -> None:
+    pool = UpstreamPool()
+    a = await pooled(pool)
+    pool.release(a)
+    a.connection_lost(None)
+    assert pool.idle_count(*KEY) == 0
+
+
+async def test_pool_resumes_reading_on_a_connection_paused_at_the_end_of_a_response() -> None:
+    pool = UpstreamPool()
+    conn = UpstreamConnection(pool, KEY, asyncio.get_running_loop())
+    transport = FakeTransport(conn)
+    conn.connection_made(transport)
+    sink = Sink()
+    conn.begin(sink, False)
+    conn.pause_reading()  # a slow client paused it during the last body bytes
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert conn.reusable and not transport.reading
+    pool.release(conn)
+    assert transport.reading
+    assert pool.take_idle(*KEY) is conn
+
+
+async def test_pool_close_closes_idle_connections_and_refuses_new_ones() -> None:
+    pool = UpstreamPool()
+    a, b = await pooled(pool), await pooled(pool)
+    pool.release(a)
+    pool.close()
+    assert a.closed
+    pool.release(b)
+    assert b.closed and pool.idle_count(*KEY) == 0
+
+
+def test_pool_validates_its_settings() -> None:
+    with pytest.raises(ValueError, match="max_idle_per_host"):
+        UpstreamPool(max_idle_per_host=-1)
