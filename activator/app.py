@@ -36,6 +36,7 @@ from activator.stats import ConcurrencyReporter
 from activator.throttler import RevisionThrottler
 from proxy.client import UpstreamPool
 from proxy.http1 import Exchange
+from proxy.runner import settle_gc
 from proxy.server import HttpServer
 
 __all__ = ["Activator", "Settings"]
@@ -171,6 +172,7 @@ class Activator:
                 await self._applied.wait()
         await self.server.start(s.host, s.port, reuse_port=s.workers > 1)
         await self.metrics_server.start(s.host, s.own_metrics_port)
+        settle_gc()
         log.info(
             "activator %s (worker %d of %d) serving on port %d, metrics on port %d",
             s.pod_name, self.index, self.activators, self.port, self.metrics_port,

@@ -199,6 +199,13 @@ class Breaker:
         self._sem.release()
         self._in_flight -= 1
 
+    def try_acquire(self) -> bool:
+        """``acquire`` without waiting: both slots now (True, release once), or nothing."""
+        if self._in_flight >= self._total_slots or not self._sem.try_acquire():
+            return False
+        self._in_flight += 1
+        return True
+
     def reserve(self) -> Callable[[], None] | None:
         """Take an admission and an execution slot without waiting.
 

@@ -68,8 +68,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
         self._done: asyncio.Future[None] | None = None
+        self._callback: Callable[[BaseException | None], None] | None = None
         self._headers: HeaderList = []
         self._head_size = 0
+        self._head_read = 0
         self._is_head = False
         self._interim = False
         self._until_close = False
@@ -85,12 +87,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --------------------------------------------------------- request lifecycle
 
-    def begin(self, sink: ResponseSink, is_head: bool) -> None:
-        """Prepare for the next response; must precede writing the request head."""
+    def begin(
+        self,
+        sink: ResponseSink,
+        is_head: bool,
+        callback: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
+        """Prepare for the next response; must precede writing the request head.
+
+        The outcome is reported through ``done`` (a future) or, when ``callback`` is given,
+        by calling it once with None (complete) or the error, and no future is made.
+        """
         self._sink = sink
-        self._done = self._loop.create_future()
+        self._callback = callback
+        self._done = None if callback is not None else self._loop.create_future()
         self._headers = []
         self._head_size = 0
+        self._head_read = 0
         self._is_head = is_head
         self._interim = False
         self._until_close = False
@@ -182,18 +195,14 @@ class UpstreamConnection(asyncio.Protocol):
             on_close()
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(UpstreamClosed("upstream closed the connection"))
-        done = self._done
-        if done is not None and not done.done():
+        if self._pending():
             if self._until_close and self._got_head:
-                done.set_result(None)
+                self._resolve(None)
+            elif self._got_head:
+                self._resolve(UpstreamClosed("upstream response truncated"))
             else:
-                if self._got_head:
-                    error = UpstreamClosed("upstream response truncated")
-                else:
-                    reason = f": {exc}" if exc else ""
-                    error = UpstreamClosed(f"upstream closed the connection{reason}")
-                done.set_exception(error)
-                done.exception()  # retrieved here: the caller may already have given up
+                reason = f": {exc}" if exc else ""
+                self._resolve(UpstreamClosed(f"upstream closed the connection{reason}"))
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -228,15 +237,19 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(cause if isinstance(cause, BadGateway) else BadGateway(str(exc)))
         except httptools.HttpParserError as exc:
             self._fail(BadGateway(f"malformed response from upstream: {exc}"))
+        else:
+            if not self._got_head:
+                # All of this read belongs to a head not yet complete: bound it, since
+                # llhttp would buffer an endless header line without limit.
+                self._head_read += len(data)
+                if self._head_read > MAX_RESPONSE_HEAD:
+                    self._fail(BadGateway("upstream response head too large"))
         # A head parsed from this read goes out now, with whatever body came along.
         sink.flush()
 
     def _fail(self, error: BadGateway) -> None:
         self.abort()
-        fut = self._done
-        if fut is not None and not fut.done():
-            fut.set_exception(error)
-            fut.exception()
+        self._resolve(error)
 
     def _upgraded(self, rest: bytes) -> None:
         sink = self._sink
@@ -250,14 +263,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(BadGateway("upstream switched protocols unasked"))
             return
         self._got_head = True
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        self._resolve(None)
 
     # ----------------------------------------------------------- parser callbacks
-
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._head_size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
@@ -272,6 +280,8 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             self._interim = True
             sink.on_informational(status, self._headers)
+            self._headers = []
+            self._head_size = 0
             return
         if status == 101:
             # llhttp reports the message complete, then raises HttpParserUpgrade; both are
@@ -283,10 +293,10 @@ class UpstreamConnection(asyncio.Protocol):
         length: int | None = None
         chunked = False
         for name, value in self._headers:
-            low = name.lower()
-            if low == b"content-length":
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
                 length = int(value)
-            elif low == b"transfer-encoding":
+            elif size == 17 and name.lower() == b"transfer-encoding":
                 chunked = True
         no_body = self._is_head or status in (204, 304)
         if chunked:
@@ -313,7 +323,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._switching:
             return
-        if self._done is not None and self._done.done():
+        if not self._pending():
             return
         self._complete(keep_alive=self._parser.should_keep_alive())
 
@@ -326,8 +336,28 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self, keep_alive: bool) -> None:
         self.reusable = keep_alive and not self.closed
         self._sink = None
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        self._resolve(None)
+
+    def _pending(self) -> bool:
+        """Whether an exchange's outcome has not been reported yet."""
+        if self._callback is not None:
+            return True
+        return self._done is not None and not self._done.done()
+
+    def _resolve(self, error: BaseException | None) -> None:
+        """Report the exchange's outcome once, to the callback or the future."""
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            callback(error)
+            return
+        fut = self._done
+        if fut is not None and not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+                fut.exception()  # retrieved here: the caller may already have given up
 
 
 class UpstreamPool:

@@ -3,9 +3,9 @@
 ``forward`` builds the upstream request head (hop-by-hop headers stripped, ``X-Forwarded-For``
 appended, the component's header edits applied, framing chosen by us), streams the body with
 back-pressure, and pipes the response into the client exchange as llhttp parses it. It never
-retries a request that may have reached the upstream; the one exception is Go's: a request
-with no body whose reused keep-alive connection turned out to be dead before any response
-byte is sent once more on a fresh connection.
+retries a request that may have reached the upstream; the one exception is Go's: an
+idempotent request with no body whose reused keep-alive connection turned out to be dead
+before any response byte is sent once more on a fresh connection.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.client import UpstreamConnection, UpstreamPool
 from proxy.errors import BadGateway, ProxyError
@@ -37,6 +37,12 @@ class Rewrite:
     remove: frozenset[bytes] = frozenset()
     set: tuple[Header, ...] = ()
     host: bytes | None = None
+    #: Every lower-case name ``build_request_head`` skips, computed once per rewrite.
+    skip: frozenset[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = {name.lower() for name, _ in self.set}
+        object.__setattr__(self, "skip", HOP_BY_HOP | self.remove | names | _REQUEST_OWN)
 
 
 NO_REWRITE = Rewrite()
@@ -45,22 +51,20 @@ NO_REWRITE = Rewrite()
 def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
     """The upstream request head for ``ex`` (HTTP/1.1)."""
     headers = ex.headers
-    named = connection_tokens(headers) if ex.header(b"connection") is not None else set()
-    drop = rewrite.remove
-    set_names = {name.lower() for name, _ in rewrite.set} if rewrite.set else ()
+    skip = rewrite.skip
+    if ex.header(b"connection") is not None:
+        skip = skip | connection_tokens(headers)
     host = rewrite.host
     xff: list[bytes] = []
     parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
     for name, value in headers:
         low = name.lower()
-        if low in _REQUEST_OWN:
+        if low in skip:
             if low == b"host":
                 if host is None:
                     host = value
             elif low == b"x-forwarded-for":
                 xff.append(value)
-            continue
-        if low in HOP_BY_HOP or low in named or low in drop or low in set_names:
             continue
         parts += (name, b": ", value, b"\r\n")
     parts += (b"Host: ", host if host is not None else default_host, b"\r\n")
@@ -207,15 +211,18 @@ async def forward(
     host: str,
     port: int,
     rewrite: Rewrite = NO_REWRITE,
+    *,
+    fresh: bool = False,
 ) -> int:
     """Proxy ``ex`` to ``host:port`` and stream the answer back. Returns the final status.
 
     Raises ``BadGateway`` (502) when the upstream fails before a response head arrived; after
     that a failure aborts the client connection instead, since a status was already sent.
+    With ``fresh`` a new connection is dialed instead of reusing an idle one.
     """
     head = build_request_head(ex, rewrite, f"{host}:{port}".encode())
     ex.dispatched = True
-    conn = pool.take_idle(host, port)
+    conn = None if fresh else pool.take_idle(host, port)
     reused = conn is not None
     if conn is None:
         conn = await pool.connect(host, port)
@@ -242,9 +249,10 @@ async def forward(
                     failure = pump.exception()
                     if isinstance(failure, ProxyError | ClientDisconnected):
                         raise failure from None
-                if reused and pump is None and not ex.response_started:
+                if reused and pump is None and not ex.response_started and _replayable(ex):
                     # A reused keep-alive connection that died before answering: the
-                    # request never reached the application; one fresh try is safe.
+                    # request most likely never reached the application; one fresh try of
+                    # an idempotent request is safe (Go's ``Request.isReplayable``).
                     conn.close()
                     conn = await pool.connect(host, port)
                     reused = False
@@ -270,6 +278,104 @@ async def forward(
     finally:
         proto.flow_listener = None
         pool.release(conn)
+
+
+class _FastForward(_Pipe):
+    """One bodyless exchange forwarded with callbacks only: no task, no future.
+
+    Created by ``forward_fast``; reports the outcome once through ``on_done(ex, status)``.
+    """
+
+    __slots__ = ("cancelled", "head", "host", "on_done", "pool", "port", "rewrite")
+
+    def __init__(
+        self,
+        ex: Exchange,
+        conn: UpstreamConnection,
+        pool: UpstreamPool,
+        rewrite: Rewrite,
+        on_done: Callable[[Exchange, int], None],
+    ) -> None:
+        self.ex = ex
+        self.conn = conn
+        self.tunnel_done = None
+        self.pool = pool
+        self.rewrite = rewrite
+        self.on_done = on_done
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """The exchange was answered or abandoned elsewhere (timeout, client gone)."""
+        self.cancelled = True
+        self.conn.abort()
+
+    def finished(self, error: BaseException | None) -> None:
+        ex = self.ex
+        conn = self.conn
+        ex._proto.flow_listener = None
+        ex.canceller = None
+        self.pool.release(conn)
+        if error is None:
+            ex.end()
+        elif self.cancelled:
+            pass
+        elif conn.got_head:
+            ex.abort()  # headers went out: the body is cut, so cut the client too
+        elif not ex.response_started:
+            # A pooled keep-alive connection that died before answering: the request never
+            # reached the application; one fresh try is safe. Dialing needs a task.
+            ex.task = asyncio.get_running_loop().create_task(self._retry())
+            return
+        self.on_done(ex, ex.status if ex.response_started else 500)
+
+    async def _retry(self) -> None:
+        ex = self.ex
+        status = 500
+        try:
+            host, port = self.conn.key
+            status = await forward(ex, self.pool, host, port, self.rewrite, fresh=True)
+        except ProxyError as error:
+            ex.fail(error)
+            status = error.status
+        except (asyncio.CancelledError, ClientDisconnected):
+            if not ex.response_done:
+                ex.abort()
+        finally:
+            self.on_done(ex, status)
+
+
+def forward_fast(
+    ex: Exchange,
+    pool: UpstreamPool,
+    conn: UpstreamConnection,
+    rewrite: Rewrite,
+    on_done: Callable[[Exchange, int], None],
+) -> None:
+    """Forward a bodyless, non-upgrade ``ex`` on the idle pooled ``conn``, without a task.
+
+    The caller checked ``ex`` (no body, no upgrade) and took ``conn`` from
+    ``pool.take_idle``. ``on_done(ex, status)`` is called exactly once, from a later
+    event-loop callback, when the exchange is over: answered in full, answered with an error
+    (502), or cut. The caller then calls ``ex.complete()``. ``ex.cancel()`` stops it.
+    """
+    host, port = conn.key
+    head = build_request_head(ex, rewrite, f"{host}:{port}".encode())
+    ex.dispatched = True
+    fast = _FastForward(ex, conn, pool, rewrite, on_done)
+    conn.begin(fast, ex.method == b"HEAD", fast.finished)
+    ex._proto.flow_listener = fast.flow
+    ex.canceller = fast.cancel
+    conn.write(head)
+
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+
+
+def _replayable(ex: Exchange) -> bool:
+    """Whether sending ``ex`` twice is harmless: safe method, or an idempotency key."""
+    if ex.method in _IDEMPOTENT:
+        return True
+    return ex.header(b"idempotency-key") is not None or ex.header(b"x-idempotency-key") is not None
 
 
 async def _send_body(ex: Exchange, conn: UpstreamConnection) -> None:

@@ -89,12 +89,15 @@ class ClientDisconnected(Exception):
 class ServerContext:
     """What all connections of one listening server share."""
 
-    __slots__ = ("closing", "connections", "handler", "limits", "loop")
+    __slots__ = ("closing", "connections", "fast", "handler", "limits", "loop")
 
     def __init__(
         self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.handler = handler
+        #: Optional synchronous entry: ``fast(ex)`` returns True when it took the exchange
+        #: and will finish it from callbacks (``Exchange.complete``), with no task at all.
+        self.fast: Callable[[Exchange], bool] | None = getattr(handler, "fast", None)
         self.limits = limits
         self.loop = loop
         self.connections: set[HttpServerProtocol] = set()
@@ -123,6 +126,7 @@ class Exchange:
         "body_complete",
         "body_received",
         "bytes_out",
+        "canceller",
         "chunked",
         "close_after",
         "content_length",
@@ -159,6 +163,8 @@ class Exchange:
         self.upgrade = False
         self.preset_error: ProxyError | None = None
         self.task: asyncio.Task[None] | None = None
+        #: Set by a fast-path owner: stops its work, as cancelling the task does otherwise.
+        self.canceller: Callable[[], None] | None = None
         self.dispatched = False
         self.started_at = 0.0
         #: Free slot for the component handling the request (per-request state).
@@ -396,8 +402,23 @@ class Exchange:
     def cancel(self) -> None:
         """Stop whoever serves this exchange (its handler task), e.g. when a timeout fired."""
         task = self.task
-        if task is not None and not task.done():
-            task.cancel()
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            return
+        canceller = self.canceller
+        if canceller is not None:
+            self.canceller = None
+            canceller()
+
+    def complete(self) -> None:
+        """A fast-path owner is done: make sure an answer went out, then free the connection."""
+        if not self.response_done:
+            if self.response_started:
+                self.abort()
+            else:
+                self.fail(ProxyError("handler returned no response"))
+        self._proto._finished(self)
 
     def fail(self, error: ProxyError) -> None:
         """Answer with ``error``'s status and body, or abort if the response already started."""
@@ -512,8 +533,7 @@ class HttpServerProtocol(asyncio.Protocol):
             if ex is None:
                 continue
             ex._body_failed(ClientDisconnected("client connection lost"))
-            if ex.task is not None and not ex.task.done():
-                ex.task.cancel()
+            ex.cancel()
         self._pipeline.clear()
 
     def eof_received(self) -> bool:
@@ -525,8 +545,8 @@ class HttpServerProtocol(asyncio.Protocol):
         ex = self._current
         if ex is not None and not ex.body_complete:
             ex._body_failed(ClientDisconnected("client closed before sending the whole body"))
-        if ex is not None and not ex.dispatched and ex.task is not None and not ex.task.done():
-            ex.task.cancel()
+        if ex is not None and not ex.dispatched:
+            ex.cancel()
         if ex is None:
             return False
         # Keep the write side open: a half-closed client still gets its response.
@@ -583,11 +603,14 @@ class HttpServerProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._protocol_error(BadRequest(_parser_message(exc)))
         else:
-            parsing = self._parsing
-            in_head = parsing is None or parsing.started_at == 0
-            if in_head and self._head_bytes > self._head_cap():
-                # A head that never ends: llhttp would buffer it without bound.
-                if len(self._url) > self.ctx.limits.max_request_line:
+            if self._head_bytes > self._head_cap():
+                # Bytes that never make progress: a head that never ends, or (once the head
+                # is in, where ``on_body`` resets the count) an endless chunk line or trailer
+                # section. llhttp would buffer either without bound.
+                parsing = self._parsing
+                if parsing is not None and parsing.started_at != 0:
+                    self._protocol_error(BadRequest("chunk framing or trailer section too long"))
+                elif len(self._url) > self.ctx.limits.max_request_line:
                     self._protocol_error(UriTooLong("request line too long"))
                 else:
                     self._protocol_error(HeadersTooLarge("request header fields too large"))
@@ -652,6 +675,7 @@ class HttpServerProtocol(asyncio.Protocol):
             error = PayloadTooLarge("request body too large")
             ex._body_failed(error)
             raise error
+        self._head_bytes = 0  # progress: see the cap in ``data_received``
         ex._push_body(body)
 
     def on_message_complete(self) -> None:
@@ -679,12 +703,20 @@ class HttpServerProtocol(asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         self._current = ex
         self.state = _BUSY
+        fast = self.ctx.fast
+        if fast is not None and ex.preset_error is None:
+            # Runs inside llhttp's callbacks: a fast owner must not finish the exchange
+            # before returning; an error it raises is answered from a task instead.
+            try:
+                if fast(ex):
+                    return
+            except ProxyError as exc:
+                ex.preset_error = exc
         ex.task = self.ctx.loop.create_task(self._run(ex))
 
     async def _run(self, ex: Exchange) -> None:
         try:
             if ex.preset_error is not None:
-                ex.close_after = True
                 ex.fail(ex.preset_error)
             else:
                 await self.ctx.handler(ex)

@@ -12,9 +12,9 @@ import signal
 import sys
 
 from proxy.client import UpstreamPool
-from proxy.forward import forward
+from proxy.forward import NO_REWRITE, forward, forward_fast
 from proxy.http1 import Exchange
-from proxy.runner import run
+from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
 
 
@@ -25,15 +25,36 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class Passthrough:
+    """Forward every request to one upstream; bodyless ones on the callback fast path."""
+
+    def __init__(self, pool: UpstreamPool, host: str, port: int) -> None:
+        self.pool = pool
+        self.host = host
+        self.port = port
+
+    async def __call__(self, ex: Exchange) -> None:
+        await forward(ex, self.pool, self.host, self.port)
+
+    def fast(self, ex: Exchange) -> bool:
+        if ex.has_body or ex.upgrade:
+            return False
+        conn = self.pool.take_idle(self.host, self.port)
+        if conn is None:
+            return False
+        forward_fast(ex, self.pool, conn, NO_REWRITE, _complete)
+        return True
+
+
+def _complete(ex: Exchange, status: int) -> None:
+    ex.complete()
+
+
 async def serve(listen: tuple[str, int], upstream: tuple[str, int], ready: bool = True) -> None:
     pool = UpstreamPool(max_idle_per_host=1000)
-    up_host, up_port = upstream
-
-    async def handler(ex: Exchange) -> None:
-        await forward(ex, pool, up_host, up_port)
-
-    server = HttpServer(handler)
+    server = HttpServer(Passthrough(pool, upstream[0], upstream[1]))
     await server.start(listen[0], listen[1])
+    settle_gc()
     if ready:
         print(f"sluice passthrough listening on {listen[0]}:{server.port}", flush=True)
     stop = asyncio.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -23,3 +24,14 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
 def install_uvloop() -> None:
     """Make new event loops uvloop ones (for code that creates its own loop)."""
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def settle_gc() -> None:
+    """Move everything allocated during start-up out of the collector's sight.
+
+    Imports, configuration and servers are live for the whole process; freezing them means
+    collections triggered by request traffic only walk the young objects requests make,
+    which keeps collection pauses (and so tail latency) short.
+    """
+    gc.collect()
+    gc.freeze()

@@ -28,7 +28,7 @@ from proxy.client import UpstreamPool
 from proxy.deadline import RequestTimer
 from proxy.drain import Drainer
 from proxy.errors import ProxyError
-from proxy.forward import Rewrite, forward
+from proxy.forward import Rewrite, forward, forward_fast
 from proxy.http1 import Exchange
 from proxy.stats import RequestStats
 from queueproxy.forwarded import forwarded_value
@@ -97,18 +97,77 @@ class QueueProxyHandler:
         self.s = state
         self._loop = asyncio.get_event_loop()
 
+    def fast(self, ex: Exchange) -> bool:
+        """The task-free path: a plain bodyless request when a slot and a connection are free.
+
+        Everything else (probes, bodies, upgrades, a full breaker, no idle upstream
+        connection, request logging) returns False and takes ``__call__`` in a task.
+        """
+        s = self.s
+        if ex.has_body or ex.upgrade or s.request_log is not None:
+            return False
+        h = _scan(ex)
+        ex.user = h  # reused by ``__call__`` if this path declines
+        if (
+            b"k-network-probe" in h
+            or h.get(b"k-kubelet-probe")
+            or h.get(b"user-agent", b"").startswith(_PROBE_UA_PREFIXES)
+        ):
+            return False
+        pool = s.pool
+        conn = pool.take_idle(s.user_host, s.user_port)
+        if conn is None:
+            return False
+        breaker = s.breaker
+        if breaker is not None and not breaker.try_acquire():
+            pool.release(conn)
+            return False
+        s.drainer.on_request()
+        loop = self._loop
+        started = loop.time()
+        proxied = h.get(b"k-proxy-request") == b"activator"
+        s.stats.req_in(started, proxied)
+        timer = RequestTimer(
+            ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
+        )
+        if s.metrics is not None and breaker is not None:
+            s.metrics.set_queue_depth(breaker.in_flight)
+        ex.user = (h, started, timer, proxied)
+        forward_fast(ex, pool, conn, _rewrite(ex, h), self._fast_done)
+        return True
+
+    def _fast_done(self, ex: Exchange, status: int) -> None:
+        s = self.s
+        h, started, timer, proxied = ex.user
+        now = self._loop.time()
+        if s.breaker is not None:
+            s.breaker.release()
+        s.stats.req_out(now, proxied)
+        timer.cancel()
+        metrics = s.metrics
+        if metrics is not None:
+            metrics.record_app_request(status, now - started)
+            metrics.record_request(
+                ex.status if ex.response_started else 500, now - started, _tag(h)
+            )
+        ex.complete()
+
     async def __call__(self, ex: Exchange) -> None:
         s = self.s
-        h = _scan(ex)
+        h = ex.user if isinstance(ex.user, dict) else _scan(ex)
         ua = h.get(b"user-agent", b"")
         probe = h.get(b"k-network-probe", b"")
         if h.get(b"k-kubelet-probe") or ua.startswith(_PROBE_UA_PREFIXES):
+            started = self._loop.time()
             await self._health(ex, probe)
             if s.log_probes and s.request_log is not None:
-                self._log(ex, h, self._loop.time())
+                self._log(ex, h, started)
             return
         if probe == b"probe":
             self._network_probe(ex, h)
+            # The request log wraps the drainer in Knative's chain: network probes count too.
+            if s.log_probes and s.request_log is not None:
+                self._log(ex, h, self._loop.time())
             return
         s.drainer.on_request()
         await self._serve(ex, h, is_probe=bool(probe))
@@ -151,19 +210,7 @@ class QueueProxyHandler:
         proxied = h.get(b"k-proxy-request") == b"activator"
         stats = s.stats
         stats.req_in(started, proxied)
-        rewrite = _REWRITE
-        original_host = h.get(b"k-original-host")
-        shim = None
-        if b"forwarded" not in h and (
-            b"x-forwarded-for" in h or b"x-forwarded-proto" in h or b"x-forwarded-host" in h
-        ):
-            shim = forwarded_value(ex.headers)
-        if original_host or shim is not None:
-            rewrite = Rewrite(
-                remove=_REMOVE,
-                set=((b"Forwarded", shim),) if shim is not None else (),
-                host=original_host or None,
-            )
+        rewrite = _rewrite(ex, h)
         metrics = None if is_probe else s.metrics
         breaker = s.breaker
         app_status = 0
@@ -194,11 +241,7 @@ class QueueProxyHandler:
             timer.cancel()
             status = ex.status if ex.response_started else 500
             if metrics is not None:
-                tag = route_tag(
-                    _text(h.get(b"knative-serving-tag")),
-                    _text(h.get(b"knative-serving-default-route")),
-                )
-                metrics.record_request(status, now - started, tag)
+                metrics.record_request(status, now - started, _tag(h))
             if s.request_log is not None and (not is_probe or s.log_probes):
                 self._log(ex, h, started, now)
 
@@ -225,6 +268,29 @@ class QueueProxyHandler:
                 latency_seconds=max(0.0, end - started),
             )
         )
+
+
+def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
+    """The upstream edits for one request: host restore and the Forwarded shim."""
+    original_host = h.get(b"k-original-host")
+    shim = None
+    if b"forwarded" not in h and (
+        b"x-forwarded-for" in h or b"x-forwarded-proto" in h or b"x-forwarded-host" in h
+    ):
+        shim = forwarded_value(ex.headers)
+    if not original_host and shim is None:
+        return _REWRITE
+    return Rewrite(
+        remove=_REMOVE,
+        set=((b"Forwarded", shim),) if shim is not None else (),
+        host=original_host or None,
+    )
+
+
+def _tag(h: dict[bytes, bytes]) -> str:
+    return route_tag(
+        _text(h.get(b"knative-serving-tag")), _text(h.get(b"knative-serving-default-route"))
+    )
 
 
 def _text(value: bytes | None) -> str | None:

@@ -31,7 +31,7 @@ from proxy.breaker import Breaker
 from proxy.client import UpstreamPool
 from proxy.drain import Drainer
 from proxy.http1 import Exchange
-from proxy.runner import run
+from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
 from proxy.stat import Stat, encode_stat
 from proxy.stats import RequestStats
@@ -162,11 +162,10 @@ class QueueProxy:
             return
         # A preStop hook: drain as SIGTERM would. If our own SIGTERM does not follow within
         # a second, the container is being restarted by a liveness failure: undo the drain.
-        reset = self.loop.call_later(PRESTOP_RESET_AFTER, self._reset_unless_terminating)
-        try:
-            await self.drainer.drain()
-        finally:
-            reset.cancel()
+        # Like Knative's goroutine, the check runs even if the drain finished first (a quiet
+        # period under a second), or the pod would fail its probes until the next SIGTERM.
+        self.loop.call_later(PRESTOP_RESET_AFTER, self._reset_unless_terminating)
+        await self.drainer.drain()
         ex.send(200)
 
     def _reset_unless_terminating(self) -> None:
@@ -200,6 +199,7 @@ class QueueProxy:
         self._tasks.append(self.loop.create_task(self.reporter.run(self.loop)))
         # Start probing the user container now, so the first kubelet probe finds it warm.
         self._tasks.append(self.loop.create_task(self._warm_probe()))
+        settle_gc()
 
     async def _warm_probe(self) -> None:
         with contextlib.suppress(Exception):

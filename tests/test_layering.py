@@ -22,8 +22,15 @@ ALLOWED_THIRD_PARTY: dict[str, set[str]] = {
     "proxy": {"uvloop", "httptools", "prometheus_client", "google"},
     # The sidecar's diet: its idle-RSS budget has no room for protobuf or prometheus_client.
     "queueproxy": {"uvloop", "httptools"},
-    "activator": {"uvloop", "httptools", "prometheus_client", "google", "aiohttp", "yaml",
-                  "kubernetes_asyncio"},
+    "activator": {
+        "uvloop",
+        "httptools",
+        "prometheus_client",
+        "google",
+        "aiohttp",
+        "yaml",
+        "kubernetes_asyncio",
+    },
     "serving": {"uvloop", "httptools", "prometheus_client", "google", "aiohttp", "yaml"},
 }
 ALLOWED_INTERNAL: dict[str, set[str]] = {

@@ -92,6 +92,33 @@ async def test_stale_pooled_connection_is_not_retried_for_a_request_with_a_body(
     assert len(up.conns) == 1
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"DELETE /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"PATCH /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["post", "delete", "patch-empty"],
+)
+async def test_stale_pooled_connection_never_retries_a_non_idempotent_request(
+    engine: EngineRig, request_head: bytes
+) -> None:
+    async def die_on_second(conn: UpstreamConn) -> None:
+        await conn.request()
+        await conn.respond()
+        await conn.request()
+        conn.close()
+
+    up = await engine.upstream(die_on_second)
+    px = await engine.proxy(up.port)
+    client = await engine.client(px.port)
+    assert (await client.get(b"/1")).status == 200
+    await client.send(request_head)
+    assert (await client.response()).status == 502
+    assert len(up.conns) == 1  # it may have reached the application: never sent twice
+
+
 async def test_103_early_hints_go_out_before_the_final_response(engine: EngineRig) -> None:
     async def hints(conn: UpstreamConn) -> None:
         await conn.request()

@@ -269,3 +269,19 @@ async def test_pool_close_closes_idle_connections_and_refuses_new_ones() -> None
 def test_pool_validates_its_settings() -> None:
     with pytest.raises(ValueError, match="max_idle_per_host"):
         UpstreamPool(max_idle_per_host=-1)
+
+
+async def test_endless_response_header_line_is_bad_gateway_not_buffered() -> None:
+    conn, transport, sink = await exchange(
+        [b"HTTP/1.1 200 OK\r\nX-Endless: "] + [b"v" * 30_000] * 5
+    )
+    error = conn.done.exception()
+    assert isinstance(error, BadGateway) and "too large" in str(error)
+    assert transport.aborted and sink.events == []
+
+
+async def test_head_split_over_many_reads_within_the_cap_is_fine() -> None:
+    raw = b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 1000 + b"Content-Length: 1\r\n\r\nz"
+    conn, _, sink = await exchange([raw[i : i + 100] for i in range(0, len(raw), 100)])
+    assert conn.done.exception() is None
+    assert sink.events[-1] == ("body", b"z")

@@ -161,6 +161,26 @@ async def test_a8_framing_header_in_trailer_is_dropped_or_refused() -> None:
         assert closed
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [b"5\r\nhello\r\n0\r\nX-T: ", b"5;ext="],
+    ids=["endless-trailer", "endless-chunk-extension"],
+)
+async def test_endless_line_inside_a_chunked_body_is_cut_not_buffered(opening: bytes) -> None:
+    packets = [post(b"Transfer-Encoding: chunked\r\n", opening)] + [b"v" * 50_000] * 10
+    rec, out, closed = await feed(packets)
+    assert [s for s, _ in responses(out)] == [400]
+    assert closed
+    assert rec.bodies == []
+
+
+async def test_large_chunked_body_in_big_packets_is_not_mistaken_for_an_endless_line() -> None:
+    chunk = b"%x\r\n%s\r\n" % (200_000, b"b" * 200_000)
+    rec, out, closed = await feed([post(b"Transfer-Encoding: chunked\r\n"), chunk, b"0\r\n\r\n"])
+    assert [s for s, _ in responses(out)] == [200]
+    assert rec.bodies == [b"b" * 200_000] and not closed
+
+
 async def test_request_split_byte_by_byte_is_parsed() -> None:
     raw = post(b"Content-Length: 5\r\n", b"hello")
     rec, out, closed = await feed([raw[i : i + 1] for i in range(len(raw))])

@@ -101,7 +101,7 @@ async def main() -> None:
     site = web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     await site.start()
     server = site._server
-    assert server is not None and server.sockets
+    assert isinstance(server, asyncio.Server) and server.sockets
     print(f"PORT={server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
