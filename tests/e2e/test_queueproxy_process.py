@@ -217,6 +217,21 @@ def test_missing_required_variable_exits_1_with_one_line_naming_it(missing: str)
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("CONTAINER_CONCURRENCY", "ten"), ("USER_PORT", "70000"), ("SERVING_READINESS_PROBE", "{")],
+)
+def test_invalid_variable_exits_1_with_one_line_naming_it(var: str, value: str) -> None:
+    env = knative_env(free_port(), **{var: value})
+    done = subprocess.run(
+        [sys.executable, "-m", "queueproxy"], cwd=ROOT, env=env, capture_output=True, timeout=20
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.decode().splitlines()
+    assert line.startswith(f"queue-proxy: invalid value for {var}: ")
+
+
+@pytest.mark.timeout(30)
 def test_idle_rss_after_start_is_under_30_mib(qp_cc1: QueueProxyProcess) -> None:
     print(f"queue-proxy idle VmRSS: {qp_cc1.idle_rss_kib / 1024:.1f} MiB")
     assert qp_cc1.idle_rss_kib < 30 * 1024
