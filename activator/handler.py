@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from activator.backends import split_dest
-from activator.deadline import RequestDeadline
 from activator.metrics import ActivatorMetrics
 from activator.model import Revision, RoutingConfig
 from activator.probes import answer_probe
@@ -34,12 +33,16 @@ from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
 from activator.throttler import Retired, RevisionThrottler
 from proxy.client import UpstreamPool
+from proxy.deadline import RequestTimer
 from proxy.errors import NotFound, ProxyError
-from proxy.forward import Rewrite, forward
+from proxy.forward import Rewrite, forward, forward_fast
 from proxy.headers import Header
 from proxy.http1 import Exchange
 
 __all__ = ["ActivatorHandler", "Snapshot", "not_found"]
+
+#: Knative's activator timeout body (no trailing newline).
+TIMEOUT_BODY = "activator request timeout"
 
 Key = tuple[str, str]
 
@@ -73,11 +76,24 @@ def _dest(dest: str) -> tuple[str, int, bytes]:
     return host, port, dest.encode()
 
 
-@functools.lru_cache(maxsize=1024)
-def _edits(set_headers: tuple[tuple[str, str], ...]) -> tuple[frozenset[bytes], tuple[Header, ...]]:
+@functools.lru_cache(maxsize=4096)
+def _rewrite(
+    set_headers: tuple[tuple[str, str], ...], original_host: bytes | None, host_header: bytes
+) -> Rewrite:
+    """The edits on the way to a pod (§2.7). Few distinct values: cached, not rebuilt."""
     extra = tuple((k.encode(), v.encode()) for k, v in set_headers)
     remove = _REMOVE | frozenset(k.lower() for k, _ in extra)
-    return remove, (_PROXY_HEADER, *extra)
+    headers: tuple[Header, ...] = (_PROXY_HEADER, *extra)
+    if original_host is not None:
+        headers = (*headers, (b"K-Original-Host", original_host))
+    return Rewrite(remove=remove, set=headers, host=host_header)
+
+
+class _Answered(Exception):
+    """A probe was answered while resolving; nothing more to do."""
+
+
+_ANSWERED = object()
 
 
 def _revision_from_host(host: str, cluster_domain: str) -> Key | None:
@@ -110,7 +126,8 @@ class ActivatorHandler:
         #: Non-None once the process should fail kubelet probes (after SIGTERM).
         self.health_error: str | None = None
 
-    async def __call__(self, ex: Exchange) -> None:
+    def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
+        """Steps 1-2: answer a probe (raises ``_Answered``) or find the revision (404s raise)."""
         ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
         for name, value in ex.headers:
             low = name.lower()
@@ -137,10 +154,9 @@ class ActivatorHandler:
         answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
         if answer is not None:
             ex.send(answer.status, answer.body, list(answer.headers))
-            return
+            raise _Answered()
 
-        snap = self.snapshot
-        table = snap.table
+        table = self.snapshot.table
         set_headers: tuple[tuple[str, str], ...] = ()
         host_text = host.decode("latin-1") if host is not None else ""
         if rev and ns:
@@ -164,7 +180,77 @@ class ActivatorHandler:
                 revision = table.lookup_revision(*key)
                 if revision is None:
                     raise not_found(key[1])
-        await self._serve(ex, revision, set_headers, host if orig is None else None)
+        return revision, set_headers, host if orig is None else None
+
+    async def __call__(self, ex: Exchange) -> None:
+        if ex.user is _ANSWERED:
+            return
+        resolved = ex.user if isinstance(ex.user, tuple) else None
+        if resolved is None:
+            try:
+                resolved = self._resolve(ex)
+            except _Answered:
+                return
+        await self._serve(ex, *resolved)
+
+    def fast(self, ex: Exchange) -> bool:
+        """The task-free path: a bodyless request whose revision has a free pod right now.
+
+        Probes, errors, bodies, upgrades, queueing and dialing all decline (return False) and
+        run ``__call__`` in a task; the routing decision made here is kept for it.
+        """
+        if ex.has_body or ex.upgrade:
+            return False
+        try:
+            resolved = self._resolve(ex)
+        except _Answered:
+            ex.user = _ANSWERED  # answered already; the task path only finishes the exchange
+            return False
+        except ProxyError:
+            return False  # the task path resolves again and answers the error
+        ex.user = resolved
+        revision, set_headers, original_host = resolved
+        key = revision.key
+        throttler = self.snapshot.throttlers.get(key)
+        if throttler is None:
+            return False
+        taken = throttler.try_now()
+        if taken is None:
+            return False
+        release, tracker = taken
+        host, port, host_header = _dest(tracker.dest)
+        conn = self.pool.take_idle(host, port)
+        if conn is None:
+            throttler.done(release)
+            return False
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        poke = self.reporter.request_in(key, start)
+        if poke is not None:
+            self.scaler.poke(poke)
+        timer = RequestTimer(
+            ex,
+            loop,
+            revision.timeout_seconds,
+            revision.response_start_timeout_seconds,
+            revision.idle_timeout_seconds,
+            TIMEOUT_BODY,
+        )
+        ex.user = (revision, start, timer, throttler, release)
+        forward_fast(
+            ex, self.pool, conn, _rewrite(set_headers, original_host, host_header), self._fast_done
+        )
+        return True
+
+    def _fast_done(self, ex: Exchange, status: int) -> None:
+        revision, start, timer, throttler, release = ex.user
+        throttler.done(release)
+        timer.cancel()
+        now = asyncio.get_running_loop().time()
+        self.reporter.request_out(revision.key, now)
+        if ex.status:
+            self.metrics.record_request(revision, ex.status, now - start)
+        ex.complete()
 
     async def _serve(
         self,
@@ -179,20 +265,17 @@ class ActivatorHandler:
         poke = self.reporter.request_in(key, start)
         if poke is not None:
             self.scaler.poke(poke)
-        deadline = RequestDeadline(
+        deadline = RequestTimer(
             ex,
             loop,
             revision.timeout_seconds,
             revision.response_start_timeout_seconds,
             revision.idle_timeout_seconds,
-            start,
+            TIMEOUT_BODY,
         )
-        remove, extra = _edits(set_headers)
-        if original_host is not None:
-            extra = (*extra, (b"K-Original-Host", original_host))
         try:
             try:
-                await self._throttled(ex, key, remove, extra)
+                await self._throttled(ex, key, set_headers, original_host)
             except ProxyError as exc:
                 ex.fail(exc)
         finally:
@@ -203,15 +286,18 @@ class ActivatorHandler:
                 self.metrics.record_request(revision, ex.status, now - start)
 
     async def _throttled(
-        self, ex: Exchange, key: Key, remove: frozenset[bytes], extra: tuple[Header, ...]
+        self,
+        ex: Exchange,
+        key: Key,
+        set_headers: tuple[tuple[str, str], ...],
+        original_host: bytes | None,
     ) -> None:
         pool = self.pool
 
         async def send(dest: str) -> int:
             host, port, host_header = _dest(dest)
-            return await forward(
-                ex, pool, host, port, Rewrite(remove=remove, set=extra, host=host_header)
-            )
+            rewrite = _rewrite(set_headers, original_host, host_header)
+            return await forward(ex, pool, host, port, rewrite)
 
         while True:
             throttler = self.snapshot.throttlers.get(key)

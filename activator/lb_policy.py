@@ -208,6 +208,10 @@ class InfiniteBreaker:
     def release(self) -> None:
         """Nothing to give back."""
 
+    def try_acquire(self) -> bool:
+        """``acquire`` without waiting: True while the gate is open."""
+        return self._open.is_set()
+
     def reserve(self) -> Release:
         return noop
 

@@ -179,6 +179,29 @@ class RevisionThrottler:
             if waiting:
                 self.waiting -= 1
 
+    def try_now(self) -> tuple[Callable[[], None], PodTracker] | None:
+        """Both slots at once, without waiting, or None (nothing held).
+
+        Only when nobody is queued, so a request on this path never overtakes a waiter.
+        The caller runs the request on the tracker and then calls ``done(release)``.
+        """
+        if self.waiting or self.retired:
+            return None
+        breaker = self.breaker
+        if not breaker.try_acquire():
+            return None
+        release, tracker = self._picker(self.assigned)
+        if tracker is None:
+            breaker.release()
+            return None
+        return release, tracker
+
+    def done(self, release: Callable[[], None]) -> None:
+        """Give back what ``try_now`` took."""
+        release()
+        self.breaker.release()
+        self._notify()
+
     def __repr__(self) -> str:
         return (
             f"RevisionThrottler({self.revision.namespace}/{self.revision.name}, cc={self.cc}, "

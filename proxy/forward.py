@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -41,8 +42,15 @@ class Rewrite:
     skip: frozenset[bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names = {name.lower() for name, _ in self.set}
-        object.__setattr__(self, "skip", HOP_BY_HOP | self.remove | names | _REQUEST_OWN)
+        names = frozenset(name.lower() for name, _ in self.set)
+        object.__setattr__(self, "skip", _skip_set(self.remove, names))
+
+
+@functools.lru_cache(maxsize=256)
+def _skip_set(remove: frozenset[bytes], set_names: frozenset[bytes]) -> frozenset[bytes]:
+    # Components build a Rewrite per request when a header value varies (K-Original-Host);
+    # the names to skip do not vary, so the union is made once per combination.
+    return HOP_BY_HOP | remove | set_names | _REQUEST_OWN
 
 
 NO_REWRITE = Rewrite()

@@ -95,7 +95,7 @@ class QueueProxyHandler:
 
     def __init__(self, state: QueueProxyState) -> None:
         self.s = state
-        self._loop = asyncio.get_event_loop()
+        self._loop = asyncio.get_running_loop()
 
     def fast(self, ex: Exchange) -> bool:
         """The task-free path: a plain bodyless request when a slot and a connection are free.
