@@ -151,27 +151,27 @@ class ActivatorHandler:
                     kubelet = value
                 elif low == b"k-original-host":
                     orig = value
-        answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
-        if answer is not None:
-            ex.send(answer.status, answer.body, list(answer.headers))
-            raise _Answered()
+        if kubelet or nprobe or (ua is not None and ua.startswith(b"kube-probe/")):
+            answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
+            if answer is not None:
+                ex.send(answer.status, answer.body, list(answer.headers))
+                raise _Answered()
 
         table = self.snapshot.table
         set_headers: tuple[tuple[str, str], ...] = ()
-        host_text = host.decode("latin-1") if host is not None else ""
         if rev and ns:
             revision = table.lookup_revision(ns.decode("latin-1"), rev.decode("latin-1"))
             if revision is None:
                 raise not_found(rev.decode("latin-1"))
         else:
-            tag_text = tag.decode("latin-1") if tag is not None else None
-            decision = table.resolve(host_text, tag_text, self.rand)
+            decision = table.resolve_raw(host or b"", tag, self.rand)
             if decision is not None:
                 revision = table.lookup_revision(decision.namespace, decision.revision)
                 if revision is None:
                     raise not_found(decision.revision)
                 set_headers = decision.set_headers
             else:
+                host_text = host.decode("latin-1") if host is not None else ""
                 key = _revision_from_host(host_text, table.cluster_domain)
                 if key is None:
                     raise NotFound(
@@ -236,17 +236,17 @@ class ActivatorHandler:
             revision.idle_timeout_seconds,
             TIMEOUT_BODY,
         )
-        ex.user = (revision, start, timer, throttler, release)
+        ex.user = (revision, start, timer, throttler, release, loop)
         forward_fast(
             ex, self.pool, conn, _rewrite(set_headers, original_host, host_header), self._fast_done
         )
         return True
 
     def _fast_done(self, ex: Exchange, status: int) -> None:
-        revision, start, timer, throttler, release = ex.user
+        revision, start, timer, throttler, release, loop = ex.user
         throttler.done(release)
         timer.cancel()
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         self.reporter.request_out(revision.key, now)
         if ex.status:
             self.metrics.record_request(revision, ex.status, now - start)

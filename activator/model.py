@@ -42,10 +42,12 @@ class Revision:
     endpoints: tuple[str, ...] = ()
     service: str = ""
     configuration: str = ""
+    #: ``(namespace, name)``: the revision's identity everywhere in the activator.
+    key: tuple[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.name)
+    def __post_init__(self) -> None:
+        # Computed once: the request path uses it several times per request.
+        object.__setattr__(self, "key", (self.namespace, self.name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,10 +94,21 @@ def normalise_host(host: str) -> str:
     return host.rstrip(".").lower()
 
 
+#: Distinct raw Host values remembered by ``RouteTable.resolve_raw`` before it starts over.
+_RAW_CACHE_SIZE = 4096
+
+
 class RouteTable:
     """Immutable host → split table compiled from one ``RoutingConfig``."""
 
-    __slots__ = ("_hosts", "_revisions", "cluster_domain", "domain", "tag_header_routing")
+    __slots__ = (
+        "_by_raw",
+        "_hosts",
+        "_revisions",
+        "cluster_domain",
+        "domain",
+        "tag_header_routing",
+    )
 
     def __init__(
         self,
@@ -109,6 +120,9 @@ class RouteTable:
         tag_header_routing: bool,
     ) -> None:
         self._hosts = dict(hosts)
+        # Host header bytes as clients send them → entry (or None): skips decoding and
+        # normalising on every request. Bounded, since clients choose the bytes.
+        self._by_raw: dict[bytes, _HostEntry | None] = {}
         self._revisions = dict(revisions)
         self.domain = domain
         self.cluster_domain = cluster_domain
@@ -147,6 +161,26 @@ class RouteTable:
             return None
         if tag_header is not None and entry.by_tag:
             split = entry.by_tag.get(tag_header)
+            if split is not None:
+                return split.pick(rand)
+        return entry.default.pick(rand)
+
+    def resolve_raw(
+        self, host: bytes, tag_header: bytes | None, rand: Callable[[], float]
+    ) -> RouteDecision | None:
+        """``resolve`` for header bytes as received, memoising the host lookup."""
+        cache = self._by_raw
+        try:
+            entry = cache[host]
+        except KeyError:
+            entry = self._hosts.get(normalise_host(host.decode("latin-1")))
+            if len(cache) >= _RAW_CACHE_SIZE:
+                cache.clear()
+            cache[host] = entry
+        if entry is None:
+            return None
+        if tag_header is not None and entry.by_tag:
+            split = entry.by_tag.get(tag_header.decode("latin-1"))
             if split is not None:
                 return split.pick(rand)
         return entry.default.pick(rand)
