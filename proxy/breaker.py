@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from proxy.errors import QueueFull
 
-__all__ = ["MAX_BREAKER_CAPACITY", "Breaker", "Semaphore"]
+__all__ = ["MAX_BREAKER_CAPACITY", "Breaker", "Semaphore", "Ticket"]
 
 #: Largest capacity a breaker accepts; Knative's limit, kept so capacity maths agree.
 MAX_BREAKER_CAPACITY = 2**31 - 1
@@ -54,7 +54,7 @@ class Semaphore:
         self._in_use = 0
         # An ordered dict used as an ordered set: O(1) removal of a cancelled waiter and O(1)
         # pop of the oldest one, where a deque would need a linear remove.
-        self._waiters: OrderedDict[asyncio.Future[None], None] = OrderedDict()
+        self._waiters: OrderedDict[asyncio.Future[None] | Ticket, None] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -130,6 +130,53 @@ class Semaphore:
         )
 
 
+class Ticket:
+    """A place in a breaker's queue held by a callback instead of a waiting task.
+
+    States: waiting → granted (slot held, callback scheduled) → running (callback ran). The
+    semaphore treats it like a future: ``done()`` tells it to skip a cancelled ticket and
+    ``set_result`` is the grant. ``cancel`` gives back exactly what the ticket holds.
+    """
+
+    __slots__ = ("_breaker", "_callback", "state")
+
+    WAITING, GRANTED, RUNNING, CANCELLED = range(4)
+
+    def __init__(self, breaker: Breaker, callback: Callable[[], None]) -> None:
+        self._breaker = breaker
+        self._callback = callback
+        self.state = Ticket.WAITING
+
+    def done(self) -> bool:
+        return self.state != Ticket.WAITING
+
+    def set_result(self, _: None) -> None:
+        self.state = Ticket.GRANTED
+        asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        if self.state == Ticket.GRANTED:
+            self.state = Ticket.RUNNING
+            self._callback()
+
+    def cancel(self) -> None:
+        """Leave the queue: frees the admission slot, and the execution slot if granted.
+
+        After the callback ran the caller owns the slots (it calls ``release``): no-op.
+        """
+        breaker = self._breaker
+        if self.state == Ticket.WAITING:
+            self.state = Ticket.CANCELLED
+            sem = breaker._sem
+            sem._waiters.pop(self, None)
+            breaker._in_flight -= 1
+            if sem._waiters:
+                sem._grant()
+        elif self.state == Ticket.GRANTED:
+            self.state = Ticket.CANCELLED
+            breaker.release()
+
+
 class Breaker:
     """Admission queue plus concurrency limit, with Knative's ``Maybe``/``Reserve`` semantics.
 
@@ -198,6 +245,30 @@ class Breaker:
         """Free the execution slot, then the admission slot, of one ``acquire``."""
         self._sem.release()
         self._in_flight -= 1
+
+    @property
+    def admission_full(self) -> bool:
+        """Whether an arrival now would get ``QueueFull``."""
+        return self._in_flight >= self._total_slots
+
+    def enqueue(self, callback: Callable[[], None]) -> Ticket:
+        """Take an admission slot and queue for an execution slot without a task.
+
+        For callers that found ``try_acquire`` False. ``callback`` runs from the event loop
+        (never inside this call or inside ``release``) once the execution slot is held; from
+        then on the caller holds both slots and calls ``release`` once, as after ``acquire``.
+        ``Ticket.cancel`` leaves the queue. Raises ``QueueFull`` like ``acquire``.
+        """
+        if self._in_flight >= self._total_slots:
+            raise QueueFull()
+        self._in_flight += 1
+        ticket = Ticket(self, callback)
+        sem = self._sem
+        if sem.try_acquire():
+            ticket.set_result(None)
+        else:
+            sem._waiters[ticket] = None
+        return ticket
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""

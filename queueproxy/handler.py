@@ -20,16 +20,17 @@ Headers the chain needs are read in one pass over the request's header list.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 from dataclasses import dataclass
 
-from proxy.breaker import Breaker
+from proxy.breaker import Breaker, Ticket
 from proxy.client import UpstreamPool
 from proxy.deadline import RequestTimer
 from proxy.drain import Drainer
 from proxy.errors import ProxyError
 from proxy.forward import Rewrite, forward, forward_fast
-from proxy.http1 import Exchange
+from proxy.http1 import ClientDisconnected, Exchange
 from proxy.stats import RequestStats
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
@@ -115,13 +116,19 @@ class QueueProxyHandler:
         ):
             return False
         pool = s.pool
-        conn = pool.take_idle(s.user_host, s.user_port)
-        if conn is None:
-            return False
         breaker = s.breaker
+        queued = False
         if breaker is not None and not breaker.try_acquire():
-            pool.release(conn)
-            return False
+            if breaker.admission_full:
+                return False  # the task path answers 503 and counts it
+            queued = True
+        conn = None
+        if not queued:
+            conn = pool.take_idle(s.user_host, s.user_port)
+            if conn is None:
+                if breaker is not None:
+                    breaker.release()
+                return False
         s.drainer.on_request()
         loop = self._loop
         started = loop.time()
@@ -130,11 +137,59 @@ class QueueProxyHandler:
         timer = RequestTimer(
             ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
         )
+        ex.user = (h, started, timer, proxied)
+        if queued:
+            # Wait in the breaker's queue as a callback, not a task (knative §1.5: the
+            # stats above count the queued time as concurrency).
+            assert breaker is not None
+            ticket = breaker.enqueue(functools.partial(self._granted, ex))
+            ex.canceller = functools.partial(self._leave_queue, ex, ticket)
+            return True
+        assert conn is not None
         if s.metrics is not None and breaker is not None:
             s.metrics.set_queue_depth(breaker.in_flight)
-        ex.user = (h, started, timer, proxied)
         forward_fast(ex, pool, conn, _rewrite(ex, h), self._fast_done)
         return True
+
+    def _granted(self, ex: Exchange) -> None:
+        """A queued request got its breaker slot: forward it now."""
+        s = self.s
+        ex.canceller = None
+        assert s.breaker is not None
+        if s.metrics is not None:
+            s.metrics.set_queue_depth(s.breaker.in_flight)
+        conn = s.pool.take_idle(s.user_host, s.user_port)
+        if conn is None:
+            ex.task = self._loop.create_task(self._forward_dialing(ex))
+            return
+        forward_fast(ex, s.pool, conn, _rewrite(ex, ex.user[0]), self._fast_done)
+
+    async def _forward_dialing(self, ex: Exchange) -> None:
+        """The granted request when no idle upstream connection was at hand."""
+        s = self.s
+        status = 500
+        try:
+            status = await forward(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, ex.user[0]))
+        except ProxyError as error:
+            ex.fail(error)
+            status = error.status
+        except (asyncio.CancelledError, ClientDisconnected):
+            if not ex.response_done:
+                ex.abort()
+        finally:
+            self._fast_done(ex, status)
+
+    def _leave_queue(self, ex: Exchange, ticket: Ticket) -> None:
+        """A queued request's client left or its timeout answered: give back its place."""
+        ticket.cancel()
+        h, started, timer, proxied = ex.user
+        now = self._loop.time()
+        self.s.stats.req_out(now, proxied)
+        timer.cancel()
+        if self.s.metrics is not None:
+            final = ex.status if ex.response_started else 500
+            self.s.metrics.record_request(final, now - started, _tag(h))
+        ex.complete()
 
     def _fast_done(self, ex: Exchange, status: int) -> None:
         s = self.s

@@ -358,3 +358,81 @@ def test_semaphore_rejects_negative_capacity() -> None:
         Semaphore(-1)
     with pytest.raises(ValueError):
         Semaphore(1).update_capacity(-1)
+
+
+# ----------------------------------------------------------------- tickets (no-task waits)
+
+
+async def test_ticket_is_granted_at_once_when_a_slot_is_free() -> None:
+    breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
+    ran: list[str] = []
+    ticket = breaker.enqueue(lambda: ran.append("go"))
+    assert breaker.in_flight == 1
+    await asyncio.sleep(0)  # the callback runs from the loop, never inside enqueue
+    assert ran == ["go"]
+    assert ticket.state == ticket.RUNNING
+    breaker.release()
+    assert breaker.in_flight == 0
+
+
+async def test_ticket_waits_its_turn_and_runs_after_release() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    ran: list[int] = []
+    breaker.enqueue(lambda: ran.append(1))
+    breaker.enqueue(lambda: ran.append(2))
+    await asyncio.sleep(0)
+    assert ran == []
+    breaker.release()
+    await asyncio.sleep(0)
+    assert ran == [1]  # FIFO, one slot
+    breaker.release()
+    await asyncio.sleep(0)
+    assert ran == [1, 2]
+
+
+async def test_ticket_enqueue_raises_queue_full_when_admission_is_full() -> None:
+    breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    breaker.enqueue(lambda: None)
+    assert breaker.admission_full
+    with pytest.raises(QueueFull):
+        breaker.enqueue(lambda: None)
+
+
+async def test_cancelled_waiting_ticket_frees_its_place_and_never_runs() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    ran: list[int] = []
+    first = breaker.enqueue(lambda: ran.append(1))
+    breaker.enqueue(lambda: ran.append(2))
+    first.cancel()
+    assert breaker.in_flight == 2
+    breaker.release()
+    await asyncio.sleep(0)
+    assert ran == [2]
+
+
+async def test_ticket_cancelled_after_grant_hands_the_slot_on() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    ran: list[int] = []
+    first = breaker.enqueue(lambda: ran.append(1))
+    breaker.enqueue(lambda: ran.append(2))
+    breaker.release()  # grants `first`; its callback is only scheduled
+    first.cancel()  # gives the granted slot back, which goes to the second ticket
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ran == [2]
+    breaker.release()
+    assert breaker.in_flight == 0
+
+
+async def test_ticket_cancel_after_its_callback_ran_changes_nothing() -> None:
+    breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
+    ticket = breaker.enqueue(lambda: None)
+    await asyncio.sleep(0)
+    ticket.cancel()
+    assert breaker.in_flight == 1  # the owner still holds its slots and releases them
+    breaker.release()
+    assert breaker.in_flight == 0
