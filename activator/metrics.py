@@ -2,8 +2,8 @@
 
 ``prometheus_client`` appends ``_total`` to every counter, but Knative's OpenCensus exporter
 writes ``activator_request_count`` bare, and dashboards read that name. So the request metrics
-live here as plain numbers and are rendered by hand in text format 0.0.4 (as
-``queueproxy.metrics`` does); only the ``process_*`` basics come from ``prometheus_client``.
+live here as plain numbers, rendered by ``proxy.promtext`` in text format 0.0.4, with the
+``process_*`` basics from ``proxy.procmetrics``, exactly as the queue-proxy does.
 
 Series, each carrying the revision's resource labels (``namespace_name``, ``service_name``
 (``unknown`` when empty), ``configuration_name``, ``revision_name``) plus ``pod_name`` and
@@ -21,45 +21,25 @@ The event loop is the only writer; nothing is locked.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-
 from activator.model import Revision
-from proxy.metrics import CONTENT_TYPE, LATENCY_BUCKETS_MS, status_class
+from proxy.procmetrics import render_process_metrics
+from proxy.promtext import (
+    CONTENT_TYPE,
+    Series,
+    escape,
+    format_go_float,
+    labels,
+    render_counter,
+    render_histogram,
+    status_class,
+)
 
 __all__ = ["CONTAINER_NAME", "CONTENT_TYPE", "ActivatorMetrics"]
 
 CONTAINER_NAME = "activator"
 Key = tuple[str, str]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(pairs: dict[str, str]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(pairs.items()))
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class _Series:
-    __slots__ = ("buckets", "count", "labels", "total")
-
-    def __init__(self, labels: str) -> None:
-        self.labels = labels
-        self.count = 0
-        self.total = 0
-        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-
-    def observe(self, ms: int) -> None:
-        self.count += 1
-        self.total += ms
-        self.buckets[bisect_right(LATENCY_BUCKETS_MS, ms)] += 1
 
 
 class ActivatorMetrics:
@@ -72,14 +52,12 @@ class ActivatorMetrics:
         dropped: Callable[[], int] | None = None,
     ) -> None:
         self.pod_name = pod_name
-        self._requests: dict[tuple[Key, int], _Series] = {}
+        self._requests: dict[tuple[Key, int], Series] = {}
         self._resource: dict[Key, dict[str, str]] = {}
         self._concurrency: dict[Key, float] = {}
         self._queue_depth: Callable[[], Iterable[tuple[Revision, int]]] | None = None
         self._dropped = dropped
-        self._registry = CollectorRegistry(auto_describe=False)
-        if process_metrics:
-            ProcessCollector(registry=self._registry)
+        self._process_metrics = process_metrics
 
     def _base(self, revision: Revision) -> dict[str, str]:
         base = self._resource.get(revision.key)
@@ -102,7 +80,7 @@ class ActivatorMetrics:
                 response_code=str(status),
                 response_code_class=status_class(status),
             )
-            series = self._requests[(revision.key, status)] = _Series(_labels(pairs))
+            series = self._requests[(revision.key, status)] = Series(labels(pairs))
         series.observe(int(latency_seconds * 1000))
 
     def set_concurrency(self, revision: Revision, value: float) -> None:
@@ -116,25 +94,10 @@ class ActivatorMetrics:
     def render(self) -> bytes:
         out: list[str] = []
         series = list(self._requests.values())
-        if series:
-            out.append("# HELP activator_request_count The number of requests received\n")
-            out.append("# TYPE activator_request_count counter\n")
-            out += [f"activator_request_count{{{s.labels}}} {s.count}\n" for s in series]
-            out.append("# HELP activator_request_latencies The response time in millisecond\n")
-            out.append("# TYPE activator_request_latencies histogram\n")
-            for s in series:
-                cumulative = 0
-                for bound, n in zip(LATENCY_BUCKETS_MS, s.buckets, strict=False):
-                    cumulative += n
-                    out.append(
-                        f'activator_request_latencies_bucket{{{s.labels},le="{_num(bound)}"}} '
-                        f"{cumulative}\n"
-                    )
-                out.append(
-                    f'activator_request_latencies_bucket{{{s.labels},le="+Inf"}} {s.count}\n'
-                )
-                out.append(f"activator_request_latencies_sum{{{s.labels}}} {s.total}\n")
-                out.append(f"activator_request_latencies_count{{{s.labels}}} {s.count}\n")
+        render_counter(out, "activator_request_count", "The number of requests received", series)
+        render_histogram(
+            out, "activator_request_latencies", "The response time in millisecond", series
+        )
         if self._concurrency:
             out.append(
                 "# HELP activator_request_concurrency Concurrent requests reported to the "
@@ -142,8 +105,8 @@ class ActivatorMetrics:
             )
             for key, value in self._concurrency.items():
                 out.append(
-                    f"activator_request_concurrency{{{_labels(self._resource[key])}}} "
-                    f"{_num(value)}\n"
+                    f"activator_request_concurrency{{{labels(self._resource[key])}}} "
+                    f"{format_go_float(value)}\n"
                 )
         if self._queue_depth is not None:
             depths = list(self._queue_depth())
@@ -154,15 +117,16 @@ class ActivatorMetrics:
                 )
                 for revision, depth in depths:
                     out.append(
-                        f"activator_revision_queue_depth{{{_labels(self._base(revision))}}} "
+                        f"activator_revision_queue_depth{{{labels(self._base(revision))}}} "
                         f"{depth}\n"
                     )
         if self._dropped is not None:
             out.append(
                 "# HELP activator_scaler_dropped Stat payloads dropped on the way to the scaler\n"
                 "# TYPE activator_scaler_dropped counter\n"
-                f'activator_scaler_dropped{{pod_name="{_escape(self.pod_name)}"}} '
+                f'activator_scaler_dropped{{pod_name="{escape(self.pod_name)}"}} '
                 f"{self._dropped()}\n"
             )
-        body: bytes = generate_latest(self._registry)
-        return "".join(out).encode() + body
+        if self._process_metrics:
+            out.append(render_process_metrics())
+        return "".join(out).encode()

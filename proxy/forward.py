@@ -337,19 +337,34 @@ class _FastForward(_Pipe):
         self.on_done(ex, ex.status if ex.response_started else 500)
 
     async def _retry(self) -> None:
-        ex = self.ex
-        status = 500
-        try:
-            host, port = self.conn.key
-            status = await forward(ex, self.pool, host, port, self.rewrite, fresh=True)
-        except ProxyError as error:
-            ex.fail(error)
-            status = error.status
-        except (asyncio.CancelledError, ClientDisconnected):
-            if not ex.response_done:
-                ex.abort()
-        finally:
-            self.on_done(ex, status)
+        host, port = self.conn.key
+        await forward_reporting(ex=self.ex, pool=self.pool, host=host, port=port,
+                                rewrite=self.rewrite, on_done=self.on_done, fresh=True)  # fmt: skip
+
+
+async def forward_reporting(
+    ex: Exchange,
+    pool: UpstreamPool,
+    host: str,
+    port: int,
+    rewrite: Rewrite,
+    on_done: Callable[[Exchange, int], None],
+    *,
+    fresh: bool = False,
+) -> None:
+    """``forward`` in a task of the caller's, ending like ``forward_fast``: errors answered
+    here, and ``on_done(ex, status)`` called exactly once whatever happens."""
+    status = 500
+    try:
+        status = await forward(ex, pool, host, port, rewrite, fresh=fresh)
+    except ProxyError as error:
+        ex.fail(error)
+        status = error.status
+    except (asyncio.CancelledError, ClientDisconnected):
+        if not ex.response_done:
+            ex.abort()
+    finally:
+        on_done(ex, status)
 
 
 def forward_fast(

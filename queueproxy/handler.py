@@ -29,8 +29,8 @@ from proxy.client import UpstreamPool
 from proxy.deadline import RequestTimer
 from proxy.drain import Drainer
 from proxy.errors import ProxyError
-from proxy.forward import Rewrite, forward, forward_fast
-from proxy.http1 import ClientDisconnected, Exchange
+from proxy.forward import Rewrite, forward, forward_fast, forward_reporting
+from proxy.http1 import Exchange
 from proxy.stats import RequestStats
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
@@ -158,26 +158,15 @@ class QueueProxyHandler:
         assert s.breaker is not None
         if s.metrics is not None:
             s.metrics.set_queue_depth(s.breaker.in_flight)
+        rewrite = _rewrite(ex, ex.user[0])
         conn = s.pool.take_idle(s.user_host, s.user_port)
         if conn is None:
-            ex.task = self._loop.create_task(self._forward_dialing(ex))
+            # No idle upstream connection: dialing needs a task.
+            ex.task = self._loop.create_task(
+                forward_reporting(ex, s.pool, s.user_host, s.user_port, rewrite, self._fast_done)
+            )
             return
-        forward_fast(ex, s.pool, conn, _rewrite(ex, ex.user[0]), self._fast_done)
-
-    async def _forward_dialing(self, ex: Exchange) -> None:
-        """The granted request when no idle upstream connection was at hand."""
-        s = self.s
-        status = 500
-        try:
-            status = await forward(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, ex.user[0]))
-        except ProxyError as error:
-            ex.fail(error)
-            status = error.status
-        except (asyncio.CancelledError, ClientDisconnected):
-            if not ex.response_done:
-                ex.abort()
-        finally:
-            self._fast_done(ex, status)
+        forward_fast(ex, s.pool, conn, rewrite, self._fast_done)
 
     def _leave_queue(self, ex: Exchange, ticket: Ticket) -> None:
         """A queued request's client left or its timeout answered: give back its place."""

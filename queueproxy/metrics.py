@@ -25,20 +25,32 @@ written against Knative read them:
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from decimal import Decimal
-
 from proxy.procmetrics import render_process_metrics
+from proxy.promtext import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS_MS,
+    Series,
+    format_go_float,
+    labels,
+    render_counter,
+    render_histogram,
+    status_class,
+)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-#: Latency bucket bounds in milliseconds (Knative's ``defaultLatencyDistribution``).
-LATENCY_BUCKETS_MS: tuple[int, ...] = (
-    5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500,
-    600, 700, 800, 900, 1000, 2000, 5000, 10000, 20000, 50000, 100000,
-)  # fmt: skip
+__all__ = [
+    "CONTAINER_NAME",
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS_MS",
+    "MAX_ROUTE_TAGS",
+    "RequestMetrics",
+    "format_go_float",
+    "route_tag",
+]
 
 CONTAINER_NAME = "queue-proxy"
+_HELP_COUNT = "Requests routed to the queue-proxy"
+_HELP_LATENCY = "Queue-proxy response latency (ms)"
+_HELP_APP_COUNT = "Requests routed to the user container"
 #: Distinct route tags kept before further unknown tags are folded into ``UNDEFINED``;
 #: the tag comes from a request header, so an unbounded label set would be a memory leak.
 MAX_ROUTE_TAGS = 1000
@@ -59,62 +71,10 @@ def route_tag(tag_header: str | None, default_route_header: str | None) -> str:
     return tag_header
 
 
-def format_go_float(value: float, exp_threshold: int = 6) -> str:
-    """Format like Go's shortest ``'g'`` (``exp_threshold=6``) or ``%v`` (``21``).
-
-    The shortest round-tripping digits are printed in plain notation unless the decimal
-    exponent is below -4 or at least ``exp_threshold``, then as ``d.ddde+XX``.
-    """
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "-0" if str(value).startswith("-") else "0"
-    sign, digit_tuple, exponent = Decimal(repr(float(value))).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    digits = "".join(map(str, digit_tuple))
-    exp = len(digits) + exponent - 1
-    prefix = "-" if sign else ""
-    if exp < -4 or exp >= exp_threshold:
-        mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{prefix}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    if exp < 0:
-        return f"{prefix}0.{'0' * (-exp - 1)}{digits}"
-    if len(digits) <= exp + 1:
-        return prefix + digits + "0" * (exp + 1 - len(digits))
-    return f"{prefix}{digits[: exp + 1]}.{digits[exp + 1 :]}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(pairs: dict[str, str]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(pairs.items()))
-
-
 def _check_tag_value(what: str, value: str) -> None:
     # OpenCensus refuses tag values that are not printable ASCII or are over 255 long.
     if len(value) > 255 or not all(" " <= ch <= "~" for ch in value):
         raise ValueError(f"{what} {value!r} is not a valid metric label (printable ASCII, <= 255)")
-
-
-class _Series:
-    """Count, sum and (non-cumulative) bucket counts of one label set."""
-
-    __slots__ = ("buckets", "count", "labels", "total")
-
-    def __init__(self, labels: str) -> None:
-        self.labels = labels
-        self.count = 0
-        self.total = 0
-        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-
-    def observe(self, ms: int) -> None:
-        self.count += 1
-        self.total += ms
-        self.buckets[bisect_right(LATENCY_BUCKETS_MS, ms)] += 1
 
 
 class RequestMetrics:
@@ -144,8 +104,8 @@ class RequestMetrics:
             "pod_name": pod_name,
             "container_name": CONTAINER_NAME,
         }
-        self._requests: dict[tuple[int, str], _Series] = {}
-        self._app_requests: dict[int, _Series] = {}
+        self._requests: dict[tuple[int, str], Series] = {}
+        self._app_requests: dict[int, Series] = {}
         self._route_tags: set[str] = set()
         self._queue_depth_enabled = queue_depth_enabled
         self._queue_depth: int | None = None
@@ -162,7 +122,7 @@ class RequestMetrics:
         """Count a request that reached the user container (no ``route_tag`` label)."""
         series = self._app_requests.get(status)
         if series is None:
-            series = self._app_requests[status] = _Series(self._label_text(status, None))
+            series = self._app_requests[status] = Series(self._label_text(status, None))
         series.observe(int(latency_seconds * 1000))
 
     def set_queue_depth(self, n: int) -> None:
@@ -170,7 +130,7 @@ class RequestMetrics:
         if self._queue_depth_enabled:
             self._queue_depth = n
 
-    def _new_request_series(self, status: int, tag: str) -> _Series:
+    def _new_request_series(self, status: int, tag: str) -> Series:
         if tag not in self._route_tags and tag not in _RESERVED_TAGS:
             if len(self._route_tags) >= MAX_ROUTE_TAGS:
                 tag = "UNDEFINED"
@@ -179,26 +139,30 @@ class RequestMetrics:
                     return found
             else:
                 self._route_tags.add(tag)
-        series = self._requests[(status, tag)] = _Series(self._label_text(status, tag))
+        series = self._requests[(status, tag)] = Series(self._label_text(status, tag))
         return series
 
     def _label_text(self, status: int, tag: str | None) -> str:
         pairs = dict(self._base)
         pairs["response_code"] = str(status)
-        pairs["response_code_class"] = f"{status // 100}xx"
+        pairs["response_code_class"] = status_class(status)
         if tag is not None:
             pairs["route_tag"] = tag
-        return _labels(pairs)
+        return labels(pairs)
 
     def render(self) -> bytes:
         """The whole exposition in the Prometheus text format (``CONTENT_TYPE``)."""
         out: list[str] = []
         reqs = list(self._requests.values())
         apps = list(self._app_requests.values())
-        _counter(out, "revision_request_count", "Requests routed to the queue-proxy", reqs)
-        _histogram(out, "revision_request_latencies", "Queue-proxy response latency (ms)", reqs)
-        _counter(out, "revision_app_request_count", "Requests routed to the user container", apps)
-        _histogram(
+        render_counter(out, "revision_request_count", "Requests routed to the queue-proxy", reqs)
+        render_histogram(
+            out, "revision_request_latencies", "Queue-proxy response latency (ms)", reqs
+        )
+        render_counter(
+            out, "revision_app_request_count", "Requests routed to the user container", apps
+        )
+        render_histogram(
             out, "revision_app_request_latencies", "User-container response latency (ms)", apps
         )
         if self._queue_depth is not None:
@@ -206,31 +170,9 @@ class RequestMetrics:
             out.append("# HELP revision_queue_depth Requests waiting for or holding a slot\n")
             out.append("# TYPE revision_queue_depth gauge\n")
             out.append(
-                f"revision_queue_depth{{{_labels(pairs)}}} "
+                f"revision_queue_depth{{{labels(pairs)}}} "
                 f"{format_go_float(float(self._queue_depth))}\n"
             )
         if self._process_metrics:
             out.append(render_process_metrics())
         return "".join(out).encode()
-
-
-def _counter(out: list[str], name: str, help_text: str, series: list[_Series]) -> None:
-    if not series:
-        return
-    out.append(f"# HELP {name} {help_text}\n# TYPE {name} counter\n")
-    for s in series:
-        out.append(f"{name}{{{s.labels}}} {s.count}\n")
-
-
-def _histogram(out: list[str], name: str, help_text: str, series: list[_Series]) -> None:
-    if not series:
-        return
-    out.append(f"# HELP {name} {help_text}\n# TYPE {name} histogram\n")
-    for s in series:
-        cumulative = 0
-        for bound, n in zip(LATENCY_BUCKETS_MS, s.buckets, strict=False):
-            cumulative += n
-            out.append(f'{name}_bucket{{{s.labels},le="{format_go_float(bound)}"}} {cumulative}\n')
-        out.append(f'{name}_bucket{{{s.labels},le="+Inf"}} {s.count}\n')
-        out.append(f"{name}_sum{{{s.labels}}} {format_go_float(float(s.total))}\n")
-        out.append(f"{name}_count{{{s.labels}}} {s.count}\n")
