@@ -24,6 +24,15 @@ its own task. State is grouped as: per server (``ServerContext``), per connectio
 * Timeouts (head read, keep-alive idle) are checked by the server's one-second sweeper from
   timestamps, so a request costs no timer operations; the body-idle timeout is applied only
   while a handler waits for body bytes.
+* The fast path: a handler may also offer ``fast(ex) -> bool``. It is called first, inside
+  llhttp's callbacks; returning True means it took the exchange and will finish it from
+  later callbacks with ``Exchange.complete()`` (``Exchange.canceller`` stops it), so the
+  request runs with no task and no future at all. It must not finish the exchange before
+  returning; an error it raises is answered from a task. Anything it declines (bodies,
+  upgrades, probes, a full queue, no idle upstream connection) takes the task path. Measured
+  with callgrind: about 10 % fewer instructions per proxied request for the bare engine and
+  15 % for the queue-proxy, because an asyncio Task plus a future round trip is the largest
+  fixed cost left once the parsing and the writes are done.
 """
 
 from __future__ import annotations
