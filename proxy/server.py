@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
@@ -56,15 +57,20 @@ class HttpServer:
         reuse_port: bool = False,
         sock: socket.socket | None = None,
         backlog: int = 2048,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Listen on ``host:port`` (all interfaces when host is None or empty)."""
+        """Listen on ``host:port`` (all interfaces when host is None or empty).
+
+        Call again to listen on more addresses with the same handler (for example the
+        same service over TLS with ``ssl_context``).
+        """
         loop = asyncio.get_running_loop()
         if self._ctx is None:
             self._ctx = ServerContext(self._handler, self.limits, loop)
         ctx = self._ctx
         if sock is not None:
             server = await loop.create_server(
-                lambda: HttpServerProtocol(ctx), sock=sock, backlog=backlog
+                lambda: HttpServerProtocol(ctx), sock=sock, backlog=backlog, ssl=ssl_context
             )
         else:
             server = await loop.create_server(
@@ -74,6 +80,7 @@ class HttpServer:
                 reuse_port=reuse_port or None,
                 reuse_address=True,
                 backlog=backlog,
+                ssl=ssl_context,
             )
         self._servers.append(server)
         if self._sweeper is None:

@@ -77,6 +77,9 @@ class Config:
     bind_host: str = ""
     #: Where the user container listens; Knative always uses the pod's loopback.
     user_host: str = "127.0.0.1"
+    #: Where ``tls.crt``/``tls.key`` are looked for (Knative mounts them here); TLS on
+    #: ``QUEUE_SERVING_TLS_PORT`` is served only when both exist.
+    certs_dir: str = "/var/lib/knative/certs"
 
     def __post_init__(self) -> None:
         for var, port in (
@@ -256,4 +259,5 @@ def load_config(environ: Mapping[str, str]) -> Config:
         drain_quiet_seconds=quiet,
         bind_host=environ.get("SLUICE_BIND_HOST", ""),
         user_host=environ.get("SLUICE_USER_HOST", "") or "127.0.0.1",
+        certs_dir=environ.get("SLUICE_CERTS_DIR", "") or "/var/lib/knative/certs",
     )

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -192,6 +193,10 @@ class QueueProxy:
         cfg = self.cfg
         host = cfg.bind_host or None
         await self.main.start(host, cfg.serving_port)
+        tls = tls_context(cfg.certs_dir)
+        if tls is not None:
+            # Same handler on QUEUE_SERVING_TLS_PORT; the plain port stays up (knative §1.20).
+            await self.main.start(host, cfg.tls_port, ssl_context=tls)
         await self.admin.start(host, cfg.admin_port)
         await self.stats_server.start(host, cfg.stats_port)
         if self.metrics_server is not None:
@@ -222,10 +227,26 @@ class QueueProxy:
         self.pool.close()
 
 
+def tls_context(certs_dir: str) -> ssl.SSLContext | None:
+    """A server context from ``tls.crt``/``tls.key`` in ``certs_dir``, or None if absent."""
+    cert = os.path.join(certs_dir, "tls.crt")
+    key = os.path.join(certs_dir, "tls.key")
+    if not (os.path.isfile(cert) and os.path.isfile(key)):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 async def serve(cfg: Config) -> int:
     qp = QueueProxy(cfg)
     try:
         await qp.start()
+    except ssl.SSLError as exc:
+        print(f"queue-proxy: cannot load TLS certificate from {cfg.certs_dir}: {exc}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 1
     except OSError as exc:
         print(f"queue-proxy: cannot listen: {exc.strerror or exc}", file=sys.stderr, flush=True)
         return 1

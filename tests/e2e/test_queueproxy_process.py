@@ -519,3 +519,60 @@ async def test_sigterm_serves_six_long_requests_and_new_ones_then_exits_0(
     with contextlib.suppress(OSError):
         log = qp.stderr.read_text()
         assert "received SIGTERM" in log
+
+
+# --------------------------------------------------------------------------------- TLS
+
+
+@pytest.mark.timeout(60)
+def test_tls_port_serves_the_same_handler_when_certs_are_mounted(
+    app_port: int, tmp_path: Path
+) -> None:
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(tmp_path / "tls.key"),
+         "-out", str(tmp_path / "tls.crt")],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    env = knative_env(app_port, SLUICE_CERTS_DIR=str(tmp_path))
+    qp = start_queue_proxy(env, tmp_path)
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        tls_port = int(env["QUEUE_SERVING_TLS_PORT"])
+        with (
+            socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw,
+            context.wrap_socket(raw) as sock,
+        ):
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n" + KUBELET_PROBE + b"\r\n"
+            )
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert data.endswith(b"\r\n\r\nqueue")
+        # The plain serving port stays up next to the TLS one.
+        assert kubelet_probe(qp.port) == (200, b"queue")
+    finally:
+        kill(qp.proc)
+
+
+@pytest.mark.timeout(30)
+def test_unreadable_certificate_exits_1_with_one_line(app_port: int, tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("not a certificate\n")
+    (tmp_path / "tls.key").write_text("not a key\n")
+    env = knative_env(app_port, SLUICE_CERTS_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-m", "queueproxy"], cwd=ROOT, env=env, capture_output=True, timeout=20
+    )
+    assert out.returncode == 1
+    lines = out.stderr.decode().strip().splitlines()
+    assert len(lines) == 1
+    assert "cannot load TLS certificate" in lines[0]
