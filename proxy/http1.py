@@ -853,6 +853,11 @@ class HttpServerProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         return self.state == _IDLE and self._tunnel_data is None
 
+    @property
+    def tunnelled(self) -> bool:
+        """Whether the connection was switched to a byte tunnel (websocket) by a 101."""
+        return self._tunnel_data is not None
+
 
 class _HeadTimeout(ProxyError):
     status = 408

@@ -99,11 +99,13 @@ class HttpServer:
         for server in self._servers:
             server.close()
 
-    async def shutdown(self, grace: float | None = None) -> None:
+    async def shutdown(self, grace: float | None = None, tunnel_grace: float | None = None) -> None:
         """Stop accepting, finish in-flight exchanges, close everything.
 
         With ``grace`` None, wait for in-flight exchanges without limit (Knative's choice);
-        otherwise cut the remaining connections after ``grace`` seconds.
+        otherwise cut the remaining connections after ``grace`` seconds. Tunnelled
+        connections (websockets) get ``tunnel_grace`` seconds, if given, then are cut
+        (Knative HEAD gives hijacked connections 60 s after its servers shut down).
         """
         self.stop_listening()
         ctx = self._ctx
@@ -113,9 +115,12 @@ class HttpServer:
                 if proto.idle:
                     proto.close()
             loop = asyncio.get_running_loop()
-            deadline = None if grace is None else loop.time() + grace
+            now = loop.time()
+            deadline = None if grace is None else now + grace
+            tunnel_deadline = None if tunnel_grace is None else now + tunnel_grace
             while ctx.connections:
-                if deadline is not None and loop.time() >= deadline:
+                now = loop.time()
+                if deadline is not None and now >= deadline:
                     for proto in list(ctx.connections):
                         if proto.transport is not None:
                             proto.transport.abort()
@@ -123,6 +128,13 @@ class HttpServer:
                 for proto in list(ctx.connections):
                     if proto.idle:
                         proto.close()
+                    elif (
+                        tunnel_deadline is not None
+                        and now >= tunnel_deadline
+                        and proto.tunnelled
+                        and proto.transport is not None
+                    ):
+                        proto.transport.abort()
                 await asyncio.sleep(0.05)
         for server in self._servers:
             with contextlib.suppress(Exception):

@@ -50,6 +50,8 @@ REPORTING_PERIOD = 1.0
 #: concluding the preStop came from a liveness-driven restart and resetting (Knative: 1 s).
 PRESTOP_RESET_AFTER = 1.0
 _NOT_FOUND = b"404 page not found\n"
+#: After the drain, how long open websockets may go on before they are cut (Knative HEAD).
+TUNNEL_GRACE = 60.0
 
 
 class StatsReporter:
@@ -221,7 +223,9 @@ class QueueProxy:
         servers = [self.main, self.admin, self.stats_server]
         if self.metrics_server is not None:
             servers.append(self.metrics_server)
-        await asyncio.gather(*(server.shutdown(grace=None) for server in servers))
+        await asyncio.gather(
+            *(server.shutdown(grace=None, tunnel_grace=TUNNEL_GRACE) for server in servers)
+        )
         for task in self._tasks:
             task.cancel()
         self.pool.close()

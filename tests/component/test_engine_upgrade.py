@@ -172,3 +172,23 @@ async def test_g1_client_leaving_the_tunnel_closes_upstream(engine: EngineRig) -
 async def _until_no_connections(server: object) -> None:
     while getattr(server, "connection_count", 0):
         await asyncio.sleep(0.005)
+
+
+async def test_shutdown_cuts_an_open_tunnel_after_its_grace_but_not_before(
+    engine: EngineRig,
+) -> None:
+    up = await engine.upstream(ws_echo)
+    px = await engine.proxy(up.port)
+    client = await engine.client(px.port)
+    await client.send(WS_REQUEST)
+    assert (await client.response(head_only=True)).status == 101
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    shutdown = asyncio.ensure_future(px.server.shutdown(grace=None, tunnel_grace=0.3))
+    await asyncio.sleep(0.1)
+    msg = frame(b"still open")
+    await client.send(msg)  # inside the grace the tunnel still carries frames
+    assert await client.io.exactly(len(msg)) == msg
+    await asyncio.wait_for(shutdown, 5)
+    assert loop.time() - started >= 0.3
+    await client.assert_closed()
