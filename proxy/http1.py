@@ -200,6 +200,14 @@ class Exchange:
     # ----------------------------------------------------------------- request side
 
     @property
+    def remote_addr(self) -> str:
+        """The client's ``ip:port`` (``[ip]:port`` for IPv6), as Go's ``RemoteAddr``."""
+        host = self.peer
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self._proto.peer_port}"
+
+    @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
@@ -491,6 +499,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.peer_port = 0
         self._parser = httptools.HttpRequestParser(self)
         self._current: Exchange | None = None
         self._parsing: Exchange | None = None
@@ -518,6 +527,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) and peer else ""
+        self.peer_port = peer[1] if isinstance(peer, tuple) and len(peer) > 1 else 0
         ctx = self.ctx
         if len(ctx.connections) >= ctx.limits.max_connections or ctx.closing:
             body = b"too many connections\n" if not ctx.closing else b"shutting down\n"

@@ -304,7 +304,7 @@ class QueueProxyHandler:
                 proto=f"HTTP/{ex.version}",
                 content_length=length,
                 user_agent=_text(h.get(b"user-agent")) or "",
-                remote_addr=ex.peer,
+                remote_addr=ex.remote_addr,
                 referer=_text(ex.header(b"referer")) or "",
                 headers=ex.headers,
                 code=ex.status if ex.response_started else 500,

@@ -981,6 +981,8 @@ async def test_request_log_writes_knatives_default_json_line(
     record = json.loads(line)
     latency = record["httpRequest"].pop("latency")
     assert _LATENCY.match(latency), latency
+    # Go's RemoteAddr: the client's ip:port.
+    assert re.fullmatch(r"127\.0\.0\.1:[0-9]+", record["httpRequest"].pop("remoteIp"))
     assert record == {
         "httpRequest": {
             "requestMethod": "GET",
@@ -989,7 +991,6 @@ async def test_request_log_writes_knatives_default_json_line(
             "status": 200,
             "responseSize": "12",
             "userAgent": "curl/8.0",
-            "remoteIp": "127.0.0.1",
             "serverIp": "10.0.0.1",
             "referer": "http://r.example/",
             "protocol": "HTTP/1.1",
