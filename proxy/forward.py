@@ -330,10 +330,12 @@ class _FastForward(_Pipe):
         elif conn.got_head:
             ex.abort()  # headers went out: the body is cut, so cut the client too
         elif not ex.response_started:
-            # A pooled keep-alive connection that died before answering: the request never
-            # reached the application; one fresh try is safe. Dialing needs a task.
-            ex.task = asyncio.get_running_loop().create_task(self._retry())
-            return
+            if _replayable(ex):
+                # A pooled keep-alive connection that died before answering: for a request
+                # that may be sent twice, one fresh try (Go's rule). Dialing needs a task.
+                ex.task = asyncio.get_running_loop().create_task(self._retry())
+                return
+            ex.fail(error if isinstance(error, ProxyError) else BadGateway(str(error)))
         self.on_done(ex, ex.status if ex.response_started else 500)
 
     async def _retry(self) -> None:
