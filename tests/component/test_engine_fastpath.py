@@ -98,7 +98,7 @@ async def test_second_request_takes_the_fast_path_on_the_pooled_connection(rig: 
 
 
 async def test_pipelined_requests_on_the_fast_path_are_answered_in_order(rig: Rig) -> None:
-    up, handler, server = await rig.start()
+    _up, handler, server = await rig.start()
     client = await rig.client(server.port)
     assert (await client.get(b"/warm")).status == 200
     await client.send(b"".join(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(3)))
@@ -141,7 +141,7 @@ async def test_truncated_upstream_body_reaches_the_client_then_its_connection_cl
         await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n15 bytes only..")
         conn.close()
 
-    up, handler, server = await rig.start(script)
+    _up, handler, server = await rig.start(script)
     client = await rig.client(server.port)
     assert (await client.get(b"/warm")).status == 200
     await client.send(b"GET /cut HTTP/1.1\r\nHost: h\r\n\r\n")
