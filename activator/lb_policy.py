@@ -94,17 +94,24 @@ class PodTracker:
         )
 
 
-def _weighted(tracker: PodTracker) -> Pick:
-    tracker.weight += 1
-    done = False
+class _WeightRelease:
+    """Undo one ``weight`` increment, once (calling it again does nothing)."""
 
-    def release() -> None:
-        nonlocal done
-        if not done:
-            done = True
+    __slots__ = ("tracker",)
+
+    def __init__(self, tracker: PodTracker) -> None:
+        self.tracker: PodTracker | None = tracker
+
+    def __call__(self) -> None:
+        tracker = self.tracker
+        if tracker is not None:
+            self.tracker = None
             tracker.weight -= 1
 
-    return release, tracker
+
+def _weighted(tracker: PodTracker) -> Pick:
+    tracker.weight += 1
+    return _WeightRelease(tracker), tracker
 
 
 def random_choice_2(targets: Sequence[PodTracker], rng: random.Random) -> Pick:
@@ -186,14 +193,16 @@ class InfiniteBreaker:
     ``release`` is a no-op and ``reserve`` always succeeds.
     """
 
-    __slots__ = ("_open",)
+    __slots__ = ("_is_open", "_open")
 
     def __init__(self) -> None:
         self._open = asyncio.Event()
+        # Mirrors ``_open`` for the request path, which only needs a plain read.
+        self._is_open = False
 
     @property
     def capacity(self) -> int:
-        return 1 if self._open.is_set() else 0
+        return 1 if self._is_open else 0
 
     @property
     def in_flight(self) -> int:
@@ -201,7 +210,7 @@ class InfiniteBreaker:
         return 0
 
     async def acquire(self) -> None:
-        if self._open.is_set():
+        if self._is_open:
             return
         await self._open.wait()
 
@@ -210,17 +219,18 @@ class InfiniteBreaker:
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: True while the gate is open."""
-        return self._open.is_set()
+        return self._is_open
 
     def reserve(self) -> Release:
         return noop
 
     def update_concurrency(self, n: int) -> None:
         """Open the gate iff ``n > 0``; opening wakes every waiter."""
+        self._is_open = n > 0
         if n > 0:
             self._open.set()
         else:
             self._open.clear()
 
     def __repr__(self) -> str:
-        return f"InfiniteBreaker(open={self._open.is_set()})"
+        return f"InfiniteBreaker(open={self._is_open})"
