@@ -5,12 +5,12 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo bench-hotpath clean
+.PHONY: setup test lint typecheck unit demo bench bench-smoke bench-hotpath clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,8 +33,17 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sluice up examples/
 
+## CPU per proxied request against nginx (engine, queue-proxy, activator), about 3 minutes.
 bench-hotpath: $(STAMP)
 	$(PY) -m bench.hotpath
+
+## Every user scenario (about 6 minutes); results in bench/results/<scenario>/.
+bench: $(STAMP)
+	$(PY) -m bench all
+
+## A seconds-long run of each scenario with its outputs checked (part of `make test` too).
+bench-smoke: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results
