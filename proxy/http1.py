@@ -74,6 +74,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT_PLAIN = b"text/plain; charset=utf-8"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _CONTENT_LENGTH = frozenset({b"content-length"})
+# Lengths of the hop-by-hop header names and of Content-Length.
+_DROPPED_LENGTHS = frozenset(len(name) for name in (*HOP_BY_HOP, b"content-length"))
 
 
 def parser_is_compiled() -> bool:
@@ -295,6 +297,9 @@ class Exchange:
         parts = [status_line(status)]
         if from_upstream:
             for key, value in headers:
+                if len(key) not in _DROPPED_LENGTHS:
+                    parts += (key, b": ", value, b"\r\n")
+                    continue  # cannot be hop-by-hop or Content-Length: skip the lower()
                 low = key.lower()
                 if low in HOP_BY_HOP or low == b"content-length":
                     if low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
@@ -883,6 +888,10 @@ def _parser_message(exc: Exception) -> str:
 _BAD_HOST = re.compile(rb"[/\\@\s\x00-\x1f\x7f]|\.\.")
 
 
+# Lengths of "host", "expect", "content-length" and "transfer-encoding".
+_CHECKED_LENGTHS = frozenset({4, 6, 14, 17})
+
+
 def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
     """Checks llhttp leaves to us: version, Host, framing headers, expectations, size."""
     if ex.version not in ("1.1", "1.0"):
@@ -893,6 +902,8 @@ def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
     for name, value in ex.headers:
         if b"_" in name:
             raise BadRequest("header names with underscores are refused")
+        if len(name) not in _CHECKED_LENGTHS:
+            continue  # cannot be one of the four names below: skip the lower()
         low = name.lower()
         if low == b"host":
             hosts += 1
