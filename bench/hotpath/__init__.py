@@ -6,15 +6,18 @@ One invocation, all on 127.0.0.1:
    off, keep-alive without limit) when nginx is installed, else ``bench.hotpath.backend``
    (uvloop + httptools, same 12-byte answer). Both answer Knative's pod probe
    (``K-Network-Probe: queue`` -> ``200 queue``).
-2. Targets, one process each, started one at a time and stopped before the next: ``direct``
+2. Targets, one process each, all started first (idle ones cost nothing measurable) and
+   stopped at the end: ``direct``
    (no proxy; the backend's CPU, for context only), ``nginx`` (a second nginx doing
    ``proxy_pass`` with an upstream keep-alive pool: the baseline), ``haproxy`` (if installed),
    ``sluice-engine`` (``python -m proxy.passthrough``), ``queue-proxy-cc0`` / ``-cc10``
    (``python -m queueproxy`` with only Knative's environment) and ``activator-cc0``. A target
    whose module is missing or that is not ready in time is skipped with a note.
-3. Per target: 1 s warm-up, then ``--runs`` wrk runs (``-t1 -c32 --latency``) at saturation
-   and ``--runs`` hey runs at a fixed 1000 req/s (``-c 10 -q 100``); queue-proxy-cc10 also gets
-   one wrk run with 50 connections for its p99. CPU per request is the target process tree's
+3. A 1 s warm-up per target, then ``--runs`` rounds of wrk (``-t1 -c32 --latency``) at
+   saturation and ``--runs`` rounds of hey at a fixed 1000 req/s (``-c 10 -q 100``); each round
+   measures every target once, so background load that drifts over minutes (these machines are
+   shared) falls on nginx's runs as much as on the others'. queue-proxy-cc10 also gets one wrk
+   run with 50 connections for its p99. CPU per request is the target process tree's
    utime+stime delta (``/proc/<pid>/stat``) over a run divided by the requests the tool
    reports. Each figure is the median over runs; ratios divide by nginx's figure at the same
    load point. Idle RSS (VmRSS after readiness, before traffic) and start-up time (exec to the

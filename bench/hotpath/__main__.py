@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -93,56 +94,106 @@ def _measure(target: Running, backend: Backend, load: Callable[[], LoadResult]) 
     )
 
 
-def measure_target(
-    target: Running, backend: Backend, plan: CpuPlan, runs: int, duration: float
-) -> dict[str, Point]:
-    """Warm up, then every load point for ``target``; raises ``LoadgenError`` on failure."""
-    name, cpu = target.name, plan.load
+class _Loads:
+    """The load generators and the sanity check for one target."""
 
-    def wrk(connections: int, seconds: float) -> LoadResult:
+    def __init__(self, target: Running, plan: CpuPlan, duration: float) -> None:
+        self.target = target
+        self.cpu = plan.load
+        self.duration = duration
+
+    def wrk(self, connections: int, seconds: float) -> LoadResult:
+        t = self.target
         return run_wrk(
-            target.url,
-            connections=connections,
-            duration_s=seconds,
-            headers=target.headers,
-            cpu=cpu,
+            t.url, connections=connections, duration_s=seconds, headers=t.headers, cpu=self.cpu
         )
 
-    def hey() -> LoadResult:
+    def hey(self) -> LoadResult:
+        t = self.target
         return run_hey(
-            target.url,
-            duration_s=duration,
+            t.url,
+            duration_s=self.duration,
             concurrency=HEY_WORKERS,
             per_worker_qps=HEY_QPS,
-            headers=target.headers,
-            cpu=cpu,
+            headers=t.headers,
+            cpu=self.cpu,
         )
 
-    def check(run: Run) -> Run:
-        if target.proc is not None and not target.proc.alive():
-            raise LoadgenError(f"{name} exited during the run: {target.proc.log_tail(3)}")
+    def check(self, run: Run) -> Run:
+        t = self.target
+        if t.proc is not None and not t.proc.alive():
+            raise LoadgenError(f"{t.name} exited during the run: {t.proc.log_tail(3)}")
         if run.requests == 0:
-            raise LoadgenError(f"{name}: no successful requests")
+            raise LoadgenError(f"{t.name}: no successful requests")
         return run
 
-    progress(f"{name}: warm-up {WARMUP_S:g} s")
-    wrk(CONNECTIONS, WARMUP_S)
-    points: dict[str, Point] = {}
-    sat: list[Run] = []
+
+def measure_targets(
+    targets: list[Running], backend: Backend, plan: CpuPlan, runs: int, duration: float
+) -> dict[str, dict[str, Point] | LoadgenError]:
+    """Every load point for every target, in rounds: each round visits every target once.
+
+    On a shared machine the background load drifts over minutes; measuring target after
+    target in rounds puts each one's runs at the same moments as nginx's, so the medians
+    (and so the ratios) compare like with like.
+    """
+    loads = {t.name: _Loads(t, plan, duration) for t in targets}
+    failed: dict[str, LoadgenError] = {}
+    sat: dict[str, list[Run]] = {t.name: [] for t in targets}
+    rate: dict[str, list[Run]] = {t.name: [] for t in targets}
+
+    def each(body: Callable[[Running, _Loads], None]) -> None:
+        for t in targets:
+            if t.name in failed:
+                continue
+            try:
+                body(t, loads[t.name])
+            except LoadgenError as exc:
+                progress(f"{t.name}: failed: {exc}")
+                failed[t.name] = exc
+
+    def warm(t: Running, load: _Loads) -> None:
+        progress(f"{t.name}: warm-up {WARMUP_S:g} s")
+        load.wrk(CONNECTIONS, WARMUP_S)
+
+    each(warm)
     for i in range(runs):
-        progress(f"{name}: saturation run {i + 1}/{runs} (wrk -t1 -c{CONNECTIONS}, {duration:g} s)")
-        sat.append(check(_measure(target, backend, lambda: wrk(CONNECTIONS, duration))))
-    points[SATURATION] = summarise(sat)
-    rate: list[Run] = []
+
+        def saturation(t: Running, load: _Loads, i: int = i) -> None:
+            progress(
+                f"{t.name}: saturation round {i + 1}/{runs} (wrk -t1 -c{CONNECTIONS}, "
+                f"{duration:g} s)"
+            )
+            sat[t.name].append(
+                load.check(_measure(t, backend, lambda: load.wrk(CONNECTIONS, duration)))
+            )
+
+        each(saturation)
     for i in range(runs):
-        progress(f"{name}: ~1000 req/s run {i + 1}/{runs} (hey -c10 -q100, {duration:g} s)")
-        rate.append(check(_measure(target, backend, hey)))
-    points[FIXED_RATE] = summarise(rate)
-    if name in C50_TARGETS:
-        progress(f"{name}: latency at saturation (wrk -t1 -c{CONNECTIONS_C50}, {duration:g} s)")
-        run = _measure(target, backend, lambda: wrk(CONNECTIONS_C50, duration))
-        points[SATURATION_C50] = summarise([check(run)])
-    return points
+
+        def fixed(t: Running, load: _Loads, i: int = i) -> None:
+            progress(f"{t.name}: ~1000 req/s round {i + 1}/{runs} (hey -c10 -q100, {duration:g} s)")
+            rate[t.name].append(load.check(_measure(t, backend, load.hey)))
+
+        each(fixed)
+    out: dict[str, dict[str, Point] | LoadgenError] = dict(failed)
+    for t in targets:
+        if t.name in failed:
+            continue
+        points = {SATURATION: summarise(sat[t.name]), FIXED_RATE: summarise(rate[t.name])}
+        if t.name in C50_TARGETS:
+            load = loads[t.name]
+            progress(
+                f"{t.name}: latency at saturation (wrk -t1 -c{CONNECTIONS_C50}, {duration:g} s)"
+            )
+            try:
+                run = _measure(t, backend, functools.partial(load.wrk, CONNECTIONS_C50, duration))
+                points[SATURATION_C50] = summarise([load.check(run)])
+            except LoadgenError as exc:
+                out[t.name] = exc
+                continue
+        out[t.name] = points
+    return out
 
 
 def environment(plan: CpuPlan, backend: Backend, runs: int, duration: float) -> dict[str, Any]:
@@ -204,7 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
     plan = plan_cpus(os.cpu_count() or 1, have("taskset"))
-    results: list[TargetResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="sluice-hotpath-") as tmp,
         ProcGroup(Path(tmp)) as group,
@@ -212,32 +262,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"starting the backend; pinning: {plan.description}")
         backend = start_backend(group, plan.backend, REPO)
         env = environment(plan, backend, args.runs, args.duration)
-        for name in args.targets:
-            progress(f"{name}: starting")
-            try:
-                target = start_target(name, group, backend, plan.proxy, REPO)
-            except Skip as skip:
-                progress(f"{name}: skipped: {skip}")
-                results.append(TargetResult(name, "skipped", note=str(skip)))
-                continue
-            try:
-                points = measure_target(target, backend, plan, args.runs, args.duration)
-                results.append(
-                    TargetResult(
-                        name,
-                        "ok",
-                        cpu_of=target.cpu_of,
-                        startup_s=target.startup_s,
-                        idle_rss_kib=target.idle_rss_kib,
-                        points=points,
-                    )
-                )
-            except LoadgenError as exc:
-                progress(f"{name}: failed: {exc}")
-                results.append(TargetResult(name, "failed", note=str(exc)))
-            finally:
+        started: list[Running] = []
+        skipped: dict[str, TargetResult] = {}
+        try:
+            for name in args.targets:
+                progress(f"{name}: starting")
+                try:
+                    started.append(start_target(name, group, backend, plan.proxy, REPO))
+                except Skip as skip:
+                    progress(f"{name}: skipped: {skip}")
+                    skipped[name] = TargetResult(name, "skipped", note=str(skip))
+            measured = measure_targets(started, backend, plan, args.runs, args.duration)
+        finally:
+            for target in started:
                 if target.proc is not None:
                     group.stop(target.proc)
+        by_name = {t.name: t for t in started}
+        results: list[TargetResult] = []
+        for name in args.targets:
+            if name in skipped:
+                results.append(skipped[name])
+                continue
+            target = by_name[name]
+            outcome = measured[name]
+            if isinstance(outcome, LoadgenError):
+                results.append(TargetResult(name, "failed", note=str(outcome)))
+                continue
+            results.append(
+                TargetResult(
+                    name,
+                    "ok",
+                    cpu_of=target.cpu_of,
+                    startup_s=target.startup_s,
+                    idle_rss_kib=target.idle_rss_kib,
+                    points=outcome,
+                )
+            )
     results = with_ratios(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hotpath.json").write_text(json.dumps(to_json(results, env), indent=2) + "\n")
