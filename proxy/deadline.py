@@ -60,11 +60,19 @@ class _Sweeper:
                         timer.check(now)
 
 
+_last: tuple[asyncio.AbstractEventLoop | None, _Sweeper | None] = (None, None)
+
+
 def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
+    global _last
+    cached_loop, cached = _last
+    if cached_loop is loop and cached is not None:
+        return cached  # one loop per process in practice: skip the weak dict
     sweeper = _SWEEPERS.get(loop)
     if sweeper is None:
         sweeper = _Sweeper(loop)
         _SWEEPERS[loop] = sweeper
+    _last = (loop, sweeper)
     return sweeper
 
 
@@ -101,7 +109,8 @@ class RequestTimer:
         self._idle = idle
         #: Whether a timeout answered (or cut) the exchange.
         self.fired = False
-        self.next_at = self._next()
+        # The common case (only the revision timeout) needs no min() over candidates.
+        self.next_at = self._total_at if not (response_start or idle) else self._next()
         self._sweeper: _Sweeper | None = None
         if self.next_at:
             self._sweeper = _sweeper(loop)

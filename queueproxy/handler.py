@@ -190,10 +190,12 @@ class QueueProxyHandler:
         timer.cancel()
         metrics = s.metrics
         if metrics is not None:
-            metrics.record_app_request(status, now - started)
-            metrics.record_request(
-                ex.status if ex.response_started else 500, now - started, _tag(h)
-            )
+            final = ex.status if ex.response_started else 500
+            if final == status:
+                metrics.record_both(status, now - started, _tag(h))
+            else:
+                metrics.record_app_request(status, now - started)
+                metrics.record_request(final, now - started, _tag(h))
         ex.complete()
 
     async def __call__(self, ex: Exchange) -> None:
@@ -332,6 +334,8 @@ def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
 
 
 def _tag(h: dict[bytes, bytes]) -> str:
+    if b"knative-serving-tag" not in h and b"knative-serving-default-route" not in h:
+        return "DISABLED"  # the common case, without the calls below
     return route_tag(
         _text(h.get(b"knative-serving-tag")), _text(h.get(b"knative-serving-default-route"))
     )

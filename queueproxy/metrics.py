@@ -25,6 +25,8 @@ written against Knative read them:
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from proxy.procmetrics import render_process_metrics
 from proxy.promtext import (
     CONTENT_TYPE,
@@ -124,6 +126,27 @@ class RequestMetrics:
         if series is None:
             series = self._app_requests[status] = Series(self._label_text(status, None))
         series.observe(int(latency_seconds * 1000))
+
+    def record_both(self, status: int, latency_seconds: float, route_tag: str) -> None:
+        """``record_request`` and ``record_app_request`` for one request, in one call.
+
+        For requests that were never queued (the request and app latencies are the same
+        interval); the two observations are inlined, as this runs once per request.
+        """
+        ms = int(latency_seconds * 1000)
+        bucket = bisect_right(LATENCY_BUCKETS_MS, ms)
+        series = self._requests.get((status, route_tag))
+        if series is None:
+            series = self._new_request_series(status, route_tag)
+        series.count += 1
+        series.total += ms
+        series.buckets[bucket] += 1
+        app = self._app_requests.get(status)
+        if app is None:
+            app = self._app_requests[status] = Series(self._label_text(status, None))
+        app.count += 1
+        app.total += ms
+        app.buckets[bucket] += 1
 
     def set_queue_depth(self, n: int) -> None:
         """Record the breaker's in-flight count; ignored unless queue depth is enabled."""
