@@ -132,10 +132,13 @@ class ControlPlane:
         spec = RevisionScalingSpec.from_annotations(
             t.annotations, t.container_concurrency, self.settings.autoscaler
         )
+        # A revision created with initial scale 0 (allow-zero-initial-scale) is Ready at once.
+        zero_initial_scale = fresh and spec.initial_scale == 0
         if not fresh:
             spec = replace(spec, initial_scale=0)
         scaler = RevisionAutoscaler(spec, self.clock(), spec.initial_scale)
         runtime = RevisionRuntime(key, manifest.name, scaler)
+        runtime.zero_initial_scale = zero_initial_scale
         self.runtimes[key] = runtime
         return runtime
 
@@ -310,7 +313,11 @@ class ControlPlane:
     def _mark_ready(self) -> None:
         state = self.state
         for key, runtime in self.runtimes.items():
-            if runtime.ready_pods and not runtime.retired:
+            # Knative counts a scale target as initialised once ready pods reach the initial
+            # scale: with allow-zero-initial-scale and initial-scale 0 that is at once, so
+            # such a revision is Ready with no pods and its first request scales it up.
+            zero_start = runtime.zero_initial_scale and not runtime.failure
+            if (runtime.ready_pods or zero_start) and not runtime.retired:
                 svc_key = (key[0], runtime.service)
                 before = state
                 state = mark_ready(state, svc_key, key[1])

@@ -45,6 +45,8 @@ class RevisionRuntime:
     #: Why no pod can be started (e.g. no ``command``); shown as the revision's reason.
     failure: str = ""
     retired: bool = False
+    #: Created with initial scale 0 (allow-zero-initial-scale): Ready with no pods.
+    zero_initial_scale: bool = False
 
     @property
     def live_pods(self) -> list[LocalPod]:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_serving_support import EXAMPLES, run_load, sluice_up, wait_for
+from tests.e2e.test_serving_support import (
+    EXAMPLES,
+    FAST_AUTOSCALER,
+    run_load,
+    sluice_up,
+    wait_for,
+)
 
 
 @pytest.mark.e2e
@@ -63,3 +70,21 @@ def test_siege_scales_to_max_scale_and_never_beyond(tmp_path: Path) -> None:
         assert peak[0] == 3, peak
         top = s.cli("top", "--once").stdout
         assert "default/siege-00001" in top
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_zero_initial_scale_revision_is_ready_with_no_pods_and_wakes_on_request(
+    tmp_path: Path,
+) -> None:
+    autoscaler = [*FAST_AUTOSCALER, "allow-zero-initial-scale=true", "initial-scale=0"]
+    with sluice_up(tmp_path, EXAMPLES / "sleepy.yaml", autoscaler=autoscaler) as s:
+        # Knative: ready pods reach the initial scale (0) at once, so the revision is Ready.
+        s.wait_ready("sleepy", "sleepy-00001")
+        assert s.revisions()["sleepy-00001"]["actual"] == 0
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{s.port}/", headers={"Host": "sleepy.default.localhost"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.status == 200
+        assert s.revisions()["sleepy-00001"]["actual"] >= 1
