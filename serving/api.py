@@ -25,7 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from serving import views
 from serving.controlplane import ControlPlane
-from serving.manifest import ManifestError, ServiceManifest, load_manifests
+from serving.manifest import ManifestError, ServiceManifest
+from serving.manifest_loader import load_manifests
 
 CP_KEY: web.AppKey[ControlPlane] = web.AppKey("control_plane", ControlPlane)
 INFO_KEY: web.AppKey[dict[str, Any]] = web.AppKey("info", dict)

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.statproto import Stat
-from serving.kpa import Decider, RevisionScalingSpec, ScaleToZeroGate
+from serving.autoscaling_config import RevisionScalingSpec
+from serving.kpa import Decider, ScaleToZeroGate
 
 #: An activator report older than this no longer counts (it reports every second).
 ACTIVATOR_STAT_TTL = 2.5

@@ -25,7 +25,7 @@ from activator.model import RoutingConfig
 from proxy.prober import ProbeError, probe_http
 from proxy.statproto import Stat, decode_stat
 from serving.autoscaler import RevisionAutoscaler
-from serving.kpa import RevisionScalingSpec
+from serving.autoscaling_config import RevisionScalingSpec
 from serving.manifest import ServiceManifest
 from serving.pods import LocalPod, allocate_ports
 from serving.podspec import POD_IP, PodPlanError, build_pod_plan, pod_name

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from activator.model import Revision, Route, TrafficTarget
-from serving.manifest import API_VERSION, KIND, RevisionTemplate, ServiceManifest, parse_service
+from serving.manifest import API_VERSION, KIND, RevisionTemplate, ServiceManifest
+from serving.manifest_loader import parse_service
 
 REASON_REVISION_MISSING = "RevisionMissing"
 REASON_REVISION_NOT_READY = "RevisionNotReady"

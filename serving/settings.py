@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from activator.model import DEFAULT_DOMAIN
-from serving.kpa import AutoscalerConfig, parse_autoscaler_overrides
+from serving.autoscaling_config import AutoscalerConfig, parse_autoscaler_overrides
 from serving.podspec import DRAIN_QUIET_SECONDS
 
 DEFAULT_PORT = 8080

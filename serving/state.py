@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from activator.model import Route, TrafficTarget
-from serving.manifest import ManifestError, ServiceManifest, parse_service
+from serving.manifest import ManifestError, ServiceManifest
+from serving.manifest_loader import parse_service
 from serving.revisions import (
     RevisionError,
     RevisionRecord,

@@ -24,7 +24,8 @@ from serving import views
 from serving.api import make_app
 from serving.controlplane import ControlPlane, Event
 from serving.embedded import make_activator, queue_depths
-from serving.manifest import ManifestError, ServiceManifest, load_path
+from serving.manifest import ManifestError, ServiceManifest
+from serving.manifest_loader import load_path
 from serving.settings import UpSettings, split_address
 from serving.state import StateStore
 

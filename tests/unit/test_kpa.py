@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from serving.kpa import (
+from serving.autoscaling_config import (
     AutoscalerConfig,
-    Decider,
     RevisionScalingSpec,
-    ScaleToZeroGate,
     annotation_errors,
     parse_autoscaler_overrides,
     parse_duration,
 )
+from serving.kpa import Decider, ScaleToZeroGate
 
 A = "autoscaling.knative.dev/"
 

@@ -15,11 +15,9 @@ from serving.manifest import (
     ReadinessProbe,
     ServiceManifest,
     TrafficEntry,
-    load_manifests,
-    load_path,
     no_command_message,
-    parse_service,
 )
+from serving.manifest_loader import load_manifests, load_path, parse_service
 
 HELLO = """
 apiVersion: serving.knative.dev/v1

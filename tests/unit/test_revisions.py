@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from activator.model import Revision, Route, TrafficTarget
-from serving.manifest import ServiceManifest, parse_service
+from serving.manifest import ServiceManifest
+from serving.manifest_loader import parse_service
 from serving.revisions import (
     REASON_REVISION_MISSING,
     REASON_REVISION_NOT_READY,

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from proxy.statproto import Stat
 from serving.autoscaler import RevisionAutoscaler
-from serving.kpa import AutoscalerConfig, RevisionScalingSpec
+from serving.autoscaling_config import AutoscalerConfig, RevisionScalingSpec
 
 CFG = AutoscalerConfig(stable_window=6, scale_to_zero_grace_period=2)
 

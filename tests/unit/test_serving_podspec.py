@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from serving.manifest import RevisionTemplate, parse_service
+from serving.manifest import RevisionTemplate
+from serving.manifest_loader import parse_service
 from serving.podspec import (
     PodPlanError,
     PodPorts,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from activator.model import TrafficTarget
-from serving.manifest import ManifestError, ServiceManifest, parse_service
+from serving.manifest import ManifestError, ServiceManifest
+from serving.manifest_loader import parse_service
 from serving.state import (
     ClusterState,
     StateStore,
