@@ -279,7 +279,26 @@ def _setup_logging(level: str) -> None:
     logging.Formatter.converter = time.gmtime
 
 
-def main(environ: Mapping[str, str] | None = None) -> int:
+USAGE = """usage: python -m queueproxy
+
+Knative's queue-proxy sidecar. It takes no arguments: like Knative's, it is configured by the
+environment the revision controller sets (SERVING_NAMESPACE, SERVING_CONFIGURATION,
+SERVING_REVISION, SERVING_POD, SERVING_POD_IP, QUEUE_SERVING_PORT, QUEUE_SERVING_TLS_PORT,
+USER_PORT, CONTAINER_CONCURRENCY, REVISION_TIMEOUT_SECONDS, SERVING_LOGGING_CONFIG,
+SERVING_LOGGING_LEVEL, and the optional ones). Sluice-only overrides: SLUICE_ADMIN_PORT (8022),
+SLUICE_STATS_PORT (9090), SLUICE_METRICS_PORT (9091), SLUICE_DRAIN_QUIET_SECONDS (30),
+SLUICE_BIND_HOST (all interfaces), SLUICE_USER_HOST (127.0.0.1), SLUICE_CERTS_DIR
+(/var/lib/knative/certs). A missing or invalid variable ends it with one line naming it."""
+
+
+def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        if args[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        print(f"queue-proxy: takes no arguments (got {args[0]!r}); see --help", file=sys.stderr)
+        return 2
     env = os.environ if environ is None else environ
     try:
         cfg = load_config(env)

@@ -576,3 +576,17 @@ def test_unreadable_certificate_exits_1_with_one_line(app_port: int, tmp_path: P
     lines = out.stderr.decode().strip().splitlines()
     assert len(lines) == 1
     assert "cannot load TLS certificate" in lines[0]
+
+
+@pytest.mark.timeout(30)
+def test_help_describes_the_environment_and_arguments_are_refused() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "queueproxy", "--help"], cwd=ROOT, capture_output=True, timeout=20
+    )
+    assert shown.returncode == 0
+    assert b"SERVING_NAMESPACE" in shown.stdout and b"SLUICE_DRAIN_QUIET_SECONDS" in shown.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "queueproxy", "bogus"], cwd=ROOT, capture_output=True, timeout=20
+    )
+    assert refused.returncode == 2
+    assert len(refused.stderr.decode().strip().splitlines()) == 1
