@@ -125,12 +125,12 @@ class ActivatorHandler:
         self.snapshot = Snapshot.empty()
         #: Non-None once the process should fail kubelet probes (after SIGTERM).
         self.health_error: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
         """Steps 1-2: answer a probe (raises ``_Answered``) or find the revision (404s raise)."""
         ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
-        for name, value in ex.headers:
-            low = name.lower()
+        for low, (_, value) in zip(ex.lower_names(), ex.headers, strict=True):
             if low == b"host":
                 host = value
             elif low == b"user-agent":
@@ -223,7 +223,10 @@ class ActivatorHandler:
         if conn is None:
             throttler.done(release)
             return False
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
+            loop = self._loop = asyncio.get_running_loop()
         start = loop.time()
         poke = self.reporter.request_in(key, start)
         if poke is not None:
@@ -259,7 +262,9 @@ class ActivatorHandler:
         set_headers: tuple[tuple[str, str], ...],
         original_host: bytes | None,
     ) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         start = loop.time()
         key = revision.key
         poke = self.reporter.request_in(key, start)

@@ -138,13 +138,19 @@ class Ticket:
     ``set_result`` is the grant. ``cancel`` gives back exactly what the ticket holds.
     """
 
-    __slots__ = ("_breaker", "_callback", "state")
+    __slots__ = ("_breaker", "_call_soon", "_callback", "state")
 
     WAITING, GRANTED, RUNNING, CANCELLED = range(4)
 
-    def __init__(self, breaker: Breaker, callback: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        breaker: Breaker,
+        callback: Callable[[], None],
+        call_soon: Callable[[Callable[[], None]], object],
+    ) -> None:
         self._breaker = breaker
         self._callback = callback
+        self._call_soon = call_soon
         self.state = Ticket.WAITING
 
     def done(self) -> bool:
@@ -152,7 +158,7 @@ class Ticket:
 
     def set_result(self, _: None) -> None:
         self.state = Ticket.GRANTED
-        asyncio.get_running_loop().call_soon(self._run)
+        self._call_soon(self._run)
 
     def _run(self) -> None:
         if self.state == Ticket.GRANTED:
@@ -191,7 +197,7 @@ class Breaker:
             breaker.release()
     """
 
-    __slots__ = ("_in_flight", "_max_concurrency", "_sem", "_total_slots")
+    __slots__ = ("_call_soon", "_in_flight", "_max_concurrency", "_sem", "_total_slots")
 
     def __init__(self, queue_depth: int, max_concurrency: int, initial_capacity: int) -> None:
         if queue_depth <= 0:
@@ -203,6 +209,7 @@ class Breaker:
                 f"initial_capacity must be in [0, max_concurrency={max_concurrency}], "
                 f"got {initial_capacity}"
             )
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None
         self._total_slots = queue_depth + max_concurrency
         self._max_concurrency = max_concurrency
         self._in_flight = 0
@@ -262,7 +269,11 @@ class Breaker:
         if self._in_flight >= self._total_slots:
             raise QueueFull()
         self._in_flight += 1
-        ticket = Ticket(self, callback)
+        call_soon = self._call_soon
+        if call_soon is None:
+            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
+            call_soon = self._call_soon = asyncio.get_running_loop().call_soon
+        ticket = Ticket(self, callback, call_soon)
         sem = self._sem
         if sem.try_acquire():
             ticket.set_result(None)

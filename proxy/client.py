@@ -58,6 +58,11 @@ class UpstreamConnection(asyncio.Protocol):
         self, pool: UpstreamPool | None, key: tuple[str, int], loop: asyncio.AbstractEventLoop
     ) -> None:
         self._loop = loop
+        #: ``host:port`` for a request that carries no Host of its own.
+        self.authority = f"{key[0]}:{key[1]}".encode()
+        #: Its loop's clock (``loop.time``), kept so that no per-request code has to call
+        #: ``asyncio.get_running_loop()``: in CPython 3.11 that costs a getpid() syscall.
+        self.clock = loop.time
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -323,6 +328,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._switching:
             return
+        callback = self._callback
+        if callback is not None:
+            # ``_complete`` inlined for the callback path: once per proxied response.
+            self.reusable = not self.closed and self._parser.should_keep_alive()
+            self._sink = None
+            self._callback = None
+            callback(None)
+            return
         if not self._pending():
             return
         self._complete(keep_alive=self._parser.should_keep_alive())
@@ -386,7 +399,7 @@ class UpstreamPool:
         """The most recently used live idle connection to ``host:port``, if any."""
         idle = self._idle.get((host, port))
         if idle:
-            now = asyncio.get_running_loop().time()
+            now = idle[-1].clock()
             while idle:
                 conn = idle.pop()
                 if not conn.closed and now - conn.idle_since < self.idle_timeout:
@@ -437,7 +450,7 @@ class UpstreamPool:
             # A slow client paused it during the last read of the response: an idle
             # connection must read, or it would hang the next request and miss a FIN.
             conn.resume_reading()
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.clock()
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:

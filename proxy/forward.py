@@ -59,14 +59,14 @@ NO_REWRITE = Rewrite()
 def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
     """The upstream request head for ``ex`` (HTTP/1.1)."""
     headers = ex.headers
+    names = ex.lower_names()
     skip = rewrite.skip
-    if ex.header(b"connection") is not None:
+    if b"connection" in names:
         skip = skip | connection_tokens(headers)
     host = rewrite.host
     xff: list[bytes] = []
     parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        low = name.lower()
+    for low, (name, value) in zip(names, headers, strict=True):
         if low in skip:
             if low == b"host":
                 if host is None:
@@ -144,7 +144,7 @@ class _Pipe:
     def on_body(self, data: bytes) -> None:
         ex = self.ex
         ex.write(data)
-        if ex.write_paused:
+        if ex._proto.write_paused:
             self.conn.pause_reading()
 
     def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
@@ -383,8 +383,7 @@ def forward_fast(
     event-loop callback, when the exchange is over: answered in full, answered with an error
     (502), or cut. The caller then calls ``ex.complete()``. ``ex.cancel()`` stops it.
     """
-    host, port = conn.key
-    head = build_request_head(ex, rewrite, f"{host}:{port}".encode())
+    head = build_request_head(ex, rewrite, conn.authority)
     ex.dispatched = True
     fast = _FastForward(ex, conn, pool, rewrite, on_done)
     conn.begin(fast, ex.method == b"HEAD", fast.finished)

@@ -65,8 +65,7 @@ _HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" head
 def _scan(ex: Exchange) -> dict[bytes, bytes]:
     """The first value of each header the chain looks at, by lower-case name."""
     found: dict[bytes, bytes] = {}
-    for name, value in ex.headers:
-        low = name.lower()
+    for low, (_, value) in zip(ex.lower_names(), ex.headers, strict=True):
         if low in _WANTED and low not in found:
             found[low] = value
     return found

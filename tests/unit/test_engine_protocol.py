@@ -523,3 +523,37 @@ async def test_connection_cap_answers_503_and_closes() -> None:
     assert [s for s, _ in responses(t2.data)] == [503]
     assert t2.closed and not t1.closed
     assert len(first.ctx.connections) == 1
+
+
+# --------------------------------------------- memoised header checks (hot-path tables)
+
+
+async def test_refused_names_and_hosts_are_refused_again_on_every_request() -> None:
+    # Host verdicts and lower-case names are remembered between requests: a refused value
+    # must be refused every time, not only on first sight.
+    for _ in range(3):
+        for raw in (BAD_FRAMING["E4-underscore"], BAD_FRAMING["F1-host-dotdot"]):
+            _, out, closed = await feed(raw)
+            assert [status for status, _ in responses(out)] == [400]
+            assert closed
+
+
+async def test_header_tables_stay_bounded_under_made_up_names_and_hosts() -> None:
+    from proxy import http1
+
+    for i in range(3 * http1._HOST_VERDICTS_MAX):
+        http1._host_ok(b"h%d.example" % i)
+        http1.lower_name(b"X-Made-Up-%d" % i)
+    assert len(http1._HOST_VERDICTS) <= http1._HOST_VERDICTS_MAX
+    assert len(http1._LOWER_NAMES) <= http1._LOWER_NAMES_MAX
+    assert not http1._host_ok(b"a/b") and http1._host_ok(b"a.b:80")
+
+
+async def test_lower_names_follow_the_parsed_headers_case_insensitively() -> None:
+    rec, out, _ = await feed(b"GET / HTTP/1.1\r\nHOST: h\r\nX-One: 1\r\nx-one: 2\r\n\r\n")
+    assert [status for status, _ in responses(out)] == [200]
+    (ex,) = rec.seen
+    assert ex.lower_names() == [b"host", b"x-one", b"x-one"]
+    assert ex.header(b"x-one") == b"1" and ex.header(b"x-two") is None
+    ex.headers = [(b"Via", b"1.1 a")]  # replaced wholesale (tests, components): recomputed
+    assert ex.lower_names() == [b"via"] and ex.header(b"via") == b"1.1 a"
