@@ -42,22 +42,26 @@ class _Sweeper:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.timers: dict[int, RequestTimer] = {}
+        self.timers: set[RequestTimer] = set()
         self.task: asyncio.Task[None] | None = None
+        #: Whether ``task`` is live; kept as a flag so that arming a timer makes no call.
+        self.running = False
 
-    def add(self, timer: RequestTimer) -> None:
-        self.timers[id(timer)] = timer
-        if self.task is None or self.task.done():
-            self.task = self.loop.create_task(self._run())
+    def start(self) -> None:
+        self.running = True
+        self.task = self.loop.create_task(self._run())
 
     async def _run(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            while self.timers:
-                await asyncio.sleep(SWEEP_INTERVAL)
-                now = self.loop.time()
-                for timer in list(self.timers.values()):
-                    if now >= timer.next_at:
-                        timer.check(now)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                while self.timers:
+                    await asyncio.sleep(SWEEP_INTERVAL)
+                    now = self.loop.time()
+                    for timer in list(self.timers):
+                        if now >= timer.next_at:
+                            timer.check(now)
+        finally:
+            self.running = False
 
 
 _last: tuple[asyncio.AbstractEventLoop | None, _Sweeper | None] = (None, None)
@@ -113,8 +117,13 @@ class RequestTimer:
         self.next_at = self._total_at if not (response_start or idle) else self._next()
         self._sweeper: _Sweeper | None = None
         if self.next_at:
-            self._sweeper = _sweeper(loop)
-            self._sweeper.add(self)
+            cached_loop, sweeper = _last
+            if cached_loop is not loop or sweeper is None:
+                sweeper = _sweeper(loop)
+            self._sweeper = sweeper
+            sweeper.timers.add(self)
+            if not sweeper.running:
+                sweeper.start()
 
     def _next(self) -> float:
         """The earliest moment one of the timeouts could expire."""
@@ -152,4 +161,4 @@ class RequestTimer:
         sweeper = self._sweeper
         if sweeper is not None:
             self._sweeper = None
-            sweeper.timers.pop(id(self), None)
+            sweeper.timers.discard(self)

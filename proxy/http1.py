@@ -206,7 +206,7 @@ class Exchange:
         #: Free slot for the component handling the request (per-request state).
         self.user: Any = None
         # body
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes] | None = None  # made by the first body bytes
         self._buffered = 0
         self._body_waiter: asyncio.Future[None] | None = None
         self._body_error: BaseException | None = None
@@ -265,8 +265,9 @@ class Exchange:
         timeout (the connection is then closed).
         """
         while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
+            chunks = self._chunks
+            if chunks:
+                chunk = chunks.popleft()
                 self._buffered -= len(chunk)
                 if self._buffered < self._proto.ctx.limits.body_high_water:
                     self._proto.resume_body()
@@ -290,7 +291,10 @@ class Exchange:
                 self._body_waiter = None
 
     def _push_body(self, data: bytes) -> None:
-        self._chunks.append(data)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
+        chunks.append(data)
         self._buffered += len(data)
         self.body_received += len(data)
         if self._buffered >= self._proto.ctx.limits.body_high_water:
