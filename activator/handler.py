@@ -50,6 +50,20 @@ Key = tuple[str, str]
 #: them and must not trust a client's) and the network-probe hash.
 _REMOVE = frozenset({b"knative-serving-revision", b"knative-serving-namespace", b"k-network-hash"})
 _PROXY_HEADER: Header = (b"K-Proxy-Request", b"activator")
+#: The headers ``_resolve`` reads.
+_RESOLVE_NAMES = frozenset(
+    {
+        b"host",
+        b"user-agent",
+        b"knative-serving-revision",
+        b"knative-serving-namespace",
+        b"knative-serving-tag",
+        b"k-network-probe",
+        b"k-network-hash",
+        b"k-kubelet-probe",
+        b"k-original-host",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +144,11 @@ class ActivatorHandler:
     def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
         """Steps 1-2: answer a probe (raises ``_Answered``) or find the revision (404s raise)."""
         ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
-        for low, (_, value) in zip(ex.lower_names(), ex.headers, strict=True):
+        headers = ex.headers
+        for i, low in enumerate(ex.names):
+            if low not in _RESOLVE_NAMES:
+                continue
+            value = headers[i][1]
             if low == b"host":
                 host = value
             elif low == b"user-agent":

@@ -59,14 +59,16 @@ NO_REWRITE = Rewrite()
 def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
     """The upstream request head for ``ex`` (HTTP/1.1)."""
     headers = ex.headers
-    names = ex.lower_names()
+    names = ex.names
     skip = rewrite.skip
     if b"connection" in names:
         skip = skip | connection_tokens(headers)
     host = rewrite.host
     xff: list[bytes] = []
     parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
-    for low, (name, value) in zip(names, headers, strict=True):
+    # Indexed, not zip(): zip(strict=True) costs ~50 ns per header here.
+    for i, low in enumerate(names):
+        name, value = headers[i]
         if low in skip:
             if low == b"host":
                 if host is None:

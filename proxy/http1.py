@@ -154,7 +154,6 @@ class Exchange:
         "_chunks",
         "_continue_sent",
         "_mode",
-        "_names",
         "_pending",
         "_proto",
         "_remaining",
@@ -171,6 +170,7 @@ class Exchange:
         "keep_alive",
         "last_write",
         "method",
+        "names",
         "peer",
         "preset_error",
         "response_done",
@@ -190,7 +190,11 @@ class Exchange:
         self.target = b""
         self.version = "1.1"
         self.headers: HeaderList = []
-        self._names: list[bytes] = []
+        #: The lower-case name of each header in ``headers``, in the same order, filled as
+        #: the head is parsed from a table of names seen before: every component's pass
+        #: over the headers compares shared objects (hashes computed once) instead of
+        #: lower-casing each name again. Replace headers with ``set_headers`` only.
+        self.names: list[bytes] = []
         self.peer = proto.peer
         self.keep_alive = True
         self.content_length: int | None = None
@@ -238,21 +242,14 @@ class Exchange:
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
-    def lower_names(self) -> list[bytes]:
-        """The lower-case name of each header in ``headers``, in the same order.
-
-        Filled as the head is parsed, from a table of names seen before, so that each
-        component's pass over the headers compares shared lower-case objects (their hashes
-        computed once) instead of lower-casing every name again.
-        """
-        names = self._names
-        if len(names) != len(self.headers):
-            names = self._names = [lower_name(name) for name, _ in self.headers]
-        return names
+    def set_headers(self, headers: HeaderList) -> None:
+        """Replace ``headers`` (and ``names`` with them)."""
+        self.headers = headers
+        self.names = [lower_name(name) for name, _ in headers]
 
     def header(self, name: bytes) -> bytes | None:
         """First value of the lower-case header ``name``."""
-        names = self.lower_names()
+        names = self.names
         if name in names:
             return self.headers[names.index(name)][1]
         return None
@@ -719,7 +716,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 raise BadRequest("header names with underscores are refused")
             low = lower_name(name)
         ex.headers.append((name, value))
-        ex._names.append(low)
+        ex.names.append(low)
 
     def on_headers_complete(self) -> None:
         ex = self._parsing
@@ -964,7 +961,7 @@ def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
     te_values: list[bytes] = []
     cl_values: list[bytes] = []
     headers = ex.headers
-    for i, low in enumerate(ex.lower_names()):
+    for i, low in enumerate(ex.names):
         if low not in _CHECKED_NAMES:
             continue
         value = headers[i][1]

@@ -65,9 +65,10 @@ _HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" head
 def _scan(ex: Exchange) -> dict[bytes, bytes]:
     """The first value of each header the chain looks at, by lower-case name."""
     found: dict[bytes, bytes] = {}
-    for low, (_, value) in zip(ex.lower_names(), ex.headers, strict=True):
+    headers = ex.headers
+    for i, low in enumerate(ex.names):
         if low in _WANTED and low not in found:
-            found[low] = value
+            found[low] = headers[i][1]
     return found
 
 

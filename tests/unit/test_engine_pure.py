@@ -69,7 +69,7 @@ async def _exchange(headers: H, *, method: bytes = b"GET", peer: str = "10.1.2.3
     ex = Exchange(proto)
     ex.method = method
     ex.target = b"/p?q=1"
-    ex.headers = headers
+    ex.set_headers(headers)
     ex.peer = peer
     return ex
 
