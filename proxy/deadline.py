@@ -105,7 +105,7 @@ class RequestTimer:
         message: str = "request timeout",
     ) -> None:
         now = loop.time()
-        self._ex = ex
+        self._ex: Exchange | None = ex
         self._message = message
         self._start = now
         self._total_at = now + total if total > 0 else 0.0
@@ -127,17 +127,22 @@ class RequestTimer:
 
     def _next(self) -> float:
         """The earliest moment one of the timeouts could expire."""
+        ex = self._ex
+        if ex is None:
+            return 0.0
         when = self._total_at or float("inf")
-        if self._start_at and not self._ex.response_started:
+        if self._start_at and not ex.response_started:
             when = min(when, self._start_at)
         if self._idle > 0:
-            last = max(self._ex.last_write, self._start)
+            last = max(ex.last_write, self._start)
             when = min(when, last + self._idle)
         return when if when != float("inf") else 0.0
 
     def check(self, now: float) -> None:
         """Expire the exchange if a timeout is due, else note when to look again."""
         ex = self._ex
+        if ex is None:
+            return  # cancelled while a sweep was under way
         if ex.response_done:
             self.cancel()
             return
@@ -158,6 +163,10 @@ class RequestTimer:
         ex.cancel()
 
     def cancel(self) -> None:
+        """Disarm. The exchange is forgotten too: handlers keep their timer on the exchange
+        (``ex.user``), and a timer that still pointed back would make every request a
+        reference cycle, left for the cyclic collector instead of freed at once."""
+        self._ex = None
         sweeper = self._sweeper
         if sweeper is not None:
             self._sweeper = None

@@ -65,18 +65,20 @@ def labels(pairs: dict[str, str]) -> str:
 
 
 class Series:
-    """Count, sum and (non-cumulative) bucket counts of one label set."""
+    """Sum and (non-cumulative) bucket counts of one label set; the count is their sum."""
 
-    __slots__ = ("buckets", "count", "labels", "total")
+    __slots__ = ("buckets", "labels", "total")
 
     def __init__(self, labels: str) -> None:
         self.labels = labels
-        self.count = 0
         self.total = 0
         self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
 
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
+
     def observe(self, ms: int) -> None:
-        self.count += 1
         self.total += ms
         self.buckets[bisect_right(LATENCY_BUCKETS_MS, ms)] += 1
 
@@ -86,7 +88,7 @@ def render_counter(out: list[str], name: str, help_text: str, series: list[Serie
         return
     out.append(f"# HELP {name} {help_text}\n# TYPE {name} counter\n")
     for s in series:
-        out.append(f"{name}{{{s.labels}}} {s.count}\n")
+        out.append(f"{name}{{{s.labels}}} {sum(s.buckets)}\n")
 
 
 def render_histogram(out: list[str], name: str, help_text: str, series: list[Series]) -> None:

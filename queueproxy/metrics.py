@@ -108,6 +108,8 @@ class RequestMetrics:
         }
         self._requests: dict[tuple[int, str], Series] = {}
         self._app_requests: dict[int, Series] = {}
+        #: ``record_both``'s two series by route tag, then status: no key tuple per request.
+        self._pairs: dict[str, dict[int, tuple[Series, Series]]] = {}
         self._route_tags: set[str] = set()
         self._queue_depth_enabled = queue_depth_enabled
         self._queue_depth: int | None = None
@@ -135,18 +137,26 @@ class RequestMetrics:
         """
         ms = int(latency_seconds * 1000)
         bucket = bisect_right(LATENCY_BUCKETS_MS, ms)
+        by_status = self._pairs.get(route_tag)
+        pair = by_status.get(status) if by_status is not None else None
+        if pair is None:
+            pair = self._pair(status, route_tag)
+        series, app = pair
+        series.total += ms
+        series.buckets[bucket] += 1
+        app.total += ms
+        app.buckets[bucket] += 1
+
+    def _pair(self, status: int, route_tag: str) -> tuple[Series, Series]:
         series = self._requests.get((status, route_tag))
         if series is None:
             series = self._new_request_series(status, route_tag)
-        series.count += 1
-        series.total += ms
-        series.buckets[bucket] += 1
         app = self._app_requests.get(status)
         if app is None:
             app = self._app_requests[status] = Series(self._label_text(status, None))
-        app.count += 1
-        app.total += ms
-        app.buckets[bucket] += 1
+        if len(self._pairs) < MAX_ROUTE_TAGS + len(_RESERVED_TAGS) + 1:
+            self._pairs.setdefault(route_tag, {})[status] = (series, app)
+        return series, app
 
     def set_queue_depth(self, n: int) -> None:
         """Record the breaker's in-flight count; ignored unless queue depth is enabled."""
