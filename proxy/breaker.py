@@ -250,7 +250,13 @@ class Breaker:
 
     def release(self) -> None:
         """Free the execution slot, then the admission slot, of one ``acquire``."""
-        self._sem.release()
+        sem = self._sem
+        # Semaphore.release inlined: this runs once per request.
+        if sem._in_use <= 0:
+            raise RuntimeError("semaphore released more times than acquired")
+        sem._in_use -= 1
+        if sem._waiters:
+            sem._grant()
         self._in_flight -= 1
 
     @property
@@ -283,8 +289,11 @@ class Breaker:
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""
-        if self._in_flight >= self._total_slots or not self._sem.try_acquire():
+        sem = self._sem
+        # Semaphore.try_acquire inlined: this runs once per request.
+        if self._in_flight >= self._total_slots or sem._in_use >= sem._capacity:
             return False
+        sem._in_use += 1
         self._in_flight += 1
         return True
 
