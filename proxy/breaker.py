@@ -138,19 +138,13 @@ class Ticket:
     ``set_result`` is the grant. ``cancel`` gives back exactly what the ticket holds.
     """
 
-    __slots__ = ("_breaker", "_call_soon", "_callback", "state")
+    __slots__ = ("_breaker", "_callback", "state")
 
     WAITING, GRANTED, RUNNING, CANCELLED = range(4)
 
-    def __init__(
-        self,
-        breaker: Breaker,
-        callback: Callable[[], None],
-        call_soon: Callable[[Callable[[], None]], object],
-    ) -> None:
+    def __init__(self, breaker: Breaker, callback: Callable[[], None]) -> None:
         self._breaker = breaker
         self._callback = callback
-        self._call_soon = call_soon
         self.state = Ticket.WAITING
 
     def done(self) -> bool:
@@ -158,7 +152,7 @@ class Ticket:
 
     def set_result(self, _: None) -> None:
         self.state = Ticket.GRANTED
-        self._call_soon(self._run)
+        self._breaker._granted(self)
 
     def _run(self) -> None:
         if self.state == Ticket.GRANTED:
@@ -197,7 +191,15 @@ class Breaker:
             breaker.release()
     """
 
-    __slots__ = ("_call_soon", "_in_flight", "_max_concurrency", "_sem", "_total_slots")
+    __slots__ = (
+        "_call_soon",
+        "_in_flight",
+        "_max_concurrency",
+        "_ready",
+        "_run_scheduled",
+        "_sem",
+        "_total_slots",
+    )
 
     def __init__(self, queue_depth: int, max_concurrency: int, initial_capacity: int) -> None:
         if queue_depth <= 0:
@@ -210,6 +212,9 @@ class Breaker:
                 f"got {initial_capacity}"
             )
         self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        #: Granted tickets whose callbacks have not run yet, in grant order.
+        self._ready: list[Ticket] = []
+        self._run_scheduled = False
         self._total_slots = queue_depth + max_concurrency
         self._max_concurrency = max_concurrency
         self._in_flight = 0
@@ -275,17 +280,40 @@ class Breaker:
         if self._in_flight >= self._total_slots:
             raise QueueFull()
         self._in_flight += 1
-        call_soon = self._call_soon
-        if call_soon is None:
+        if self._call_soon is None:
             # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
-            call_soon = self._call_soon = asyncio.get_running_loop().call_soon
-        ticket = Ticket(self, callback, call_soon)
+            self._call_soon = asyncio.get_running_loop().call_soon
+        ticket = Ticket(self, callback)
         sem = self._sem
         if sem.try_acquire():
             ticket.set_result(None)
         else:
             sem._waiters[ticket] = None
         return ticket
+
+    def _granted(self, ticket: Ticket) -> None:
+        """A ticket got its slot: run its callback from the loop, with the others granted
+        in the same loop iteration, so that one scheduled call serves a batch of them."""
+        self._ready.append(ticket)
+        if not self._run_scheduled:
+            self._run_scheduled = True
+            assert self._call_soon is not None  # set by the enqueue that made the ticket
+            self._call_soon(self._run_ready)
+
+    def _run_ready(self) -> None:
+        self._run_scheduled = False
+        ready, self._ready = self._ready, []
+        for ticket in ready:
+            try:
+                ticket._run()
+            except BaseException:
+                # A callback failed: the later tickets still run, in a fresh call.
+                self._ready[:0] = ready[ready.index(ticket) + 1 :]
+                if self._ready and not self._run_scheduled:
+                    self._run_scheduled = True
+                    assert self._call_soon is not None
+                    self._call_soon(self._run_ready)
+                raise
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""

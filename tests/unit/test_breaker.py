@@ -436,3 +436,35 @@ async def test_ticket_cancel_after_its_callback_ran_changes_nothing() -> None:
     assert breaker.in_flight == 1  # the owner still holds its slots and releases them
     breaker.release()
     assert breaker.in_flight == 0
+
+
+async def test_tickets_granted_together_run_in_order_from_one_loop_callback() -> None:
+    breaker = Breaker(queue_depth=3, max_concurrency=3, initial_capacity=0)
+    ran: list[int] = []
+    for i in range(3):
+        breaker.enqueue(lambda i=i: ran.append(i))
+    breaker.update_concurrency(3)  # grants all three at once
+    assert ran == []  # never inside the call that granted them
+    await asyncio.sleep(0)
+    assert ran == [0, 1, 2]
+
+
+async def test_a_failing_ticket_callback_does_not_strand_the_ones_after_it() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[BaseException | None] = []
+    loop.set_exception_handler(lambda _, ctx: errors.append(ctx.get("exception")))
+    breaker = Breaker(queue_depth=3, max_concurrency=3, initial_capacity=0)
+    ran: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("handler bug")
+
+    breaker.enqueue(lambda: ran.append(0))
+    breaker.enqueue(boom)
+    breaker.enqueue(lambda: ran.append(2))
+    breaker.update_concurrency(3)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert ran == [0, 2]
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    loop.set_exception_handler(None)
