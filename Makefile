@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo bench bench-smoke bench-hotpath clean
+.PHONY: setup test lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: $(STAMP)
 ## CPU per proxied request against nginx (engine, queue-proxy, activator), about 3 minutes.
 bench-hotpath: $(STAMP)
 	$(PY) -m bench.hotpath
+
+## Instructions per request under callgrind: noise-free A/B of builds (needs valgrind).
+bench-instructions: $(STAMP)
+	$(PY) -m bench.instructions
 
 ## Every user scenario (about 6 minutes); results in bench/results/<scenario>/.
 bench: $(STAMP)
