@@ -560,6 +560,8 @@ class HttpServerProtocol(asyncio.Protocol):
         limits = ctx.limits
         #: Bytes a read may hold without progress (see ``data_received``).
         self._cap = limits.max_request_line + limits.max_total_header_bytes + 4
+        self._max_field = limits.max_header_bytes
+        self._max_total = limits.max_total_header_bytes
         self.state = _IDLE
         self.state_since = ctx.loop.time()
         self._reading_paused = False
@@ -706,17 +708,17 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self._parsing
         assert ex is not None
-        limits = self.ctx.limits
         size = len(name) + len(value) + 4
-        self._header_bytes += size
-        if size > limits.max_header_bytes or self._header_bytes > limits.max_total_header_bytes:
+        total = self._header_bytes + size
+        self._header_bytes = total
+        if size > self._max_field or total > self._max_total:
             raise HeadersTooLarge("request header fields too large")
         if ex.started_at:
             # A trailer field (llhttp reports them like headers): bounded above, then
             # dropped, never merged into the head (catalogue A8).
             return
-        if len(ex.headers) >= limits.max_header_count:
-            raise HeadersTooLarge("too many request header fields")
+        # The field count is checked once the head is complete (``_validate_head``); the
+        # byte bounds above already limit what an endless head can hold meanwhile.
         low = _LOWER_NAMES.get(name)
         if low is None:
             if _UNDERSCORE in name:
@@ -962,6 +964,8 @@ _CHECKED_NAMES = frozenset({b"host", b"expect", b"content-length", b"transfer-en
 
 def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
     """Checks llhttp leaves to us: version, Host, framing headers, expectations, size."""
+    if len(ex.headers) > limits.max_header_count:
+        raise HeadersTooLarge("too many request header fields")
     if ex.version not in ("1.1", "1.0"):
         raise BadRequest(f"unsupported HTTP version {ex.version}")
     hosts = 0

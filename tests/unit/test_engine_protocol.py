@@ -557,3 +557,12 @@ async def test_names_follow_the_parsed_headers_case_insensitively() -> None:
     assert ex.header(b"x-one") == b"1" and ex.header(b"x-two") is None
     ex.set_headers([(b"Via", b"1.1 a")])
     assert ex.names == [b"via"] and ex.header(b"via") == b"1.1 a"
+
+
+async def test_b2_header_count_limit_is_exact() -> None:
+    fields = b"".join(b"X-%d: v\r\n" % i for i in range(4))  # Host + 4 = the limit of 5
+    rec, out, _ = await feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n", SMALL)
+    assert [s for s, _ in responses(out)] == [200] and len(rec.seen) == 1
+    fields += b"X-4: v\r\n"
+    rec, out, closed = await feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n", SMALL)
+    assert [s for s, _ in responses(out)] == [431] and closed and rec.seen == []
