@@ -43,6 +43,7 @@ from proxy.drain import Drainer
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
 from proxy.passthrough import Passthrough
+from proxy.runner import settle_gc
 from proxy.stats import RequestStats
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
@@ -191,6 +192,7 @@ def build(target: str, loop: asyncio.AbstractEventLoop) -> tuple[Rig, Step, int]
 async def drive(target: str, requests: int) -> None:
     """Warm up, then serve ``requests`` requests (rounded down to whole steps)."""
     rig, step, per_step = build(target, asyncio.get_running_loop())
+    settle_gc()  # what every component does once started, so collections cost the same
     for _ in range(WARM_UP // per_step):
         await step()
     rig.check_answers(WARM_UP // per_step * per_step)
