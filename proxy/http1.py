@@ -733,8 +733,15 @@ class HttpServerProtocol(asyncio.Protocol):
         parser = self._parser
         ex.method = parser.get_method()
         ex.target = self._url
-        ex.version = parser.get_http_version()
-        ex.keep_alive = parser.should_keep_alive()
+        keep_alive = parser.should_keep_alive()
+        names = ex.names
+        if keep_alive and b"connection" not in names and b"proxy-connection" not in names:
+            # llhttp keeps only HTTP/1.1 alive without one of these headers, and
+            # get_http_version() formats a new string (~2,000 instructions) per call.
+            ex.version = "1.1"
+        else:
+            ex.version = parser.get_http_version()
+        ex.keep_alive = keep_alive
         ex.upgrade = parser.should_upgrade()
         ex.started_at = self.ctx.loop.time()
         _validate_head(ex, self.ctx.limits)

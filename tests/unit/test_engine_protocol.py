@@ -566,3 +566,23 @@ async def test_b2_header_count_limit_is_exact() -> None:
     fields += b"X-4: v\r\n"
     rec, out, closed = await feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n", SMALL)
     assert [s for s, _ in responses(out)] == [431] and closed and rec.seen == []
+
+
+@pytest.mark.parametrize(
+    ("version", "fields", "expected"),
+    [
+        (b"1.1", b"", ("1.1", True)),
+        (b"1.1", b"Connection: close\r\n", ("1.1", False)),
+        (b"1.0", b"", ("1.0", False)),
+        (b"1.0", b"Connection: keep-alive\r\n", ("1.0", True)),
+        (b"1.0", b"Proxy-Connection: keep-alive\r\n", ("1.0", True)),
+        (b"1.0", b"Keep-Alive: 300\r\n", ("1.0", False)),
+    ],
+)
+async def test_version_and_keep_alive_of_each_request(
+    version: bytes, fields: bytes, expected: tuple[str, bool]
+) -> None:
+    # The version is inferred from keep-alive when no Connection header could explain it.
+    rec, _, _ = await feed(b"GET / HTTP/" + version + b"\r\nHost: h\r\n" + fields + b"\r\n")
+    (ex,) = rec.seen
+    assert (ex.version, ex.keep_alive) == expected
