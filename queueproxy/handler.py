@@ -62,8 +62,18 @@ _SHUTTING_DOWN = b"shutting down\n"
 _HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" header\n'
 
 
+#: ``_WANTED`` but User-Agent, which nearly every request carries.
+_RARE = _WANTED - {b"user-agent"}
+
+
 def _scan(ex: Exchange) -> dict[bytes, bytes]:
     """The first value of each header the chain looks at, by lower-case name."""
+    names = ex.names
+    if _RARE.isdisjoint(names):
+        # The common case, found by one C-level pass: at most User-Agent is there.
+        if b"user-agent" in names:
+            return {b"user-agent": ex.headers[names.index(b"user-agent")][1]}
+        return {}
     found: dict[bytes, bytes] = {}
     headers = ex.headers
     for i, low in enumerate(ex.names):
@@ -105,8 +115,8 @@ class QueueProxyHandler:
         connection, request logging) returns False and takes ``__call__`` in a task.
         """
         s = self.s
-        if ex.has_body or ex.upgrade or s.request_log is not None:
-            return False
+        if ex.chunked or ex.content_length or ex.upgrade or s.request_log is not None:
+            return False  # (``ex.has_body`` spelled out: this runs once per request)
         h = _scan(ex)
         ex.user = h  # reused by ``__call__`` if this path declines
         if (
