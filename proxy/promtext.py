@@ -88,7 +88,7 @@ def render_counter(out: list[str], name: str, help_text: str, series: list[Serie
         return
     out.append(f"# HELP {name} {help_text}\n# TYPE {name} counter\n")
     for s in series:
-        out.append(f"{name}{{{s.labels}}} {sum(s.buckets)}\n")
+        out.append(f"{name}{{{s.labels}}} {s.count}\n")
 
 
 def render_histogram(out: list[str], name: str, help_text: str, series: list[Series]) -> None:

@@ -115,8 +115,8 @@ class QueueProxyHandler:
         connection, request logging) returns False and takes ``__call__`` in a task.
         """
         s = self.s
-        if ex.chunked or ex.content_length or ex.upgrade or s.request_log is not None:
-            return False  # (``ex.has_body`` spelled out: this runs once per request)
+        if ex.has_body or ex.upgrade or s.request_log is not None:
+            return False
         h = _scan(ex)
         ex.user = h  # reused by ``__call__`` if this path declines
         if (

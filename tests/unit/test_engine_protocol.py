@@ -541,12 +541,22 @@ async def test_refused_names_and_hosts_are_refused_again_on_every_request() -> N
 async def test_header_tables_stay_bounded_under_made_up_names_and_hosts() -> None:
     from proxy import http1
 
-    for i in range(3 * http1._HOST_VERDICTS_MAX):
+    for i in range(5000):
         http1._host_ok(b"h%d.example" % i)
         http1.lower_name(b"X-Made-Up-%d" % i)
-    assert len(http1._HOST_VERDICTS) <= http1._HOST_VERDICTS_MAX
-    assert len(http1._LOWER_NAMES) <= http1._LOWER_NAMES_MAX
+    info = http1._host_ok.cache_info()
+    assert info.maxsize is not None and info.currsize <= info.maxsize < 5000
+    assert len(http1._LOWER_NAMES) <= http1._LOWER_NAMES_MAX < 5000
     assert not http1._host_ok(b"a/b") and http1._host_ok(b"a.b:80")
+
+
+async def test_a_refused_name_is_never_trusted_from_the_name_table() -> None:
+    from proxy import http1
+
+    http1.lower_name(b"X_Sneaky")  # e.g. via Exchange.set_headers
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\nX_Sneaky: 1\r\n\r\n"
+    _, out, closed = await feed(raw)
+    assert [status for status, _ in responses(out)] == [400] and closed
 
 
 async def test_names_follow_the_parsed_headers_case_insensitively() -> None:
