@@ -143,20 +143,30 @@ class ActivatorHandler:
 
     def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
         """Steps 1-2: answer a probe (raises ``_Answered``) or find the revision (404s raise)."""
-        found: dict[bytes, bytes] = {}
+        ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
         headers = ex.headers
         for i, low in enumerate(ex.names):
-            if low in _RESOLVE_NAMES:
-                found[low] = headers[i][1]  # the last value wins
-        get = found.get
-        host, ua, orig = get(b"host"), get(b"user-agent"), get(b"k-original-host")
-        rev, ns = get(b"knative-serving-revision"), get(b"knative-serving-namespace")
-        tag = get(b"knative-serving-tag")
-        kubelet, nprobe, nhash = (
-            get(b"k-kubelet-probe"),
-            get(b"k-network-probe"),
-            get(b"k-network-hash"),
-        )
+            if low not in _RESOLVE_NAMES:
+                continue
+            value = headers[i][1]  # the last value wins
+            if low == b"host":
+                host = value
+            elif low == b"user-agent":
+                ua = value
+            elif low == b"knative-serving-revision":
+                rev = value
+            elif low == b"knative-serving-namespace":
+                ns = value
+            elif low == b"knative-serving-tag":
+                tag = value
+            elif low == b"k-network-probe":
+                nprobe = value
+            elif low == b"k-network-hash":
+                nhash = value
+            elif low == b"k-kubelet-probe":
+                kubelet = value
+            else:
+                orig = value  # k-original-host
         if kubelet or nprobe or (ua is not None and ua.startswith(b"kube-probe/")):
             answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
             if answer is not None:
