@@ -410,10 +410,3 @@ class EngineRig:
         for up in self.upstreams:
             if up.errors:
                 raise up.errors[0]
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])

@@ -17,9 +17,9 @@ from tests.component.engine_harness import (
     EngineRig,
     ProxyUnderTest,
     UpstreamConn,
-    closed_port,
     serve_ok,
 )
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(20)
 

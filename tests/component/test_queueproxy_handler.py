@@ -36,8 +36,8 @@ from tests.component.engine_harness import (
     RawClient,
     ScriptedUpstream,
     UpstreamConn,
-    closed_port,
 )
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(15)
 

@@ -24,19 +24,14 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.ports import free_port
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_APP = ROOT / "tests" / "e2e" / "apps" / "echo_app.py"
 HOST = "hello.default.localhost"
 TIMEOUT = aiohttp.ClientTimeout(total=20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Procs:

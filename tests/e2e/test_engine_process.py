@@ -19,9 +19,9 @@ from tests.component.engine_harness import (
     RawClient,
     ScriptedUpstream,
     UpstreamConn,
-    closed_port,
     serve_ok,
 )
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(30)]
 
@@ -36,7 +36,7 @@ class Passthrough:
 
 @contextlib.asynccontextmanager
 async def passthrough(upstream_port: int) -> AsyncIterator[Passthrough]:
-    port = closed_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

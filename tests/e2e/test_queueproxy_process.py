@@ -29,6 +29,7 @@ import pytest
 from proxy.stat import Stat
 from proxy.statproto import decode_stat
 from tests.component.engine_harness import RawClient
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +39,6 @@ KUBELET_PROBE = b"User-Agent: kube-probe/1.30\r\nK-Network-Probe: queue\r\n"
 QUEUE_FULL = b"pending request queue full\n"
 SHUTTING_DOWN = b"shutting down\n"
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:

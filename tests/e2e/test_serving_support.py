@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,13 @@ import aiohttp
 import psutil
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SLUICE = [sys.executable, "-m", "serving.cli"]
 #: Short windows so that scaling is visible within seconds (Knative allows 6 s at least).
 FAST_AUTOSCALER = ("stable-window=6s", "scale-to-zero-grace-period=2s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.prober import MAX_BODY_BYTES, HttpProbeResponse, ProbeError, probe_http, probe_tcp
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -58,13 +58,6 @@ def fixed(answer: bytes) -> Responder:
     return respond
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def ok_server() -> AsyncIterator[ScriptedServer]:
     srv = ScriptedServer(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue"))
@@ -85,7 +78,7 @@ async def test_probe_tcp_succeeds_against_listener_and_fails_once_closed() -> No
 
 async def test_probe_tcp_fails_without_listener() -> None:
     with pytest.raises(ProbeError, match=r"dial tcp 127\.0\.0\.1:\d+"):
-        await probe_tcp("127.0.0.1", free_port(), 1.0)
+        await probe_tcp("127.0.0.1", closed_port(), 1.0)
 
 
 async def test_probe_http_returns_status_and_body(ok_server: ScriptedServer) -> None:
@@ -206,7 +199,7 @@ async def test_probe_http_fails_when_connection_closes_without_answer() -> None:
 
 async def test_probe_http_fails_on_connection_refused() -> None:
     with pytest.raises(ProbeError, match="connection refused"):
-        await probe_http("127.0.0.1", free_port(), "/", [], 1.0)
+        await probe_http("127.0.0.1", closed_port(), "/", [], 1.0)
 
 
 async def test_probe_http_fails_when_server_is_slower_than_timeout() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +17,7 @@ from queueproxy.readiness import (
     TcpSocketAction,
     parse_probe,
 )
+from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -89,13 +89,6 @@ class TcpUpstream:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def http_spec(port: int, *, period: int = 0, timeout: float = 0, threshold: int = 1) -> ProbeSpec:
@@ -244,7 +237,7 @@ async def test_tcp_success_with_listener() -> None:
 
 
 async def test_tcp_failure_without_listener() -> None:
-    assert not await fast(tcp_spec(free_port(), period=1, timeout=1)).check()
+    assert not await fast(tcp_spec(closed_port(), period=1, timeout=1)).check()
 
 
 async def test_aggressive_tcp_succeeds_against_listener() -> None:
@@ -253,7 +246,7 @@ async def test_aggressive_tcp_succeeds_against_listener() -> None:
 
 
 async def test_aggressive_tcp_fails_without_listener() -> None:
-    assert not await fast(tcp_spec(free_port())).check()
+    assert not await fast(tcp_spec(closed_port())).check()
 
 
 async def test_aggressive_tcp_needs_success_threshold() -> None:
@@ -297,7 +290,7 @@ async def test_named_port_cannot_be_probed() -> None:
 
 async def test_aggressive_failure_logs_exactly_one_line() -> None:
     logs = Logs()
-    assert not await fast(tcp_spec(free_port()), logs).check()
+    assert not await fast(tcp_spec(closed_port()), logs).check()
     assert len(logs) == 1
     assert logs[0].startswith("aggressive probe error (failed ")
     assert "times): dial tcp 127.0.0.1:" in logs[0]
@@ -334,7 +327,7 @@ async def test_http_probe_sends_one_request_without_h2c_upgrade() -> None:
 
 
 async def test_http_failure_to_connect() -> None:
-    assert not await fast(http_spec(free_port(), period=1, timeout=1)).check()
+    assert not await fast(http_spec(closed_port(), period=1, timeout=1)).check()
 
 
 @pytest.mark.parametrize("code", [400, 404, 500, 503, 199])
