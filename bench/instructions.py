@@ -11,7 +11,9 @@ the kernel (about half of a proxied request's CPU) and says nothing about nginx.
 
 Targets: ``engine`` (``proxy.passthrough``'s handler), ``queue-proxy`` (CC 0),
 ``queue-proxy-cc10`` (CC 10, never full), ``queue-proxy-queued`` (CC 1, every second request
-waits in the breaker queue and is granted from the event loop). The activator needs a routing
+waits in the breaker queue and is granted from the event loop) and ``queue-proxy-pair`` (the
+same two requests and loop turn at CC 2, so nothing waits: the difference to
+``queue-proxy-queued`` is what queueing costs). The activator needs a routing
 snapshot with probed pods, so it is not driven here: count it on a real process (the same
 valgrind over ``hey`` traffic, as the benchmarks page shows).
 
@@ -49,7 +51,7 @@ from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.readiness import ReadinessProber
 
-TARGETS = ("engine", "queue-proxy", "queue-proxy-cc10", "queue-proxy-queued")
+TARGETS = ("engine", "queue-proxy", "queue-proxy-cc10", "queue-proxy-queued", "queue-proxy-pair")
 #: Requests of the two measured runs; their difference cancels start-up and warm-up.
 SMALL_N, LARGE_N = 1000, 6000
 WARM_UP = 500
@@ -181,10 +183,12 @@ def build(target: str, loop: asyncio.AbstractEventLoop) -> tuple[Rig, Step, int]
         handler = _queue_proxy(pool, loop, 10)
     elif target == "queue-proxy-queued":
         handler = _queue_proxy(pool, loop, 1)
+    elif target == "queue-proxy-pair":
+        handler = _queue_proxy(pool, loop, 2)
     else:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     rig = Rig(handler, pool, loop)
-    if target == "queue-proxy-queued":
+    if target in ("queue-proxy-queued", "queue-proxy-pair"):
         return rig, rig.queued_pair, 2
     return rig, rig.one, 1
 

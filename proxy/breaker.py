@@ -29,10 +29,13 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from proxy.errors import QueueFull
 
 __all__ = ["MAX_BREAKER_CAPACITY", "Breaker", "Semaphore", "Ticket"]
+
+T = TypeVar("T")
 
 #: Largest capacity a breaker accepts; Knative's limit, kept so capacity maths agree.
 MAX_BREAKER_CAPACITY = 2**31 - 1
@@ -54,7 +57,7 @@ class Semaphore:
         self._in_use = 0
         # An ordered dict used as an ordered set: O(1) removal of a cancelled waiter and O(1)
         # pop of the oldest one, where a deque would need a linear remove.
-        self._waiters: OrderedDict[asyncio.Future[None] | Ticket, None] = OrderedDict()
+        self._waiters: OrderedDict[asyncio.Future[None] | Ticket[Any], None] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -130,34 +133,43 @@ class Semaphore:
         )
 
 
-class Ticket:
+#: Ticket states (module constants: read on every grant, cheaper than class attributes).
+_WAITING, _GRANTED, _RUNNING, _CANCELLED = range(4)
+
+
+class Ticket(Generic[T]):
     """A place in a breaker's queue held by a callback instead of a waiting task.
 
-    States: waiting → granted (slot held, callback scheduled) → running (callback ran). The
+    States: waiting → granted (slot held, ``on_grant(arg)`` scheduled) → running (it ran). The
     semaphore treats it like a future: ``done()`` tells it to skip a cancelled ticket and
-    ``set_result`` is the grant. ``cancel`` gives back exactly what the ticket holds.
+    ``set_result`` is the grant. ``cancel`` gives back exactly what the ticket holds; ``leave``
+    is ``cancel`` then ``on_leave(arg)``, the shape of an exchange's canceller, so an owner
+    makes no closure per queued request.
     """
 
-    __slots__ = ("_breaker", "_callback", "state")
+    __slots__ = ("_breaker", "_on_grant", "_on_leave", "arg", "state")
 
-    WAITING, GRANTED, RUNNING, CANCELLED = range(4)
+    WAITING, GRANTED, RUNNING, CANCELLED = _WAITING, _GRANTED, _RUNNING, _CANCELLED
 
-    def __init__(self, breaker: Breaker, callback: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        breaker: Breaker,
+        on_grant: Callable[[T], None],
+        arg: T,
+        on_leave: Callable[[T], None] | None = None,
+    ) -> None:
         self._breaker = breaker
-        self._callback = callback
-        self.state = Ticket.WAITING
+        self._on_grant = on_grant
+        self._on_leave = on_leave
+        self.arg = arg
+        self.state = _WAITING
 
     def done(self) -> bool:
-        return self.state != Ticket.WAITING
+        return self.state != _WAITING
 
     def set_result(self, _: None) -> None:
-        self.state = Ticket.GRANTED
+        self.state = _GRANTED
         self._breaker._granted(self)
-
-    def _run(self) -> None:
-        if self.state == Ticket.GRANTED:
-            self.state = Ticket.RUNNING
-            self._callback()
 
     def cancel(self) -> None:
         """Leave the queue: frees the admission slot, and the execution slot if granted.
@@ -165,16 +177,22 @@ class Ticket:
         After the callback ran the caller owns the slots (it calls ``release``): no-op.
         """
         breaker = self._breaker
-        if self.state == Ticket.WAITING:
-            self.state = Ticket.CANCELLED
+        if self.state == _WAITING:
+            self.state = _CANCELLED
             sem = breaker._sem
             sem._waiters.pop(self, None)
             breaker._in_flight -= 1
             if sem._waiters:
                 sem._grant()
-        elif self.state == Ticket.GRANTED:
-            self.state = Ticket.CANCELLED
+        elif self.state == _GRANTED:
+            self.state = _CANCELLED
             breaker.release()
+
+    def leave(self) -> None:
+        """``cancel``, then tell the owner through ``on_leave(arg)``."""
+        self.cancel()
+        if self._on_leave is not None:
+            self._on_leave(self.arg)
 
 
 class Breaker:
@@ -213,7 +231,7 @@ class Breaker:
             )
         self._call_soon: Callable[[Callable[[], None]], object] | None = None
         #: Granted tickets whose callbacks have not run yet, in grant order.
-        self._ready: list[Ticket] = []
+        self._ready: list[Ticket[Any]] = []
         self._run_scheduled = False
         self._total_slots = queue_depth + max_concurrency
         self._max_concurrency = max_concurrency
@@ -263,13 +281,19 @@ class Breaker:
         """Whether an arrival now would get ``QueueFull``."""
         return self._in_flight >= self._total_slots
 
-    def enqueue(self, callback: Callable[[], None]) -> Ticket:
+    def enqueue(
+        self,
+        on_grant: Callable[[T], None],
+        arg: T,
+        on_leave: Callable[[T], None] | None = None,
+    ) -> Ticket[T]:
         """Take an admission slot and queue for an execution slot without a task.
 
-        For callers that found ``try_acquire`` False. ``callback`` runs from the event loop
-        (never inside this call or inside ``release``) once the execution slot is held; from
-        then on the caller holds both slots and calls ``release`` once, as after ``acquire``.
-        ``Ticket.cancel`` leaves the queue. Raises ``QueueFull`` like ``acquire``.
+        For callers that found ``try_acquire`` False. ``on_grant(arg)`` runs from the event
+        loop (never inside this call or inside ``release``) once the execution slot is held;
+        from then on the caller holds both slots and calls ``release`` once, as after
+        ``acquire``. ``Ticket.cancel`` (or ``leave``, which then calls ``on_leave(arg)``)
+        leaves the queue. Raises ``QueueFull`` like ``acquire``.
         """
         if self._in_flight >= self._total_slots:
             raise QueueFull()
@@ -277,15 +301,16 @@ class Breaker:
         if self._call_soon is None:
             # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
             self._call_soon = asyncio.get_running_loop().call_soon
-        ticket = Ticket(self, callback)
+        ticket = Ticket(self, on_grant, arg, on_leave)
         sem = self._sem
-        if sem.try_acquire():
+        if sem._in_use < sem._capacity:
+            sem._in_use += 1
             ticket.set_result(None)
         else:
             sem._waiters[ticket] = None
         return ticket
 
-    def _granted(self, ticket: Ticket) -> None:
+    def _granted(self, ticket: Ticket[Any]) -> None:
         """A ticket got its slot: run its callback from the loop, with the others granted
         in the same loop iteration, so that one scheduled call serves a batch of them."""
         self._ready.append(ticket)
@@ -297,12 +322,15 @@ class Breaker:
     def _run_ready(self) -> None:
         self._run_scheduled = False
         ready, self._ready = self._ready, []
-        for ticket in ready:
+        for i, ticket in enumerate(ready):
+            if ticket.state != _GRANTED:
+                continue  # cancelled after its grant; the slot went back at once
+            ticket.state = _RUNNING
             try:
-                ticket._run()
+                ticket._on_grant(ticket.arg)
             except BaseException:
                 # A callback failed: the later tickets still run, in a fresh call.
-                self._ready[:0] = ready[ready.index(ticket) + 1 :]
+                self._ready[:0] = ready[i + 1 :]
                 if self._ready and not self._run_scheduled:
                     self._run_scheduled = True
                     assert self._call_soon is not None

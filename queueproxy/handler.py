@@ -20,11 +20,10 @@ Headers the chain needs are read in one pass over the request's header list.
 from __future__ import annotations
 
 import asyncio
-import functools
 import html
 from dataclasses import dataclass
 
-from proxy.breaker import Breaker, Ticket
+from proxy.breaker import Breaker
 from proxy.client import UpstreamPool
 from proxy.deadline import RequestTimer
 from proxy.drain import Drainer
@@ -107,6 +106,9 @@ class QueueProxyHandler:
     def __init__(self, state: QueueProxyState) -> None:
         self.s = state
         self._loop = asyncio.get_running_loop()
+        # Bound once: a queued request then costs no closure (``Breaker.enqueue``).
+        self._on_grant = self._granted
+        self._on_leave = self._leave_queue
 
     def fast(self, ex: Exchange) -> bool:
         """The task-free path: a plain bodyless request when a slot and a connection are free.
@@ -147,13 +149,13 @@ class QueueProxyHandler:
         timer = RequestTimer(
             ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
         )
-        ex.user = (h, started, timer, proxied)
+        # (headers, arrival, timer, proxied, app start): the app's time starts at the grant.
+        ex.user = (h, started, timer, proxied, started)
         if queued:
             # Wait in the breaker's queue as a callback, not a task (knative §1.5: the
             # stats above count the queued time as concurrency).
             assert breaker is not None
-            ticket = breaker.enqueue(functools.partial(self._granted, ex))
-            ex.canceller = functools.partial(self._leave_queue, ex, ticket)
+            ex.canceller = breaker.enqueue(self._on_grant, ex, self._on_leave).leave
             return True
         assert conn is not None
         if s.metrics is not None and breaker is not None:
@@ -165,10 +167,12 @@ class QueueProxyHandler:
         """A queued request got its breaker slot: forward it now."""
         s = self.s
         ex.canceller = None
+        h, started, timer, proxied, _ = ex.user
+        ex.user = (h, started, timer, proxied, self._loop.time())
         assert s.breaker is not None
         if s.metrics is not None:
             s.metrics.set_queue_depth(s.breaker.in_flight)
-        rewrite = _rewrite(ex, ex.user[0])
+        rewrite = _rewrite(ex, h)
         conn = s.pool.take_idle(s.user_host, s.user_port)
         if conn is None:
             # No idle upstream connection: dialing needs a task.
@@ -178,10 +182,10 @@ class QueueProxyHandler:
             return
         forward_fast(ex, s.pool, conn, rewrite, self._fast_done)
 
-    def _leave_queue(self, ex: Exchange, ticket: Ticket) -> None:
-        """A queued request's client left or its timeout answered: give back its place."""
-        ticket.cancel()
-        h, started, timer, proxied = ex.user
+    def _leave_queue(self, ex: Exchange) -> None:
+        """A queued request's client left or its timeout answered (its ticket has given
+        back its place)."""
+        h, started, timer, proxied, _ = ex.user
         now = self._loop.time()
         self.s.stats.req_out(now, proxied)
         timer.cancel()
@@ -192,7 +196,7 @@ class QueueProxyHandler:
 
     def _fast_done(self, ex: Exchange, status: int) -> None:
         s = self.s
-        h, started, timer, proxied = ex.user
+        h, started, timer, proxied, app_started = ex.user
         now = self._loop.time()
         if s.breaker is not None:
             s.breaker.release()
@@ -202,9 +206,9 @@ class QueueProxyHandler:
         if metrics is not None:
             final = ex.status if ex.response_started else 500
             if final == status:
-                metrics.record_both(status, now - started, _tag(h))
+                metrics.record_both(status, now - started, _tag(h), now - app_started)
             else:
-                metrics.record_app_request(status, now - started)
+                metrics.record_app_request(status, now - app_started)
                 metrics.record_request(final, now - started, _tag(h))
         ex.complete()
 

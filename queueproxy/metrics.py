@@ -129,14 +129,16 @@ class RequestMetrics:
             series = self._app_requests[status] = Series(self._label_text(status, None))
         series.observe(int(latency_seconds * 1000))
 
-    def record_both(self, status: int, latency_seconds: float, route_tag: str) -> None:
-        """``record_request`` and ``record_app_request`` for one request, in one call.
-
-        For requests that were never queued (the request and app latencies are the same
-        interval); the two observations are inlined, as this runs once per request.
-        """
+    def record_both(
+        self, status: int, latency_seconds: float, route_tag: str, app_latency_seconds: float
+    ) -> None:
+        """``record_request`` and ``record_app_request`` for one request with one status, in
+        one call (inlined: this runs once per request). The app's latency is shorter than
+        the request's when the request waited in the breaker's queue first."""
         ms = int(latency_seconds * 1000)
         bucket = bisect_right(LATENCY_BUCKETS_MS, ms)
+        app_ms = int(app_latency_seconds * 1000)
+        app_bucket = bucket if app_ms == ms else bisect_right(LATENCY_BUCKETS_MS, app_ms)
         by_status = self._pairs.get(route_tag)
         pair = by_status.get(status) if by_status is not None else None
         if pair is None:
@@ -144,8 +146,8 @@ class RequestMetrics:
         series, app = pair
         series.total += ms
         series.buckets[bucket] += 1
-        app.total += ms
-        app.buckets[bucket] += 1
+        app.total += app_ms
+        app.buckets[app_bucket] += 1
 
     def _pair(self, status: int, route_tag: str) -> tuple[Series, Series]:
         series = self._requests.get((status, route_tag))

@@ -819,6 +819,39 @@ async def test_request_metrics_count_503_and_504_made_further_in(rig: QpRig) -> 
     ]
 
 
+def metric_value(text: str, name: str) -> float:
+    """The one sample of ``name`` (a series without labels to tell apart)."""
+    (line,) = lines_of(text, name)
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("queued", [b"GET", b"POST"])  # the fast path, and the task path
+async def test_app_latency_of_a_queued_request_starts_when_it_leaves_the_queue(
+    rig: QpRig, queued: bytes
+) -> None:
+    qp, held, _ = await held_qp(rig, container_concurrency=1)
+    breaker = breaker_of(qp)
+    a = asyncio.create_task(rig.get(qp.main.port, b"/a"))
+    _, release_a = await held.next()
+    client = await rig.client(qp.main.port)
+    body = b"Content-Length: 2\r\n\r\nhi" if queued == b"POST" else b"\r\n"
+    await client.send(queued + b" /b HTTP/1.1\r\nHost: test\r\n" + body)
+    await eventually(lambda: breaker.in_flight == 2)
+    await asyncio.sleep(0.3)  # /b waits this long in the breaker's queue
+    release_a.set()
+    _, release_b = await held.next()
+    release_b.set()
+    assert (await a).status == 200
+    assert (await client.response()).status == 200
+    text = await scrape_metrics(rig, qp)
+    waited = metric_value(text, "revision_request_latencies_sum") - metric_value(
+        text, "revision_app_request_latencies_sum"
+    )
+    # /a's two latencies are one interval; /b's request latency holds its queueing, its app
+    # latency does not (whole milliseconds, each truncated).
+    assert waited >= 298
+
+
 async def test_queue_depth_gauge_is_breaker_in_flight_on_entry_to_the_app(rig: QpRig) -> None:
     qp, held, _ = await held_qp(rig, container_concurrency=1)
     breaker = breaker_of(qp)

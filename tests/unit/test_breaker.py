@@ -366,7 +366,7 @@ def test_semaphore_rejects_negative_capacity() -> None:
 async def test_ticket_is_granted_at_once_when_a_slot_is_free() -> None:
     breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
     ran: list[str] = []
-    ticket = breaker.enqueue(lambda: ran.append("go"))
+    ticket = breaker.enqueue(ran.append, "go")
     assert breaker.in_flight == 1
     await asyncio.sleep(0)  # the callback runs from the loop, never inside enqueue
     assert ran == ["go"]
@@ -379,8 +379,8 @@ async def test_ticket_waits_its_turn_and_runs_after_release() -> None:
     breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
     assert breaker.try_acquire()
     ran: list[int] = []
-    breaker.enqueue(lambda: ran.append(1))
-    breaker.enqueue(lambda: ran.append(2))
+    breaker.enqueue(ran.append, 1)
+    breaker.enqueue(ran.append, 2)
     await asyncio.sleep(0)
     assert ran == []
     breaker.release()
@@ -394,18 +394,18 @@ async def test_ticket_waits_its_turn_and_runs_after_release() -> None:
 async def test_ticket_enqueue_raises_queue_full_when_admission_is_full() -> None:
     breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
     assert breaker.try_acquire()
-    breaker.enqueue(lambda: None)
+    breaker.enqueue(lambda _: None, None)
     assert breaker.admission_full
     with pytest.raises(QueueFull):
-        breaker.enqueue(lambda: None)
+        breaker.enqueue(lambda _: None, None)
 
 
 async def test_cancelled_waiting_ticket_frees_its_place_and_never_runs() -> None:
     breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
     assert breaker.try_acquire()
     ran: list[int] = []
-    first = breaker.enqueue(lambda: ran.append(1))
-    breaker.enqueue(lambda: ran.append(2))
+    first = breaker.enqueue(ran.append, 1)
+    breaker.enqueue(ran.append, 2)
     first.cancel()
     assert breaker.in_flight == 2
     breaker.release()
@@ -417,8 +417,8 @@ async def test_ticket_cancelled_after_grant_hands_the_slot_on() -> None:
     breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
     assert breaker.try_acquire()
     ran: list[int] = []
-    first = breaker.enqueue(lambda: ran.append(1))
-    breaker.enqueue(lambda: ran.append(2))
+    first = breaker.enqueue(ran.append, 1)
+    breaker.enqueue(ran.append, 2)
     breaker.release()  # grants `first`; its callback is only scheduled
     first.cancel()  # gives the granted slot back, which goes to the second ticket
     await asyncio.sleep(0)
@@ -430,7 +430,7 @@ async def test_ticket_cancelled_after_grant_hands_the_slot_on() -> None:
 
 async def test_ticket_cancel_after_its_callback_ran_changes_nothing() -> None:
     breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
-    ticket = breaker.enqueue(lambda: None)
+    ticket = breaker.enqueue(lambda _: None, None)
     await asyncio.sleep(0)
     ticket.cancel()
     assert breaker.in_flight == 1  # the owner still holds its slots and releases them
@@ -442,7 +442,7 @@ async def test_tickets_granted_together_run_in_order_from_one_loop_callback() ->
     breaker = Breaker(queue_depth=3, max_concurrency=3, initial_capacity=0)
     ran: list[int] = []
     for i in range(3):
-        breaker.enqueue(lambda i=i: ran.append(i))
+        breaker.enqueue(ran.append, i)
     breaker.update_concurrency(3)  # grants all three at once
     assert ran == []  # never inside the call that granted them
     await asyncio.sleep(0)
@@ -456,15 +456,40 @@ async def test_a_failing_ticket_callback_does_not_strand_the_ones_after_it() -> 
     breaker = Breaker(queue_depth=3, max_concurrency=3, initial_capacity=0)
     ran: list[int] = []
 
-    def boom() -> None:
+    def boom(_: int) -> None:
         raise RuntimeError("handler bug")
 
-    breaker.enqueue(lambda: ran.append(0))
-    breaker.enqueue(boom)
-    breaker.enqueue(lambda: ran.append(2))
+    breaker.enqueue(ran.append, 0)
+    breaker.enqueue(boom, 1)
+    breaker.enqueue(ran.append, 2)
     breaker.update_concurrency(3)
     for _ in range(3):
         await asyncio.sleep(0)
     assert ran == [0, 2]
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     loop.set_exception_handler(None)
+
+
+async def test_ticket_leave_gives_the_place_back_then_tells_the_owner_once() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    ran: list[str] = []
+    left: list[str] = []
+    ticket = breaker.enqueue(ran.append, "request", left.append)
+    ticket.leave()
+    assert left == ["request"]
+    assert breaker.in_flight == 1  # only the holder of the slot is left
+    breaker.release()
+    await asyncio.sleep(0)
+    assert ran == [] and breaker.in_flight == 0
+
+
+async def test_ticket_left_between_grant_and_run_never_runs_and_frees_both_slots() -> None:
+    breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
+    ran: list[int] = []
+    left: list[int] = []
+    ticket = breaker.enqueue(ran.append, 1, left.append)  # granted at once, runs later
+    ticket.leave()
+    await asyncio.sleep(0)
+    assert ran == [] and left == [1]
+    assert breaker.in_flight == 0
