@@ -33,7 +33,6 @@ from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
 from activator.throttler import Retired, RevisionThrottler
 from proxy.client import UpstreamPool
-from proxy.deadline import RequestTimer
 from proxy.errors import NotFound, ProxyError
 from proxy.forward import Rewrite, forward, forward_fast
 from proxy.headers import Header
@@ -42,7 +41,6 @@ from proxy.http1 import Exchange
 __all__ = ["ActivatorHandler", "Snapshot", "not_found"]
 
 #: Knative's activator timeout body (no trailing newline).
-TIMEOUT_BODY = "activator request timeout"
 
 Key = tuple[str, str]
 
@@ -243,28 +241,21 @@ class ActivatorHandler:
         if loop is None:
             # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
             loop = self._loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = ex.started_at
         poke = self.reporter.request_in(key, start)
         if poke is not None:
             self.scaler.poke(poke)
-        timer = RequestTimer(
-            ex,
-            loop,
-            revision.timeout_seconds,
-            revision.response_start_timeout_seconds,
-            revision.idle_timeout_seconds,
-            TIMEOUT_BODY,
-        )
-        ex.user = (revision, start, timer, throttler, release, loop)
+        revision.deadline.watch(ex)
+        ex.user = (revision, start, throttler, release, loop)
         forward_fast(
             ex, self.pool, conn, _rewrite(set_headers, original_host, host_header), self._fast_done
         )
         return True
 
     def _fast_done(self, ex: Exchange, status: int) -> None:
-        revision, start, timer, throttler, release, loop = ex.user
+        revision, start, throttler, release, loop = ex.user
         throttler.done(release)
-        timer.cancel()
+        revision.deadline.forget(ex)
         now = loop.time()
         self.reporter.request_out(revision.key, now)
         if ex.status:
@@ -281,26 +272,20 @@ class ActivatorHandler:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = ex.started_at
         key = revision.key
         poke = self.reporter.request_in(key, start)
         if poke is not None:
             self.scaler.poke(poke)
-        deadline = RequestTimer(
-            ex,
-            loop,
-            revision.timeout_seconds,
-            revision.response_start_timeout_seconds,
-            revision.idle_timeout_seconds,
-            TIMEOUT_BODY,
-        )
+        deadline = revision.deadline
+        deadline.watch(ex)
         try:
             try:
                 await self._throttled(ex, key, set_headers, original_host)
             except ProxyError as exc:
                 ex.fail(exc)
         finally:
-            deadline.cancel()
+            deadline.forget(ex)
             now = loop.time()
             self.reporter.request_out(key, now)
             if ex.status:

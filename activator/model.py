@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from proxy.deadline import Deadline
+
 DEFAULT_DOMAIN = "localhost"
 DEFAULT_QUEUE_DEPTH = 10000
 DEFAULT_TIMEOUT_SECONDS = 300
+#: The 504 body when one of a revision's timeouts expires in the activator.
+TIMEOUT_MESSAGE = "activator request timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +48,19 @@ class Revision:
     configuration: str = ""
     #: ``(namespace, name)``: the revision's identity everywhere in the activator.
     key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    #: The three timeouts above as the policy every request to this revision is watched by.
+    deadline: Deadline = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Computed once: the request path uses it several times per request.
+        # Computed once: the request path uses them on every request.
         object.__setattr__(self, "key", (self.namespace, self.name))
+        deadline = Deadline(
+            float(self.timeout_seconds),
+            float(self.response_start_timeout_seconds),
+            float(self.idle_timeout_seconds),
+            TIMEOUT_MESSAGE,
+        )
+        object.__setattr__(self, "deadline", deadline)
 
 
 @dataclass(frozen=True, slots=True)

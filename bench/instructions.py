@@ -41,6 +41,7 @@ import uvloop
 
 from proxy.breaker import Breaker
 from proxy.client import UpstreamConnection, UpstreamPool
+from proxy.deadline import Deadline
 from proxy.drain import Drainer
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
@@ -162,9 +163,7 @@ def _queue_proxy(pool: UpstreamPool, loop: asyncio.AbstractEventLoop, cc: int) -
         ),
         request_log=None,
         log_probes=False,
-        timeout=300.0,
-        response_start_timeout=0.0,
-        idle_timeout=0.0,
+        deadline=Deadline(300.0),
     )
     return QueueProxyHandler(state)
 

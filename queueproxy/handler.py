@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from proxy.breaker import Breaker
 from proxy.client import UpstreamPool
-from proxy.deadline import RequestTimer
+from proxy.deadline import Deadline
 from proxy.drain import Drainer
 from proxy.errors import ProxyError
 from proxy.forward import Rewrite, forward, forward_fast, forward_reporting
@@ -95,9 +95,8 @@ class QueueProxyState:
     metrics: RequestMetrics | None
     request_log: RequestLogger | None
     log_probes: bool
-    timeout: float
-    response_start_timeout: float
-    idle_timeout: float
+    #: The revision, response-start and idle timeouts of every proxied request.
+    deadline: Deadline
 
 
 class QueueProxyHandler:
@@ -142,15 +141,12 @@ class QueueProxyHandler:
                     breaker.release()
                 return False
         s.drainer.on_request()
-        loop = self._loop
-        started = loop.time()
+        started = ex.started_at
         proxied = h.get(b"k-proxy-request") == b"activator"
         s.stats.req_in(started, proxied)
-        timer = RequestTimer(
-            ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
-        )
-        # (headers, arrival, timer, proxied, app start): the app's time starts at the grant.
-        ex.user = (h, started, timer, proxied, started)
+        s.deadline.watch(ex)
+        # (headers, arrival, proxied, app start): the app's time starts at the grant.
+        ex.user = (h, started, proxied, started)
         if queued:
             # Wait in the breaker's queue as a callback, not a task (knative §1.5: the
             # stats above count the queued time as concurrency).
@@ -167,8 +163,8 @@ class QueueProxyHandler:
         """A queued request got its breaker slot: forward it now."""
         s = self.s
         ex.canceller = None
-        h, started, timer, proxied, _ = ex.user
-        ex.user = (h, started, timer, proxied, self._loop.time())
+        h, started, proxied, _ = ex.user
+        ex.user = (h, started, proxied, self._loop.time())
         assert s.breaker is not None
         if s.metrics is not None:
             s.metrics.set_queue_depth(s.breaker.in_flight)
@@ -185,10 +181,10 @@ class QueueProxyHandler:
     def _leave_queue(self, ex: Exchange) -> None:
         """A queued request's client left or its timeout answered (its ticket has given
         back its place)."""
-        h, started, timer, proxied, _ = ex.user
+        h, started, proxied, _ = ex.user
         now = self._loop.time()
         self.s.stats.req_out(now, proxied)
-        timer.cancel()
+        self.s.deadline.forget(ex)
         if self.s.metrics is not None:
             final = ex.status if ex.response_started else 500
             self.s.metrics.record_request(final, now - started, _tag(h))
@@ -196,12 +192,12 @@ class QueueProxyHandler:
 
     def _fast_done(self, ex: Exchange, status: int) -> None:
         s = self.s
-        h, started, timer, proxied, app_started = ex.user
+        h, started, proxied, app_started = ex.user
         now = self._loop.time()
         if s.breaker is not None:
             s.breaker.release()
         s.stats.req_out(now, proxied)
-        timer.cancel()
+        s.deadline.live.discard(ex)  # ``Deadline.forget``, without the call
         metrics = s.metrics
         if metrics is not None:
             final = ex.status if ex.response_started else 500
@@ -263,10 +259,9 @@ class QueueProxyHandler:
         """Steps 2-7 of the chain in one frame: every ``await`` here is one frame deep."""
         s = self.s
         loop = self._loop
-        started = loop.time()
-        timer = RequestTimer(
-            ex, loop, s.timeout, s.response_start_timeout, s.idle_timeout, "request timeout"
-        )
+        started = ex.started_at
+        deadline = s.deadline
+        deadline.watch(ex)
         proxied = h.get(b"k-proxy-request") == b"activator"
         stats = s.stats
         stats.req_in(started, proxied)
@@ -298,7 +293,7 @@ class QueueProxyHandler:
         finally:
             now = loop.time()
             stats.req_out(now, proxied)
-            timer.cancel()
+            deadline.forget(ex)
             status = ex.status if ex.response_started else 500
             if metrics is not None:
                 metrics.record_request(status, now - started, _tag(h))

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 
 from proxy.breaker import Breaker
 from proxy.client import UpstreamPool
+from proxy.deadline import Deadline
 from proxy.drain import Drainer
 from proxy.http1 import Exchange
 from proxy.runner import run, settle_gc
@@ -144,9 +145,11 @@ class QueueProxy:
             metrics=metrics,
             request_log=request_log,
             log_probes=cfg.enable_probe_request_log,
-            timeout=float(cfg.revision_timeout_seconds),
-            response_start_timeout=float(cfg.response_start_timeout_seconds),
-            idle_timeout=float(cfg.idle_timeout_seconds),
+            deadline=Deadline(
+                float(cfg.revision_timeout_seconds),
+                float(cfg.response_start_timeout_seconds),
+                float(cfg.idle_timeout_seconds),
+            ),
         )
         #: The request path's shared state (breaker, stats, timeouts...), for introspection.
         self.state = state

@@ -21,6 +21,7 @@ import pytest
 import queueproxy.handler as qp_handler
 import queueproxy.main as qp_main
 from proxy.breaker import Breaker
+from proxy.deadline import Deadline
 from proxy.forward import forward_fast
 from proxy.http1 import Exchange
 from proxy.stat import Stat, encode_stat
@@ -546,7 +547,7 @@ async def test_silent_upstream_gets_504_request_timeout_and_is_disconnected(
     up = await rig.upstream(after_warm_up(silent))
     qp = await rig.start(up.port, container_concurrency=1)
     await prepare(rig, qp, route)
-    qp.state.timeout = 0.3
+    qp.state.deadline = Deadline(0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
     resp = await rig.get(qp.main.port, b"/slow")
@@ -557,7 +558,7 @@ async def test_silent_upstream_gets_504_request_timeout_and_is_disconnected(
     await eventually(lambda: breaker_of(qp).in_flight == 0 and qp.stats.concurrency == 0)
     assert (b"/slow" in fast_calls) == (route == "warm")
     # The slot and the pool are usable again.
-    qp.state.timeout = 300.0
+    qp.state.deadline = Deadline(300.0)
     assert (await rig.get(qp.main.port, b"/warm")).status == 200
 
 
@@ -568,7 +569,7 @@ async def test_response_start_timeout_gives_504_before_the_head(rig: QpRig) -> N
 
     up = await rig.upstream(silent)
     qp = await rig.start(up.port)
-    qp.state.response_start_timeout = 0.3
+    qp.state.deadline = Deadline(300.0, response_start=0.3)
     loop = asyncio.get_running_loop()
     started = loop.time()
     resp = await rig.get(qp.main.port, b"/slow")
@@ -587,7 +588,7 @@ async def test_response_start_timeout_no_longer_applies_once_the_head_is_sent(
 
     up = await rig.upstream(slow_body)
     qp = await rig.start(up.port)
-    qp.state.response_start_timeout = 0.2
+    qp.state.deadline = Deadline(300.0, response_start=0.2)
     resp = await rig.get(qp.main.port, b"/")
     assert (resp.status, resp.body) == (200, b"first-end")
 
@@ -603,7 +604,7 @@ async def test_idle_timeout_after_the_head_cuts_the_connection_without_504(
     up = await rig.upstream(after_warm_up(stalls))
     qp = await rig.start(up.port, container_concurrency=1)
     await prepare(rig, qp, route)
-    qp.state.idle_timeout = 0.3
+    qp.state.deadline = Deadline(300.0, idle=0.3)
     client = await rig.client(qp.main.port)
     await client.send(b"GET /stall HTTP/1.1\r\nHost: test\r\n\r\n")
     head = await client.io.until(b"\r\n\r\n")
@@ -623,14 +624,14 @@ async def test_request_queued_in_the_breaker_when_timeout_fires_gets_504_and_fre
     breaker = breaker_of(qp)
     a = asyncio.create_task(rig.get(qp.main.port, b"/a"))  # revision timeout 300 s
     _, release_a = await held.next()
-    qp.state.timeout = 0.3  # only requests arriving from now on get the short timeout
+    qp.state.deadline = Deadline(0.3)  # only requests arriving from now on get the short timeout
     loop = asyncio.get_running_loop()
     started = loop.time()
     b = await rig.get(qp.main.port, b"/b")  # queued behind /a until its timeout fires
     assert (b.status, b.body) == (504, REQUEST_TIMEOUT)
     assert 0.3 <= loop.time() - started < 2.0
     await eventually(lambda: breaker.in_flight == 1 and qp.stats.concurrency == 1)
-    qp.state.timeout = 300.0
+    qp.state.deadline = Deadline(300.0)
     release_a.set()
     assert (await a).body == b"ok:/a"
     # The slot really is free: the next request is served, and /b never reached the app.
@@ -645,12 +646,12 @@ async def test_request_queued_in_the_breaker_when_timeout_fires_gets_504_and_fre
 async def test_request_timing_out_in_the_app_frees_its_slot_for_the_next(rig: QpRig) -> None:
     qp, held, _ = await held_qp(rig, container_concurrency=1)
     breaker = breaker_of(qp)
-    qp.state.timeout = 0.3
+    qp.state.deadline = Deadline(0.3)
     a = await rig.get(qp.main.port, b"/a")
     assert (a.status, a.body) == (504, REQUEST_TIMEOUT)
     await held.next()  # /a reached the app, which never answered
     await eventually(lambda: breaker.in_flight == 0)
-    qp.state.timeout = 300.0
+    qp.state.deadline = Deadline(300.0)
     b = asyncio.create_task(rig.get(qp.main.port, b"/b"))
     _, release_b = await held.next()
     release_b.set()
@@ -801,7 +802,7 @@ async def test_request_metrics_route_tag_label(rig: QpRig, headers: bytes, tag: 
 async def test_request_metrics_count_503_and_504_made_further_in(rig: QpRig) -> None:
     qp, held, _ = await held_qp(rig, container_concurrency=1)
     breaker = qp.state.breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
-    qp.state.timeout = 0.5
+    qp.state.deadline = Deadline(0.5)
     a = asyncio.create_task(rig.get(qp.main.port, b"/a"))
     await held.next()
     b = asyncio.create_task(rig.get(qp.main.port, b"/b"))
@@ -1087,4 +1088,4 @@ async def test_finished_requests_leave_no_reference_cycles(rig: QpRig, cc: int) 
     finally:
         gc.set_debug(flags)
         gc.garbage.clear()
-    assert not {"Exchange", "RequestTimer", "_FastForward"} & set(leaked), leaked
+    assert not {"Exchange", "_FastForward"} & set(leaked), leaked
