@@ -75,8 +75,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._callback: Callable[[BaseException | None], None] | None = None
         self._headers: HeaderList = []
-        self._head_size = 0
         self._head_read = 0
+        self._chunk_len = 0
+        self._trailer_size = 0
         self._is_head = False
         self._interim = False
         self._until_close = False
@@ -107,8 +108,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._callback = callback
         self._done = None if callback is not None else self._loop.create_future()
         self._headers = []
-        self._head_size = 0
         self._head_read = 0
+        self._trailer_size = 0
         self._is_head = is_head
         self._interim = False
         self._until_close = False
@@ -231,6 +232,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         sink = self._sink
+        self._chunk_len = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -273,12 +275,26 @@ class UpstreamConnection(asyncio.Protocol):
     # ----------------------------------------------------------- parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_RESPONSE_HEAD:
-            raise BadGateway("upstream response head too large")
+        if self._got_head:
+            # A trailer field: counted against the same bound, then dropped (the client's
+            # response head is already out).
+            self._trailer_size += len(name) + len(value) + 4
+            if self._trailer_size > MAX_RESPONSE_HEAD:
+                raise BadGateway("upstream response trailers too large")
+            return
+        # The head's size is checked once it is complete (``on_headers_complete``).
         self._headers.append((name, value))
 
+    def _check_head_size(self) -> None:
+        size = sum(len(name) + len(value) + 4 for name, value in self._headers)
+        if size > MAX_RESPONSE_HEAD:
+            raise BadGateway("upstream response head too large")
+
     def on_headers_complete(self) -> None:
+        if self._head_read + self._chunk_len > MAX_RESPONSE_HEAD:
+            # The reads that held this head could hold too much (a head that came whole in
+            # a small read cannot); while it is incomplete ``data_received`` bounds them.
+            self._check_head_size()
         status = self._parser.get_status_code()
         sink = self._sink
         assert sink is not None
@@ -286,7 +302,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True
             sink.on_informational(status, self._headers)
             self._headers = []
-            self._head_size = 0
             return
         if status == 101:
             # llhttp reports the message complete, then raises HttpParserUpgrade; both are

@@ -558,13 +558,19 @@ class HttpServerProtocol(asyncio.Protocol):
         self._parsing: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
         self._url = b""
-        self._header_bytes = 0
         self._head_bytes = 0
+        #: Bytes ever fed to the parser, that count before the chunk being fed, and before
+        #: the chunk the current request began in: ``_fed - _head_base`` bounds its head.
+        self._fed = 0
+        self._chunk_base = 0
+        self._head_base = 0
         limits = ctx.limits
         #: Bytes a read may hold without progress (see ``data_received``).
         self._cap = limits.max_request_line + limits.max_total_header_bytes + 4
         self._max_field = limits.max_header_bytes
         self._max_total = limits.max_total_header_bytes
+        #: A head no larger than this cannot break either header size limit.
+        self._small_head = min(self._max_field, self._max_total)
         self.state = _IDLE
         self.state_since = ctx.loop.time()
         self._reading_paused = False
@@ -667,6 +673,8 @@ class HttpServerProtocol(asyncio.Protocol):
             self.state = _HEAD
             self.state_since = self.ctx.loop.time()
         self._head_bytes += len(data)
+        self._chunk_base = fed = self._fed
+        self._fed = fed + len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -697,7 +705,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._parsing = Exchange(self)
         self._url = b""
-        self._header_bytes = 0
+        self._head_base = self._chunk_base
         self._head_bytes = 0
         if self.state == _IDLE:
             self.state = _HEAD
@@ -709,19 +717,15 @@ class HttpServerProtocol(asyncio.Protocol):
             raise UriTooLong("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Sizes and the field count are checked once the head is complete (a head in one
+        # small read cannot break them); meanwhile the cap in ``data_received`` bounds
+        # what an endless head can hold.
         ex = self._parsing
         assert ex is not None
-        size = len(name) + len(value) + 4
-        total = self._header_bytes + size
-        self._header_bytes = total
-        if size > self._max_field or total > self._max_total:
-            raise HeadersTooLarge("request header fields too large")
         if ex.started_at:
-            # A trailer field (llhttp reports them like headers): bounded above, then
-            # dropped, never merged into the head (catalogue A8).
+            # A trailer field (llhttp reports them like headers): dropped, never merged
+            # into the head (catalogue A8); the same cap bounds the trailer section.
             return
-        # The field count is checked once the head is complete (``_validate_head``); the
-        # byte bounds above already limit what an endless head can hold meanwhile.
         low = _LOWER_NAMES.get(name)
         if low is None:
             # Names with an underscore are refused, so they never enter the table.
@@ -748,6 +752,8 @@ class HttpServerProtocol(asyncio.Protocol):
         ex.keep_alive = keep_alive
         ex.upgrade = parser.should_upgrade()
         ex.started_at = self.ctx.loop.time()
+        if self._fed - self._head_base > self._small_head:
+            _check_header_sizes(ex.headers, self._max_field, self._max_total)
         _validate_head(ex, self.ctx.limits)
         self._head_bytes = 0
         if not ex.has_body:
@@ -956,6 +962,16 @@ _BAD_HOST = re.compile(rb"[/\\@\s\x00-\x1f\x7f]|\.\.")
 @functools.lru_cache(maxsize=1024)
 def _host_ok(value: bytes) -> bool:
     return _BAD_HOST.search(value) is None
+
+
+def _check_header_sizes(headers: HeaderList, max_field: int, max_total: int) -> None:
+    """Each field (name, value and four bytes of framing) and their sum within bounds."""
+    total = 0
+    for name, value in headers:
+        size = len(name) + len(value) + 4
+        total += size
+        if size > max_field or total > max_total:
+            raise HeadersTooLarge("request header fields too large")
 
 
 _CHECKED_NAMES = frozenset({b"host", b"expect", b"content-length", b"transfer-encoding"})

@@ -285,3 +285,33 @@ async def test_head_split_over_many_reads_within_the_cap_is_fine() -> None:
     conn, _, sink = await exchange([raw[i : i + 100] for i in range(0, len(raw), 100)])
     assert conn.done.exception() is None
     assert sink.events[-1] == ("body", b"z")
+
+
+@pytest.mark.parametrize("reads", [1, 40], ids=["one-read", "many-reads"])
+async def test_response_head_over_the_limit_is_bad_gateway(reads: int) -> None:
+    fields = b"".join(b"X-%05d: %s\r\n" % (i, b"v" * 100) for i in range(700))  # ~78 KB
+    raw = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 1\r\n\r\nz"
+    size = -(-len(raw) // reads)
+    conn, transport, sink = await exchange([raw[i : i + size] for i in range(0, len(raw), size)])
+    error = conn.done.exception()
+    assert isinstance(error, BadGateway) and "too large" in str(error)
+    assert transport.aborted and sink.events == []
+
+
+async def test_response_head_just_under_the_limit_in_one_read_is_fine() -> None:
+    fields = b"".join(b"X-%05d: %s\r\n" % (i, b"v" * 100) for i in range(550))  # ~61 KB
+    conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 1\r\n\r\nz")
+    assert conn.done.exception() is None
+    assert sink.events == [("head", 200, 1), ("body", b"z")]
+
+
+async def test_response_trailers_are_dropped_and_bounded() -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+    conn, _, sink = await exchange(head + b"X-Checksum: abc\r\n\r\n")
+    assert conn.done.exception() is None and conn.reusable
+    assert sink.events == [("head", 200, None), ("body", b"hi")]
+    trailers = b"".join(b"X-T%05d: %s\r\n" % (i, b"v" * 100) for i in range(700))
+    conn, transport, _ = await exchange([head, trailers[:40_000], trailers[40_000:], b"\r\n"])
+    error = conn.done.exception()
+    assert isinstance(error, BadGateway) and "trailers too large" in str(error)
+    assert transport.aborted

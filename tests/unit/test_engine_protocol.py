@@ -224,10 +224,33 @@ async def test_b1_endless_request_line_without_newline_is_refused() -> None:
     ],
     ids=["single", "total", "count"],
 )
-async def test_b2_b3_header_limits_are_431(headers: bytes, why: str) -> None:
-    rec, out, closed = await feed(b"GET / HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n", SMALL)
+@pytest.mark.parametrize("split", [False, True], ids=["one-packet", "byte-packets"])
+async def test_b2_b3_header_limits_are_431(headers: bytes, why: str, split: bool) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n"
+    packets = [raw[i : i + 7] for i in range(0, len(raw), 7)] if split else raw
+    rec, out, closed = await feed(packets, SMALL)
     assert [s for s, _ in responses(out)] == [431], why
     assert closed and rec.seen == []
+
+
+async def test_b2_field_size_limit_is_exact() -> None:
+    # name + value + 4 bytes of framing = 100, the limit
+    rec, out, _ = await feed(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"v" * 91 + b"\r\n\r\n", SMALL
+    )
+    assert [s for s, _ in responses(out)] == [200] and len(rec.seen) == 1
+    rec, out, closed = await feed(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"v" * 92 + b"\r\n\r\n", SMALL
+    )
+    assert [s for s, _ in responses(out)] == [431] and closed and rec.seen == []
+
+
+async def test_b2_oversized_field_behind_a_small_pipelined_request_is_431() -> None:
+    small = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    big = b"GET /b HTTP/1.1\r\nHost: h\r\nX-Big: " + b"v" * 150 + b"\r\n\r\n"
+    rec, out, closed = await feed(small + big, SMALL)  # one packet: both heads in one read
+    assert [s for s, _ in responses(out)] == [200, 431]
+    assert closed and rec.targets == [b"/a"]
 
 
 async def test_b3_endless_header_section_is_431() -> None:
