@@ -26,10 +26,15 @@ from typing import Protocol, cast
 import httptools
 
 from proxy.errors import BadGateway
-from proxy.headers import HeaderList
+from proxy.headers import HOP_BY_HOP, HeaderList, cached_lower, connection_tokens, lower_name
 
 #: Response heads larger than this are treated as malformed (502).
 MAX_RESPONSE_HEAD = 65536
+
+#: Response headers never forwarded as they are: hop-by-hop ones and the framing the server
+#: side redoes (its own Content-Length or chunking).
+_OWN = HOP_BY_HOP | {b"content-length"}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 # Dial retry on timeouts only (connection refused is final): start at 50 ms, grow 1.4x.
 _DIAL_FIRST_TIMEOUT = 0.05
@@ -38,12 +43,17 @@ _DIAL_STEPS = 15
 
 
 class ResponseSink(Protocol):
-    """Where an upstream response goes, one call per event, in order."""
+    """Where an upstream response goes, one call per event, in order.
+
+    Headers handed over are the end-to-end ones, as received: the hop-by-hop ones (and
+    those a ``Connection`` header names) and Content-Length never reach a sink; the length
+    comes as ``content_length`` and a 101's Upgrade value as ``upgrade``.
+    """
 
     def on_informational(self, status: int, headers: HeaderList) -> None: ...
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None: ...
     def on_body(self, data: bytes) -> None: ...
-    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None: ...
+    def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None: ...
     def flush(self) -> None: ...
 
 
@@ -75,6 +85,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._callback: Callable[[BaseException | None], None] | None = None
         self._headers: HeaderList = []
+        #: Framing and hop-by-hop headers of the head, as (lower-case name, value).
+        self._own: HeaderList = []
         self._head_read = 0
         self._chunk_len = 0
         self._trailer_size = 0
@@ -108,6 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._callback = callback
         self._done = None if callback is not None else self._loop.create_future()
         self._headers = []
+        self._own = []
         self._head_read = 0
         self._trailer_size = 0
         self._is_head = is_head
@@ -264,7 +277,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._parser.get_status_code() != 101 or sink is None:
             self._fail(BadGateway("upstream switched protocols without a 101"))
             return
-        sink.on_upgrade(self._headers, rest)
+        upgrade = next((value for low, value in self._own if low == b"upgrade"), b"websocket")
+        sink.on_upgrade(self._forwarded(), upgrade, rest)
         if not self._tunnel:
             # The sink refused: the request did not ask to upgrade, or was answered already.
             self._fail(BadGateway("upstream switched protocols unasked"))
@@ -283,12 +297,27 @@ class UpstreamConnection(asyncio.Protocol):
                 raise BadGateway("upstream response trailers too large")
             return
         # The head's size is checked once it is complete (``on_headers_complete``).
-        self._headers.append((name, value))
+        low = cached_lower(name)
+        if low is None:
+            low = lower_name(name)
+        if low in _OWN:
+            self._own.append((low, value))  # framing and hop-by-hop: never forwarded
+        else:
+            self._headers.append((name, value))
 
     def _check_head_size(self) -> None:
-        size = sum(len(name) + len(value) + 4 for name, value in self._headers)
+        size = sum(len(name) + len(value) + 4 for name, value in self._headers + self._own)
         if size > MAX_RESPONSE_HEAD:
             raise BadGateway("upstream response head too large")
+
+    def _forwarded(self) -> HeaderList:
+        """The head's end-to-end headers: those a ``Connection`` header names dropped too."""
+        headers = self._headers
+        for low, value in self._own:
+            if low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                named = connection_tokens(self._own)
+                return [(k, v) for k, v in headers if k.lower() not in named]
+        return headers
 
     def on_headers_complete(self) -> None:
         if self._head_read + self._chunk_len > MAX_RESPONSE_HEAD:
@@ -300,8 +329,9 @@ class UpstreamConnection(asyncio.Protocol):
         assert sink is not None
         if status < 200 and status != 101:
             self._interim = True
-            sink.on_informational(status, self._headers)
+            sink.on_informational(status, self._forwarded())
             self._headers = []
+            self._own = []
             return
         if status == 101:
             # llhttp reports the message complete, then raises HttpParserUpgrade; both are
@@ -312,18 +342,21 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_head = True
         length: int | None = None
         chunked = False
-        for name, value in self._headers:
-            size = len(name)
-            if size == 14 and name.lower() == b"content-length":
-                length = int(value)
-            elif size == 17 and name.lower() == b"transfer-encoding":
+        plain = True  # no Connection header names headers to drop
+        for low, value in self._own:
+            if low == b"content-length":
+                length = int(value)  # llhttp has checked it: digits, one value
+            elif low == b"transfer-encoding":
                 chunked = True
+            elif low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                plain = False
         no_body = self._is_head or status in (204, 304)
         if chunked:
             length = None
         elif length is None and not no_body:
             self._until_close = True
-        sink.on_head(status, self._headers, length if not no_body or self._is_head else None)
+        headers = self._headers if plain else self._forwarded()
+        sink.on_head(status, headers, length if not no_body or self._is_head else None)
         if no_body and self._is_head:
             # llhttp cannot be told the request was HEAD: finish here and start a fresh
             # parser, so a Content-Length on the HEAD answer is not awaited as a body.
@@ -357,8 +390,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete(keep_alive=self._parser.should_keep_alive())
 
     def _keep_alive_header(self) -> bool:
-        for name, value in self._headers:
-            if name.lower() == b"connection" and b"close" in value.lower():
+        for low, value in self._own:
+            if low == b"connection" and b"close" in value.lower():
                 return False
         return True
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.client import UpstreamConnection, UpstreamPool
@@ -23,7 +23,6 @@ from proxy.http1 import ClientDisconnected, Exchange
 
 # Headers the proxy writes itself on the upstream request.
 _REQUEST_OWN = frozenset({b"host", b"x-forwarded-for", b"content-length", b"expect"})
-_RESPONSE_OWN = frozenset({b"content-length"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +95,6 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
     return b"".join(parts)
 
 
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
-
-
-def response_headers(headers: Iterable[Header]) -> HeaderList:
-    """Upstream response headers minus hop-by-hop ones and the framing we redo."""
-    out: HeaderList = []
-    named: set[bytes] | None = None
-    for name, value in headers:
-        low = name.lower()
-        if low in HOP_BY_HOP or low in _RESPONSE_OWN:
-            if low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                named = connection_tokens([(name, value)]) | (named or set())
-            continue
-        out.append((name, value))
-    if named:
-        out = [(name, value) for name, value in out if name.lower() not in named]
-    return out
-
-
 class _Pipe:
     """Sink that writes the upstream response straight into the client exchange."""
 
@@ -127,12 +107,12 @@ class _Pipe:
 
     def on_informational(self, status: int, headers: HeaderList) -> None:
         if status != 100:  # our own 100 Continue is the engine's business
-            self.ex.informational(status, response_headers(headers))
+            self.ex.informational(status, headers)
 
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
         if self.ex.response_done:
             return  # a timeout already answered
-        self.ex.start_response(status, headers, content_length, from_upstream=True)
+        self.ex.start_response(status, headers, content_length)
 
     def flow(self, paused: bool) -> None:
         if paused:
@@ -149,7 +129,7 @@ class _Pipe:
         if ex.write_paused:
             self.conn.pause_reading()
 
-    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
+    def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
         ex = self.ex
         conn = self.conn
         if not ex.upgrade or ex.response_done:
@@ -162,9 +142,7 @@ class _Pipe:
             if not done.done():
                 done.set_result(None)
 
-        out = response_headers(headers)
-        upgrade = next((v for k, v in headers if k.lower() == b"upgrade"), b"websocket")
-        out += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+        out = [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
         to_client = ex.start_tunnel(out, conn.write, finish, conn.write_eof)
         proto = ex._proto
 
@@ -208,7 +186,7 @@ class _TunnelSink:
         if self.ex.write_paused:
             self.conn.pause_reading()
 
-    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
+    def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
         pass
 
     def flush(self) -> None:

@@ -37,9 +37,11 @@ its own task. State is grouped as: per server (``ServerContext``), per connectio
   ``asyncio.get_running_loop()`` per request (it makes a getpid() syscall); no ``b"x" in
   data`` for a single byte (bytes tries the operand as an integer first, raising and clearing
   a TypeError); no regex per request (verdicts are memoised); no ``zip(strict=True)`` over the
-  headers; header names are compared through ``Exchange.names``, never lower-cased again; and
-  a finished request must leave no reference cycle, or every request waits for the cyclic
-  collector instead of being freed at once.
+  headers; header names are compared through ``Exchange.names``, never lower-cased again; no
+  method call on a name brought in by ``from ... import`` (CPython 3.11 compiles it to
+  LOAD_ATTR and makes a bound method per call; ``tests/unit/test_hot_path_rules.py`` checks
+  the request path's modules); and a finished request must leave no reference cycle, or
+  every request waits for the cyclic collector instead of being freed at once.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ from proxy.errors import (
     UriTooLong,
     reason_phrase,
 )
-from proxy.headers import HOP_BY_HOP, HeaderList, strip_hop_by_hop
+from proxy.headers import (
+    UNDERSCORE,
+    HeaderList,
+    cached_lower,
+    lower_name,
+)
 from proxy.limits import ServerLimits
 
 log = logging.getLogger("sluice.http")
@@ -78,15 +85,8 @@ _IDLE, _HEAD, _BUSY = 0, 1, 2
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
 
 _STATUS_LINES: dict[int, bytes] = {}
-# ``b"_" in name`` costs a raised and cleared TypeError inside CPython 3.11 (bytes first tries
-# the operand as an integer): ~1,800 instructions per header. The byte value takes memchr.
-_UNDERSCORE = ord("_")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT_PLAIN = b"text/plain; charset=utf-8"
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
-_CONTENT_LENGTH = frozenset({b"content-length"})
-# Lengths of the hop-by-hop header names and of Content-Length.
-_DROPPED_LENGTHS = frozenset(len(name) for name in (*HOP_BY_HOP, b"content-length"))
 
 
 def parser_is_compiled() -> bool:
@@ -94,28 +94,6 @@ def parser_is_compiled() -> bool:
     module = type(httptools.HttpRequestParser(object())).__module__
     origin = getattr(__import__(module, fromlist=["_"]), "__file__", "") or ""
     return origin.endswith((".so", ".pyd"))
-
-
-#: Lower-case form of header names seen lately, keyed by the name as received: clients send
-#: the same few dozen names over and over, and every pass over a request's headers then
-#: compares the same objects, whose hashes are computed once. A full table is emptied, which
-#: bounds it against made-up names. Hand-written rather than ``functools.lru_cache`` because
-#: ``on_header`` reads it inline: a call per header measured ~4 % more instructions per
-#: request (``python -m bench.instructions``).
-_LOWER_NAMES: dict[bytes, bytes] = {}
-_LOWER_NAMES_MAX = 4096
-
-
-def lower_name(name: bytes) -> bytes:
-    """``name.lower()``, one shared object per name seen lately."""
-    low = _LOWER_NAMES.get(name)
-    if low is None:
-        low = name.lower()
-        if _UNDERSCORE not in name:  # refused names stay out: on_header trusts the table
-            if len(_LOWER_NAMES) >= _LOWER_NAMES_MAX:
-                _LOWER_NAMES.clear()
-            _LOWER_NAMES[name] = low
-    return low
 
 
 def status_line(status: int) -> bytes:
@@ -329,38 +307,19 @@ class Exchange:
         status: int,
         headers: HeaderList,
         content_length: int | None = None,
-        *,
-        from_upstream: bool = False,
     ) -> None:
-        """Write the status line and ``headers`` (which must hold no framing headers).
+        """Write the status line and ``headers``, which must hold no framing or hop-by-hop
+        headers (an upstream's come so from ``proxy.client``).
 
-        The engine adds Content-Length or Transfer-Encoding and Connection itself. With
-        ``from_upstream`` the headers are an upstream's as received: hop-by-hop ones (and
-        those named in ``Connection``) and Content-Length are dropped on the way.
+        The engine adds Content-Length or Transfer-Encoding and Connection itself.
         """
         if self.response_started:
             raise RuntimeError("response already started")
         self.response_started = True
         self.status = status
         parts = [status_line(status)]
-        if from_upstream:
-            for key, value in headers:
-                if len(key) not in _DROPPED_LENGTHS:
-                    parts += (key, b": ", value, b"\r\n")
-                    continue  # cannot be hop-by-hop or Content-Length: skip the lower()
-                low = key.lower()
-                if low in HOP_BY_HOP or low == b"content-length":
-                    if low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                        # It names more headers to drop: take the careful path.
-                        parts = [status_line(status)]
-                        for key2, value2 in strip_hop_by_hop(headers, _CONTENT_LENGTH):
-                            parts += (key2, b": ", value2, b"\r\n")
-                        break
-                    continue
-                parts += (key, b": ", value, b"\r\n")
-        else:
-            for key, value in headers:
-                parts += (key, b": ", value, b"\r\n")
+        for key, value in headers:
+            parts += (key, b": ", value, b"\r\n")
         if self.method == b"HEAD" or status in (204, 304) or status < 200:
             self._mode = _NO_BODY
             if content_length is not None and status != 204 and status >= 200:
@@ -726,10 +685,10 @@ class HttpServerProtocol(asyncio.Protocol):
             # A trailer field (llhttp reports them like headers): dropped, never merged
             # into the head (catalogue A8); the same cap bounds the trailer section.
             return
-        low = _LOWER_NAMES.get(name)
+        low = cached_lower(name)
         if low is None:
             # Names with an underscore are refused, so they never enter the table.
-            if _UNDERSCORE in name:
+            if UNDERSCORE in name:
                 raise BadRequest("header names with underscores are refused")
             low = lower_name(name)
         ex.headers.append((name, value))

@@ -17,18 +17,22 @@ KEY = ("10.0.0.1", 80)
 class Sink:
     def __init__(self) -> None:
         self.events: list[tuple[object, ...]] = []
+        self.heads: list[HeaderList] = []
 
     def on_informational(self, status: int, headers: HeaderList) -> None:
         self.events.append(("info", status))
+        self.heads.append(headers)
 
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
         self.events.append(("head", status, content_length))
+        self.heads.append(headers)
 
     def on_body(self, data: bytes) -> None:
         self.events.append(("body", data))
 
-    def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
-        self.events.append(("upgrade", rest))
+    def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
+        self.events.append(("upgrade", upgrade, rest))
+        self.heads.append(headers)
 
     def flush(self) -> None:
         pass
@@ -156,20 +160,22 @@ async def test_101_to_an_upgrade_switches_to_a_tunnel() -> None:
     conn, _, _ = await exchange([])
 
     class Tunnel(Sink):
-        def on_upgrade(self, headers: HeaderList, rest: bytes) -> None:
-            self.events.append(("upgrade", rest))
+        def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
+            self.events.append(("upgrade", upgrade, rest))
+            self.heads.append(headers)
             conn.enter_tunnel(self, lambda: self.events.append(("closed",)))
 
     tunnel = Tunnel()
     conn.begin(tunnel, False)
     conn.data_received(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\n\r\nframe"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: k\r\n\r\nframe"
     )
     assert conn.done.exception() is None
     conn.data_received(b"more")
     conn.connection_lost(None)
-    assert tunnel.events == [("upgrade", b"frame"), ("body", b"more"), ("closed",)]
+    assert tunnel.events == [("upgrade", b"websocket", b"frame"), ("body", b"more"), ("closed",)]
+    assert tunnel.heads == [[(b"Sec-WebSocket-Accept", b"k")]]
     assert not conn.reusable
 
 
@@ -177,7 +183,7 @@ async def test_101_the_sink_refuses_is_bad_gateway() -> None:
     conn, transport, sink = await exchange(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     )
-    assert sink.events == [("upgrade", b"")]
+    assert sink.events == [("upgrade", b"websocket", b"")]
     assert isinstance(conn.done.exception(), BadGateway)
     assert transport.aborted
 
@@ -315,3 +321,36 @@ async def test_response_trailers_are_dropped_and_bounded() -> None:
     error = conn.done.exception()
     assert isinstance(error, BadGateway) and "trailers too large" in str(error)
     assert transport.aborted
+
+
+@pytest.mark.parametrize("connection", [b"close", b"keep-alive", b"close, X-Secret"])
+async def test_sinks_get_only_end_to_end_headers_in_order_and_case(connection: bytes) -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: %s\r\n"
+        b"X-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Length: 3\r\n"
+        b"Proxy-Authenticate: Basic\r\nTrailer: X\r\nUpgrade: h2c\r\n"
+        b"Set-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nabc"
+    ) % connection
+    conn, _, sink = await exchange(raw)
+    expected = [(b"Content-Type", b"text/plain"), (b"X-Secret", b"s")]
+    expected += [(b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2")]
+    if b"X-Secret" in connection:
+        del expected[1]  # named by Connection: hop-by-hop for this response
+    assert sink.heads == [expected]
+    assert sink.events[0] == ("head", 200, 3)
+    assert conn.reusable == (b"close" not in connection)
+
+
+async def test_interim_response_headers_are_filtered_too() -> None:
+    _, _, sink = await exchange(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\nConnection: keep-alive\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\nServer: up\r\n\r\n"
+    )
+    assert sink.heads == [[(b"Link", b"</a.css>")], [(b"Server", b"up")]]
+
+
+async def test_head_answer_with_connection_close_is_not_reused() -> None:
+    conn, _, _ = await exchange(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\n", head=True
+    )
+    assert conn.done.done() and not conn.reusable

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proxy import errors
-from proxy.forward import Rewrite, build_request_head, response_headers
-from proxy.headers import connection_tokens, encode_head, get, get_all, strip_hop_by_hop
+from proxy.forward import Rewrite, build_request_head
+from proxy.headers import connection_tokens, encode_head, get, get_all
 from proxy.http1 import Exchange, parser_is_compiled, status_line
 from proxy.limits import ServerLimits
 from tests.unit.engine_fakes import make_protocol
@@ -27,27 +27,6 @@ def test_parser_is_the_compiled_llhttp_extension() -> None:
 def test_connection_tokens_are_lowercased_and_merged_over_lines() -> None:
     headers: H = [(b"Connection", b"Close, X-Secret"), (b"connection", b" keep-alive ,,X-Two")]
     assert connection_tokens(headers) == {b"close", b"x-secret", b"keep-alive", b"x-two"}
-
-
-def test_strip_hop_by_hop_drops_fixed_set_named_and_extra_but_keeps_order_and_case() -> None:
-    headers: H = [
-        (b"Host", b"h"),
-        (b"Connection", b"close, X-Secret"),
-        (b"Keep-Alive", b"timeout=5"),
-        (b"Proxy-Connection", b"keep-alive"),
-        (b"TE", b"trailers"),
-        (b"Trailer", b"X-T"),
-        (b"Transfer-Encoding", b"chunked"),
-        (b"Upgrade", b"websocket"),
-        (b"Proxy-Authorization", b"Basic x"),
-        (b"Proxy-Authenticate", b"Basic"),
-        (b"X-Secret", b"s"),
-        (b"X-Internal", b"i"),
-        (b"x-Keep", b"1"),
-        (b"X-Keep", b"2"),
-    ]
-    out = strip_hop_by_hop(headers, frozenset({b"x-internal"}))
-    assert out == [(b"Host", b"h"), (b"x-Keep", b"1"), (b"X-Keep", b"2")]
 
 
 def test_get_and_get_all_are_case_insensitive() -> None:
@@ -161,59 +140,6 @@ async def test_request_head_carries_upgrade_only_for_upgrade_requests() -> None:
     ex.upgrade = False
     lines = _head_lines(build_request_head(ex, Rewrite(), b"u"))
     assert not any(b"pgrade" in line for line in lines)
-
-
-# --------------------------------------------------------------- response header filtering
-
-
-def test_response_headers_strip_hop_by_hop_named_and_length() -> None:
-    headers: H = [
-        (b"Content-Type", b"text/plain"),
-        (b"Connection", b"close, X-Secret"),
-        (b"X-Secret", b"s"),
-        (b"Keep-Alive", b"timeout=5"),
-        (b"Transfer-Encoding", b"chunked"),
-        (b"Content-Length", b"3"),
-        (b"Trailer", b"X"),
-        (b"Upgrade", b"h2c"),
-        (b"Set-Cookie", b"a=1"),
-        (b"Set-Cookie", b"b=2"),
-    ]
-    assert response_headers(headers) == [
-        (b"Content-Type", b"text/plain"),
-        (b"Set-Cookie", b"a=1"),
-        (b"Set-Cookie", b"b=2"),
-    ]
-
-
-@pytest.mark.parametrize("connection", [b"close", b"keep-alive", b"close, X-Secret"])
-async def test_start_response_from_upstream_filters_like_response_headers(
-    connection: bytes,
-) -> None:
-    proto, transport = make_protocol()
-    ex = Exchange(proto)
-    ex.method = b"GET"
-    ex.body_complete = True
-    headers: H = [
-        (b"Connection", connection),
-        (b"X-Secret", b"s"),
-        (b"Keep-Alive", b"timeout=5"),
-        (b"Content-Length", b"2"),
-        (b"Proxy-Authenticate", b"Basic"),
-        (b"Server", b"up"),
-    ]
-    ex.start_response(200, headers, 2, from_upstream=True)
-    ex.write(b"hi")
-    ex.end()
-    head, _, body = transport.data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    kept = {line.split(b":")[0].lower() for line in lines[1:]}
-    expected = {b"server", b"content-length"}
-    if b"X-Secret" not in connection:
-        expected.add(b"x-secret")
-    assert kept == expected
-    assert lines[0] == b"HTTP/1.1 200 OK"
-    assert body == b"hi"
 
 
 def test_status_line_for_unknown_status() -> None:
