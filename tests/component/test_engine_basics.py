@@ -276,9 +276,15 @@ async def test_request_bytes_reach_the_upstream_as_expected(engine: EngineRig) -
     px = await engine.proxy(up.port)
     client = await engine.client(px.port)
     await client.get(b"/path?q=%20x", b"X-CaSe: MiXeD  value\r\nAccept: */*\r\n")
+    # Nothing to drop: the fields go as they came, Host in its place.
     assert up.conns[0].received == (
-        b"GET /path?q=%20x HTTP/1.1\r\nX-CaSe: MiXeD  value\r\nAccept: */*\r\n"
-        b"Host: test\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        b"GET /path?q=%20x HTTP/1.1\r\nHost: test\r\nX-CaSe: MiXeD  value\r\nAccept: */*\r\n"
+        b"X-Forwarded-For: 127.0.0.1\r\n\r\n"
+    )
+    # Something to drop: the rest keep their order, Host follows them.
+    await client.get(b"/b", b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept: */*\r\n")
+    assert up.conns[0].received.endswith(
+        b"GET /b HTTP/1.1\r\nAccept: */*\r\nHost: test\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
     )
 
 
