@@ -5,7 +5,7 @@ Theory of operation
 A ``Breaker`` has two counters, both mutated only by code running on the event loop thread
 (there are no locks: every mutation is a synchronous step between two awaits).
 
-* ``Breaker._in_flight`` counts *admitted* requests, waiting plus executing. It never exceeds
+* ``Breaker.in_flight`` counts *admitted* requests, waiting plus executing. It never exceeds
   ``queue_depth + max_concurrency``; an arrival that would exceed it fails at once with
   ``QueueFull``. It is changed by ``acquire`` (up, and down again if the wait is cancelled),
   ``release`` (down) and ``reserve`` and its callback.
@@ -181,7 +181,7 @@ class Ticket(Generic[T]):
             self.state = _CANCELLED
             sem = breaker._sem
             sem._waiters.pop(self, None)
-            breaker._in_flight -= 1
+            breaker.in_flight -= 1
             if sem._waiters:
                 sem._grant()
         elif self.state == _GRANTED:
@@ -211,12 +211,12 @@ class Breaker:
 
     __slots__ = (
         "_call_soon",
-        "_in_flight",
         "_max_concurrency",
         "_ready",
         "_run_scheduled",
         "_sem",
         "_total_slots",
+        "in_flight",
     )
 
     def __init__(self, queue_depth: int, max_concurrency: int, initial_capacity: int) -> None:
@@ -235,18 +235,15 @@ class Breaker:
         self._run_scheduled = False
         self._total_slots = queue_depth + max_concurrency
         self._max_concurrency = max_concurrency
-        self._in_flight = 0
+        #: Admitted requests, waiting plus executing (read-only outside this module; a plain
+        #: attribute because the request path reads it).
+        self.in_flight = 0
         self._sem = Semaphore(initial_capacity)
 
     @property
     def capacity(self) -> int:
         """Current execution capacity."""
         return self._sem.capacity
-
-    @property
-    def in_flight(self) -> int:
-        """Admitted requests: waiting plus executing."""
-        return self._in_flight
 
     @property
     def max_concurrency(self) -> int:
@@ -259,27 +256,27 @@ class Breaker:
         while waiting, the admission slot is freed at once and CancelledError propagates.
         On return the caller holds both slots and must call ``release`` exactly once.
         """
-        if self._in_flight >= self._total_slots:
+        if self.in_flight >= self._total_slots:
             raise QueueFull()
-        self._in_flight += 1
+        self.in_flight += 1
         sem = self._sem
         if sem.try_acquire():
             return
         try:
             await sem.acquire()
         except BaseException:
-            self._in_flight -= 1
+            self.in_flight -= 1
             raise
 
     def release(self) -> None:
         """Free the execution slot, then the admission slot, of one ``acquire``."""
         self._sem.release()
-        self._in_flight -= 1
+        self.in_flight -= 1
 
     @property
     def admission_full(self) -> bool:
         """Whether an arrival now would get ``QueueFull``."""
-        return self._in_flight >= self._total_slots
+        return self.in_flight >= self._total_slots
 
     def enqueue(
         self,
@@ -295,9 +292,9 @@ class Breaker:
         ``acquire``. ``Ticket.cancel`` (or ``leave``, which then calls ``on_leave(arg)``)
         leaves the queue. Raises ``QueueFull`` like ``acquire``.
         """
-        if self._in_flight >= self._total_slots:
+        if self.in_flight >= self._total_slots:
             raise QueueFull()
-        self._in_flight += 1
+        self.in_flight += 1
         if self._call_soon is None:
             # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
             self._call_soon = asyncio.get_running_loop().call_soon
@@ -339,9 +336,9 @@ class Breaker:
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""
-        if self._in_flight >= self._total_slots or not self._sem.try_acquire():
+        if self.in_flight >= self._total_slots or not self._sem.try_acquire():
             return False
-        self._in_flight += 1
+        self.in_flight += 1
         return True
 
     def reserve(self) -> Callable[[], None] | None:
@@ -350,9 +347,9 @@ class Breaker:
         Returns a release callback (calling it more than once has no further effect), or
         None when either slot is unavailable, in which case nothing is held.
         """
-        if self._in_flight >= self._total_slots or not self._sem.try_acquire():
+        if self.in_flight >= self._total_slots or not self._sem.try_acquire():
             return None
-        self._in_flight += 1
+        self.in_flight += 1
         released = False
 
         def release() -> None:
@@ -369,6 +366,6 @@ class Breaker:
 
     def __repr__(self) -> str:
         return (
-            f"Breaker(in_flight={self._in_flight}, total_slots={self._total_slots}, "
+            f"Breaker(in_flight={self.in_flight}, total_slots={self._total_slots}, "
             f"capacity={self._sem.capacity}, executing={self._sem.in_use})"
         )

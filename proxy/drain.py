@@ -22,23 +22,21 @@ __all__ = ["Drainer"]
 class Drainer:
     """Quiet-period drainer. All methods must be called on the event loop's thread."""
 
-    __slots__ = ("_done", "_drained", "_draining", "_last_request", "_loop", "_quiet", "_timer")
+    __slots__ = ("_done", "_drained", "_last_request", "_loop", "_quiet", "_timer", "draining")
 
     def __init__(self, quiet_period: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         if quiet_period < 0:
             raise ValueError(f"quiet_period must be >= 0, got {quiet_period}")
         self._quiet = quiet_period
         self._loop = loop
-        self._draining = False
+        #: True from the start of a drain until ``reset()``, including once drained
+        #: (read-only outside this class: a plain attribute so that the request path's test
+        #: costs no call).
+        self.draining = False
         self._drained = False
         self._last_request = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] | None = None
-
-    @property
-    def draining(self) -> bool:
-        """True from the start of a drain until ``reset()``, including once drained."""
-        return self._draining
 
     @property
     def drained(self) -> bool:
@@ -47,7 +45,7 @@ class Drainer:
 
     def on_request(self) -> None:
         """Note a (non-probe) request; while draining this restarts the quiet period."""
-        if self._draining and not self._drained:
+        if self.draining and not self._drained:
             self._last_request = self._get_loop().time()
 
     async def drain(self) -> None:
@@ -60,7 +58,7 @@ class Drainer:
             return
         if self._done is None:
             loop = self._get_loop()
-            self._draining = True
+            self.draining = True
             self._done = loop.create_future()
             self._last_request = loop.time()
             self._timer = loop.call_later(self._quiet, self._on_timer)
@@ -74,7 +72,7 @@ class Drainer:
         done, self._done = self._done, None
         if done is not None and not done.done():
             done.set_result(None)
-        self._draining = False
+        self.draining = False
         self._drained = False
 
     def _on_timer(self) -> None:
@@ -94,5 +92,5 @@ class Drainer:
         return self._loop
 
     def __repr__(self) -> str:
-        state = "drained" if self._drained else "draining" if self._draining else "idle"
+        state = "drained" if self._drained else "draining" if self.draining else "idle"
         return f"Drainer({state}, quiet_period={self._quiet})"

@@ -934,6 +934,7 @@ def _check_header_sizes(headers: HeaderList, max_field: int, max_total: int) -> 
 
 
 _CHECKED_NAMES = frozenset({b"host", b"expect", b"content-length", b"transfer-encoding"})
+_HOST_ONLY = frozenset({b"host"})
 
 
 def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
@@ -942,11 +943,24 @@ def _validate_head(ex: Exchange, limits: ServerLimits) -> None:
         raise HeadersTooLarge("too many request header fields")
     if ex.version not in ("1.1", "1.0"):
         raise BadRequest(f"unsupported HTTP version {ex.version}")
+    names = ex.names
+    headers = ex.headers
+    if _HOST_ONLY.issuperset(_CHECKED_NAMES.intersection(names)):
+        # The common case, found in C: Host is the only field to check, if present.
+        hosts = names.count(b"host")
+        if hosts == 1:
+            if not _host_ok(headers[names.index(b"host")][1]):
+                raise BadRequest("invalid Host header")
+            return
+        if hosts > 1:
+            raise BadRequest("more than one Host header")
+        if ex.version == "1.1":
+            raise BadRequest("missing Host header")
+        return
     hosts = 0
     te_values: list[bytes] = []
     cl_values: list[bytes] = []
-    headers = ex.headers
-    for i, low in enumerate(ex.names):
+    for i, low in enumerate(names):
         if low not in _CHECKED_NAMES:
             continue
         value = headers[i][1]

@@ -116,7 +116,7 @@ class QueueProxyHandler:
         connection, request logging) returns False and takes ``__call__`` in a task.
         """
         s = self.s
-        if ex.has_body or ex.upgrade or s.request_log is not None:
+        if ex.chunked or ex.content_length or ex.upgrade or s.request_log is not None:
             return False
         h = _scan(ex)
         ex.user = h  # reused by ``__call__`` if this path declines
@@ -140,7 +140,8 @@ class QueueProxyHandler:
                 if breaker is not None:
                     breaker.release()
                 return False
-        s.drainer.on_request()
+        if s.drainer.draining:
+            s.drainer.on_request()
         started = ex.started_at
         proxied = h.get(b"k-proxy-request") == b"activator"
         s.stats.req_in(started, proxied)
