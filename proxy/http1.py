@@ -715,9 +715,12 @@ class HttpServerProtocol(asyncio.Protocol):
             _check_header_sizes(ex.headers, self._max_field, self._max_total)
         _validate_head(ex, self.ctx.limits)
         self._head_bytes = 0
-        if not ex.has_body:
+        if not (ex.chunked or ex.content_length):
             ex.body_complete = True
-        self._dispatch(ex)
+        if self._current is None:  # ``_dispatch``, inlined: once per request
+            self._start(ex)
+        else:
+            self._pipeline.append(ex)
 
     def on_body(self, body: bytes) -> None:
         ex = self._parsing
@@ -734,7 +737,8 @@ class HttpServerProtocol(asyncio.Protocol):
         ex = self._parsing
         assert ex is not None
         ex.body_complete = True
-        ex._wake_body()
+        if ex._body_waiter is not None:
+            ex._wake_body()
         self._parsing = None
         self._head_bytes = 0
         if ex is not self._current or not ex.keep_alive:
