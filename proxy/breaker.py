@@ -278,6 +278,33 @@ class Breaker:
         """Whether an arrival now would get ``QueueFull``."""
         return self.in_flight >= self._total_slots
 
+    def take(
+        self,
+        on_grant: Callable[[T], None],
+        arg: T,
+        on_leave: Callable[[T], None] | None = None,
+    ) -> Ticket[T] | None:
+        """``try_acquire``, else ``enqueue``, in one call for the request path.
+
+        Returns None when both slots are held now (call ``release`` once, as after
+        ``acquire``), else the ticket of a place in the queue (``on_grant(arg)`` runs from
+        the event loop once the execution slot is held). Raises ``QueueFull`` when there
+        is neither.
+        """
+        if self.in_flight >= self._total_slots:
+            raise QueueFull()
+        self.in_flight += 1
+        sem = self._sem
+        if sem._in_use < sem._capacity:
+            sem._in_use += 1
+            return None
+        if self._call_soon is None:
+            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
+            self._call_soon = asyncio.get_running_loop().call_soon
+        ticket = Ticket(self, on_grant, arg, on_leave)
+        sem._waiters[ticket] = None
+        return ticket
+
     def enqueue(
         self,
         on_grant: Callable[[T], None],
@@ -286,25 +313,18 @@ class Breaker:
     ) -> Ticket[T]:
         """Take an admission slot and queue for an execution slot without a task.
 
-        For callers that found ``try_acquire`` False. ``on_grant(arg)`` runs from the event
-        loop (never inside this call or inside ``release``) once the execution slot is held;
-        from then on the caller holds both slots and calls ``release`` once, as after
-        ``acquire``. ``Ticket.cancel`` (or ``leave``, which then calls ``on_leave(arg)``)
-        leaves the queue. Raises ``QueueFull`` like ``acquire``.
+        ``on_grant(arg)`` runs from the event loop (never inside this call or inside
+        ``release``) once the execution slot is held, at once if one is free; from then on
+        the caller holds both slots and calls ``release`` once, as after ``acquire``.
+        ``Ticket.cancel`` (or ``leave``, which then calls ``on_leave(arg)``) leaves the
+        queue. Raises ``QueueFull`` like ``acquire``.
         """
-        if self.in_flight >= self._total_slots:
-            raise QueueFull()
-        self.in_flight += 1
-        if self._call_soon is None:
-            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
-            self._call_soon = asyncio.get_running_loop().call_soon
-        ticket = Ticket(self, on_grant, arg, on_leave)
-        sem = self._sem
-        if sem._in_use < sem._capacity:
-            sem._in_use += 1
-            ticket.set_result(None)
-        else:
-            sem._waiters[ticket] = None
+        ticket = self.take(on_grant, arg, on_leave)
+        if ticket is None:
+            if self._call_soon is None:
+                self._call_soon = asyncio.get_running_loop().call_soon
+            ticket = Ticket(self, on_grant, arg, on_leave)
+            ticket.set_result(None)  # the slot is held: hand it over from the loop
         return ticket
 
     def _granted(self, ticket: Ticket[Any]) -> None:

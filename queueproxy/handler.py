@@ -27,7 +27,7 @@ from proxy.breaker import Breaker
 from proxy.client import UpstreamPool
 from proxy.deadline import Deadline
 from proxy.drain import Drainer
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, QueueFull
 from proxy.forward import Rewrite, forward, forward_fast, forward_reporting
 from proxy.http1 import Exchange
 from proxy.stats import RequestStats
@@ -128,13 +128,14 @@ class QueueProxyHandler:
             return False
         pool = s.pool
         breaker = s.breaker
-        queued = False
-        if breaker is not None and not breaker.try_acquire():
-            if breaker.admission_full:
+        ticket = None
+        if breaker is not None:
+            try:
+                ticket = breaker.take(self._on_grant, ex, self._on_leave)
+            except QueueFull:
                 return False  # the task path answers 503 and counts it
-            queued = True
         conn = None
-        if not queued:
+        if ticket is None:
             conn = pool.take_idle(s.user_host, s.user_port)
             if conn is None:
                 if breaker is not None:
@@ -148,11 +149,10 @@ class QueueProxyHandler:
         s.deadline.watch(ex)
         # (headers, arrival, proxied, app start): the app's time starts at the grant.
         ex.user = (h, started, proxied, started)
-        if queued:
-            # Wait in the breaker's queue as a callback, not a task (knative §1.5: the
+        if ticket is not None:
+            # Waiting in the breaker's queue as a callback, not a task (knative §1.5: the
             # stats above count the queued time as concurrency).
-            assert breaker is not None
-            ex.canceller = breaker.enqueue(self._on_grant, ex, self._on_leave).leave
+            ex.canceller = ticket.leave
             return True
         assert conn is not None
         if s.metrics is not None and breaker is not None:

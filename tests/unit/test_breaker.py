@@ -493,3 +493,20 @@ async def test_ticket_left_between_grant_and_run_never_runs_and_frees_both_slots
     await asyncio.sleep(0)
     assert ran == [] and left == [1]
     assert breaker.in_flight == 0
+
+
+async def test_take_holds_a_free_slot_at_once_else_queues_else_refuses() -> None:
+    breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
+    ran: list[str] = []
+    assert breaker.take(ran.append, "first") is None  # both slots held now
+    ticket = breaker.take(ran.append, "second")
+    assert ticket is not None and breaker.in_flight == 2
+    with pytest.raises(QueueFull):
+        breaker.take(ran.append, "third")
+    assert breaker.in_flight == 2  # a refusal holds nothing
+    breaker.release()  # the first is done: the second gets its slot, from the loop
+    assert ran == []
+    await asyncio.sleep(0)
+    assert ran == ["second"]
+    breaker.release()
+    assert breaker.in_flight == 0
