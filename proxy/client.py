@@ -491,7 +491,9 @@ class UpstreamPool:
         if not conn.reusable or conn.closed or self._closed:
             conn.close()
             return
-        idle = self._idle.setdefault(conn.key, deque())
+        idle = self._idle.get(conn.key)
+        if idle is None:  # not setdefault(): that would build a deque on every call
+            idle = self._idle[conn.key] = deque()
         if len(idle) >= self.max_idle_per_host:
             conn.close()
             return

@@ -678,9 +678,9 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # Sizes and the field count are checked once the head is complete (a head in one
         # small read cannot break them); meanwhile the cap in ``data_received`` bounds
-        # what an endless head can hold.
-        ex = self._parsing
-        assert ex is not None
+        # what an endless head can hold. llhttp reports a message's start before any of
+        # its fields, so ``_parsing`` is set (no assert: this runs once per field).
+        ex: Exchange = self._parsing  # type: ignore[assignment]
         if ex.started_at:
             # A trailer field (llhttp reports them like headers): dropped, never merged
             # into the head (catalogue A8); the same cap bounds the trailer section.
