@@ -264,8 +264,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_read += len(data)
                 if self._head_read > MAX_RESPONSE_HEAD:
                     self._fail(BadGateway("upstream response head too large"))
-        # A head parsed from this read goes out now, with whatever body came along.
-        sink.flush()
+        if self._sink is sink:
+            # A head parsed from this read goes out now, with whatever body came along. (A
+            # response that ended in this read was finished, head included, by its owner.)
+            sink.flush()
 
     def _fail(self, error: BadGateway) -> None:
         self.abort()
