@@ -232,7 +232,7 @@ async def forward(
         while True:
             pipe = _Pipe(ex, conn)
             conn.begin(pipe, ex.method == b"HEAD")
-            proto.flow_listener = pipe.flow
+            proto.flow_listener = pipe
             conn.write(head)
             pump = (
                 asyncio.get_running_loop().create_task(_send_body(ex, conn))
@@ -380,7 +380,7 @@ def forward_fast(
     ex.dispatched = True
     fast = _FastForward(ex, conn, pool, rewrite, on_done)
     conn.begin(fast, ex.method == b"HEAD", fast.finished)
-    ex._proto.flow_listener = fast.flow
+    ex._proto.flow_listener = fast
     ex.canceller = fast.cancel
     conn.write(head)
 

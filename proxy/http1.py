@@ -52,7 +52,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -102,6 +102,12 @@ def status_line(status: int) -> bytes:
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))
         _STATUS_LINES[status] = line
     return line
+
+
+class FlowListener(Protocol):
+    """Who is told when writes to the client pause (``flow(True)``) and resume."""
+
+    def flow(self, paused: bool) -> None: ...
 
 
 class ClientDisconnected(Exception):
@@ -542,7 +548,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel_eof: Callable[[], None] | None = None
         self._upgrade_buffer: bytearray | None = None
         self._closed = False
-        self.flow_listener: Callable[[bool], None] | None = None
+        #: Told when writes to the client pause and resume (``flow(paused)``): the upstream
+        #: side of the exchange being served, so that it stops reading meanwhile.
+        self.flow_listener: FlowListener | None = None
 
     # ------------------------------------------------------------ transport events
 
@@ -598,7 +606,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.flow_listener is not None:
-            self.flow_listener(True)
+            self.flow_listener.flow(True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -606,7 +614,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         if self.flow_listener is not None:
-            self.flow_listener(False)
+            self.flow_listener.flow(False)
 
     async def wait_writable(self) -> None:
         if self._closed:

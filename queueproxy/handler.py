@@ -203,7 +203,8 @@ class QueueProxyHandler:
         if metrics is not None:
             final = ex.status if ex.response_started else 500
             if final == status:
-                metrics.record_both(status, now - started, _tag(h), now - app_started)
+                tag = "DISABLED" if _TAG_HEADERS.isdisjoint(h) else _tag(h)  # no call, mostly
+                metrics.record_both(status, now - started, tag, now - app_started)
             else:
                 metrics.record_app_request(status, now - app_started)
                 metrics.record_request(final, now - started, _tag(h))
@@ -341,6 +342,9 @@ def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
         set=((b"Forwarded", shim),) if shim is not None else (),
         host=original_host or None,
     )
+
+
+_TAG_HEADERS = frozenset({b"knative-serving-tag", b"knative-serving-default-route"})
 
 
 def _tag(h: dict[bytes, bytes]) -> str:
