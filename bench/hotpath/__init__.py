@@ -20,7 +20,9 @@ One invocation, all on 127.0.0.1:
    run with 50 connections for its p99. CPU per request is the target process tree's
    utime+stime delta (``/proc/<pid>/stat``) over a run divided by the requests the tool
    reports. Each figure is the median over runs; ratios divide by nginx's figure at the same
-   load point. Idle RSS (VmRSS after readiness, before traffic) and start-up time (exec to the
+   load point. At saturation the best round (each target's lowest CPU per request, and its
+   ratio to nginx's lowest) is shown beside the medians: interference on a shared host only
+   adds CPU time, so the lowest run is the least disturbed one. Idle RSS (VmRSS after readiness, before traffic) and start-up time (exec to the
    first successful readiness probe) are recorded for every started target.
 
 CPU pinning (``taskset``, when installed and there are at least 2 CPUs): the target under test

@@ -162,6 +162,21 @@ def test_summarise_takes_per_field_medians_and_keeps_raw_runs() -> None:
     assert pt.latency_ms == {"p50": 1.0, "p99": 2.0}
     assert pt.runs == tuple(runs)
     assert pt.ratio_to_nginx is None
+    assert pt.best_cpu_us_per_req == 10.0  # the lowest run: interference only adds CPU
+
+
+def test_best_round_ratio_divides_the_lowest_runs() -> None:
+    base = TargetResult(
+        "nginx", "ok", points={SATURATION: summarise([_run(1, 20.0), _run(1, 18.0)])}
+    )
+    target = TargetResult(
+        "queue-proxy-cc10",
+        "ok",
+        points={SATURATION: summarise([_run(1, 50.0), _run(1, 36.0), _run(1, 45.0)])},
+    )
+    pt = {r.name: r for r in with_ratios([base, target])}["queue-proxy-cc10"].points[SATURATION]
+    assert pt.cpu_us_per_req == 45.0 and pt.ratio_to_nginx == 45.0 / 19.0
+    assert pt.best_cpu_us_per_req == 36.0 and pt.best_ratio_to_nginx == 2.0
 
 
 def test_summarise_refuses_no_runs() -> None:
@@ -213,9 +228,12 @@ def test_with_ratios_without_nginx_leaves_ratios_empty() -> None:
 
 def test_markdown_has_both_tables_footprint_and_skips() -> None:
     md = render_markdown(with_ratios(_results()), {"cpu_count": 2, "pinning": "x", "runs": 3})
-    assert "| target | req/s | CPU µs/req | \u00d7 nginx | p99 ms |" in md
-    assert "| queue-proxy-cc0 | 30,000 | 30.0 | 2.00 | 1.00 |" in md
-    assert "| direct | 180,000 | 5.0 (backend) | - | 1.00 |" in md
+    header = (
+        "| target | req/s | CPU µs/req | \u00d7 nginx | best round µs/req | \u00d7 nginx | p99 ms |"
+    )
+    assert header in md
+    assert "| queue-proxy-cc0 | 30,000 | 30.0 | 2.00 | 30.0 | 2.00 | 1.00 |" in md
+    assert "| direct | 180,000 | 5.0 (backend) | - | 5.0 | - | 1.00 |" in md
     assert "## Fixed rate ~1000 req/s" in md
     assert "| queue-proxy-cc0 | 1,000 | 90.0 | 2.00 | 0.50 | 1.00 |" in md
     assert "| queue-proxy-cc0 | 30.0 | 0.25 |" in md
