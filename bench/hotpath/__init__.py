@@ -22,8 +22,9 @@ One invocation, all on 127.0.0.1:
    reports. Each figure is the median over runs; ratios divide by nginx's figure at the same
    load point. At saturation the best round (each target's lowest CPU per request, and its
    ratio to nginx's lowest) is shown beside the medians: interference on a shared host only
-   adds CPU time, so the lowest run is the least disturbed one. Idle RSS (VmRSS after readiness, before traffic) and start-up time (exec to the
-   first successful readiness probe) are recorded for every started target.
+   adds CPU time, so the lowest run is the least disturbed one. Idle RSS (VmRSS after
+   readiness, before traffic) and start-up time (exec to the first successful readiness
+   probe) are recorded for every started target.
 
 CPU pinning (``taskset``, when installed and there are at least 2 CPUs): the target under test
 gets CPU 1 to itself; the load generator gets CPU 0; the backend shares CPU 0 with the load
