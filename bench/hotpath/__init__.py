@@ -16,15 +16,15 @@ One invocation, all on 127.0.0.1:
 3. A 1 s warm-up per target, then ``--runs`` rounds of wrk (``-t1 -c32 --latency``) at
    saturation and ``--runs`` rounds of hey at a fixed 1000 req/s (``-c 10 -q 100``); each round
    measures every target once, so background load that drifts over minutes (these machines are
-   shared) falls on nginx's runs as much as on the others'. queue-proxy-cc10 also gets one wrk
-   run with 50 connections for its p99. CPU per request is the target process tree's
-   utime+stime delta (``/proc/<pid>/stat``) over a run divided by the requests the tool
-   reports. Each figure is the median over runs; ratios divide by nginx's figure at the same
-   load point. At saturation the best round (each target's lowest CPU per request, and its
-   ratio to nginx's lowest) is shown beside the medians: interference on a shared host only
-   adds CPU time, so the lowest run is the least disturbed one. Idle RSS (VmRSS after
-   readiness, before traffic) and start-up time (exec to the first successful readiness
-   probe) are recorded for every started target.
+   shared) falls on nginx's runs as much as on the others'. queue-proxy-cc10 also gets a wrk
+   run with 50 connections in every round, for its p99 (the median of the rounds' p99). CPU per
+   request is the target process tree's utime+stime delta (``/proc/<pid>/stat``) over a run
+   divided by the requests the tool reports. Each figure is the median over runs; ratios divide
+   by nginx's figure at the same load point. At saturation the best round (each target's lowest
+   CPU per request, and its ratio to nginx's lowest) is shown beside the medians: interference
+   on a shared host only adds CPU time, so the lowest run is the least disturbed one. Idle RSS
+   (VmRSS after readiness, before traffic) and start-up time (exec to the first successful
+   readiness probe) are recorded for every started target.
 
 CPU pinning (``taskset``, when installed and there are at least 2 CPUs): the target under test
 gets CPU 1 to itself; the load generator gets CPU 0; the backend shares CPU 0 with the load
