@@ -40,8 +40,6 @@ from proxy.http1 import Exchange
 
 __all__ = ["ActivatorHandler", "Snapshot", "not_found"]
 
-#: Knative's activator timeout body (no trailing newline).
-
 Key = tuple[str, str]
 
 #: Client headers never passed to a pod: the split headers (the pod learns nothing from

@@ -298,9 +298,6 @@ class Breaker:
         if sem._in_use < sem._capacity:
             sem._in_use += 1
             return None
-        if self._call_soon is None:
-            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
-            self._call_soon = asyncio.get_running_loop().call_soon
         ticket = Ticket(self, on_grant, arg, on_leave)
         sem._waiters[ticket] = None
         return ticket
@@ -321,8 +318,6 @@ class Breaker:
         """
         ticket = self.take(on_grant, arg, on_leave)
         if ticket is None:
-            if self._call_soon is None:
-                self._call_soon = asyncio.get_running_loop().call_soon
             ticket = Ticket(self, on_grant, arg, on_leave)
             ticket.set_result(None)  # the slot is held: hand it over from the loop
         return ticket
@@ -333,8 +328,11 @@ class Breaker:
         self._ready.append(ticket)
         if not self._run_scheduled:
             self._run_scheduled = True
-            assert self._call_soon is not None  # set by the enqueue that made the ticket
-            self._call_soon(self._run_ready)
+            call_soon = self._call_soon
+            if call_soon is None:
+                # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
+                call_soon = self._call_soon = asyncio.get_running_loop().call_soon
+            call_soon(self._run_ready)
 
     def _run_ready(self) -> None:
         self._run_scheduled = False

@@ -348,7 +348,7 @@ _TAG_HEADERS = frozenset({b"knative-serving-tag", b"knative-serving-default-rout
 
 
 def _tag(h: dict[bytes, bytes]) -> str:
-    if b"knative-serving-tag" not in h and b"knative-serving-default-route" not in h:
+    if _TAG_HEADERS.isdisjoint(h):
         return "DISABLED"  # the common case, without the calls below
     return route_tag(
         _text(h.get(b"knative-serving-tag")), _text(h.get(b"knative-serving-default-route"))
