@@ -374,7 +374,9 @@ def forward_fast(
     The caller checked ``ex`` (no body, no upgrade) and took ``conn`` from
     ``pool.take_idle``. ``on_done(ex, status)`` is called exactly once, from a later
     event-loop callback, when the exchange is over: answered in full, answered with an error
-    (502), or cut. The caller then calls ``ex.complete()``. ``ex.cancel()`` stops it.
+    (502), or cut. It is never called inside a parser callback, so it may start another
+    request at once, on ``conn`` too (back in the pool by then). The caller then calls
+    ``ex.complete()``. ``ex.cancel()`` stops it.
     """
     head = build_request_head(ex, rewrite, conn.authority)
     ex.dispatched = True

@@ -354,3 +354,66 @@ async def test_head_answer_with_connection_close_is_not_reused() -> None:
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\n", head=True
     )
     assert conn.done.done() and not conn.reusable
+
+
+# ------------------------------------------ the callback path: outcome after llhttp returns
+
+
+class ReusingOwner:
+    """An owner that, told its response is complete, starts the next request on the same
+    connection at once (as a queued request granted from ``on_done`` does)."""
+
+    def __init__(self, conn: UpstreamConnection, pool: UpstreamPool) -> None:
+        self.conn = conn
+        self.pool = pool
+        self.outcomes: list[BaseException | None] = []
+        self.sinks = [Sink(), Sink()]
+
+    def first_done(self, error: BaseException | None) -> None:
+        self.outcomes.append(error)
+        self.pool.release(self.conn)
+        again = self.pool.take_idle(*KEY)
+        assert again is self.conn  # handed straight back: the next request reuses it
+        again.begin(self.sinks[1], False, self.outcomes.append)
+        again.write(b"GET /second HTTP/1.1\r\n\r\n")
+
+
+async def test_callback_outcome_comes_after_the_parser_returned_so_the_owner_may_reuse_it() -> (
+    None
+):
+    pool = UpstreamPool()
+    conn, transport = connect(pool)
+    owner = ReusingOwner(conn, pool)
+    conn.begin(owner.sinks[0], False, owner.first_done)
+    body = b"x" * 50000
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 50000\r\n\r\n" + body)
+    assert owner.outcomes == [None]
+    assert transport.data.endswith(b"GET /second HTTP/1.1\r\n\r\n")
+    # The second head is bounded on its own: the first response's read does not count.
+    conn.data_received(b"HTTP/1.1 200 OK\r\nX-Big: " + b"y" * 20000)
+    conn.data_received(b"\r\nContent-Length: 3\r\n\r\nyes")
+    assert owner.outcomes == [None, None]
+    assert owner.sinks[1].events == [("head", 200, 3), ("body", b"yes")]
+    assert conn.reusable and not transport.closed
+
+
+async def test_head_answer_on_the_callback_path_reports_once_after_the_read() -> None:
+    conn, _ = connect()
+    outcomes: list[BaseException | None] = []
+    conn.begin(Sink(), True, outcomes.append)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+    assert outcomes == [None] and conn.reusable
+
+
+async def test_a_101_right_after_a_whole_response_fails_the_connection_not_the_exchange() -> None:
+    conn, transport = connect()
+    outcomes: list[BaseException | None] = []
+    sink = Sink()
+    conn.begin(sink, False, outcomes.append)
+    conn.data_received(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+    )
+    assert outcomes == [None]  # the exchange got its whole answer
+    assert sink.events == [("head", 200, 2), ("body", b"hi")]
+    assert transport.aborted and not conn.reusable
