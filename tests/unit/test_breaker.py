@@ -510,3 +510,88 @@ async def test_take_holds_a_free_slot_at_once_else_queues_else_refuses() -> None
     assert ran == ["second"]
     breaker.release()
     assert breaker.in_flight == 0
+
+
+# ------------------------------------------------------------- release_and_run (no loop turn)
+
+
+async def test_release_and_run_starts_the_oldest_ticket_inside_the_call() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    ran: list[int] = []
+    assert breaker.take(ran.append, 0) is None
+    first = breaker.take(ran.append, 1)
+    breaker.take(ran.append, 2)
+    breaker.release_and_run()
+    assert ran == [1]  # at once, FIFO, one slot
+    assert first is not None and first.state == first.RUNNING
+    assert breaker.in_flight == 2 and breaker._sem.in_use == 1  # the slot changed hands
+    breaker.release_and_run()
+    assert ran == [1, 2]
+    breaker.release_and_run()
+    assert breaker.in_flight == 0 and breaker._sem.in_use == 0
+
+
+async def test_release_and_run_resumes_an_acquire_waiter_holding_the_slot() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    waiter = asyncio.ensure_future(breaker.acquire())
+    await asyncio.sleep(0)
+    breaker.release_and_run()
+    await waiter  # resumes with both slots
+    assert breaker.in_flight == 1 and breaker._sem.in_use == 1
+    breaker.release_and_run()
+    assert breaker.in_flight == 0 and breaker._sem.in_use == 0
+
+
+async def test_release_and_run_skips_a_cancelled_waiter_and_frees_the_slot() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+    assert breaker.try_acquire()
+    waiter = asyncio.ensure_future(breaker.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()  # its future is cancelled; its cleanup has not run yet
+    breaker.release_and_run()
+    assert breaker._sem.in_use == 0
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert breaker.in_flight == 0
+    assert breaker.try_acquire()  # nothing leaked either way
+
+
+async def test_release_and_run_lets_grants_already_due_go_first() -> None:
+    breaker = Breaker(queue_depth=3, max_concurrency=2, initial_capacity=1)
+    ran: list[int] = []
+    assert breaker.take(ran.append, 0) is None
+    breaker.take(ran.append, 1)
+    breaker.take(ran.append, 2)
+    breaker.update_concurrency(2)  # grants 1; its callback is due from the loop
+    breaker.release_and_run()  # grants 2, behind it
+    assert ran == []
+    await asyncio.sleep(0)
+    assert ran == [1, 2]
+
+
+async def test_release_and_run_grants_nothing_while_capacity_was_lowered() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=2, initial_capacity=2)
+    ran: list[int] = []
+    assert breaker.take(ran.append, 0) is None
+    assert breaker.take(ran.append, 1) is None
+    breaker.take(ran.append, 2)
+    breaker.update_concurrency(1)
+    breaker.release_and_run()  # two held, capacity one: still no room
+    await asyncio.sleep(0)
+    assert ran == []
+    breaker.release_and_run()
+    assert ran == [2]
+
+
+async def test_release_and_run_propagates_a_callback_failure_with_the_slot_held() -> None:
+    breaker = Breaker(queue_depth=2, max_concurrency=1, initial_capacity=1)
+
+    def boom(_: int) -> None:
+        raise RuntimeError("handler bug")
+
+    assert breaker.take(boom, 0) is None
+    breaker.take(boom, 1)
+    with pytest.raises(RuntimeError, match="handler bug"):
+        breaker.release_and_run()
+    assert breaker.in_flight == 1 and breaker._sem.in_use == 1  # the ticket's owner holds it
