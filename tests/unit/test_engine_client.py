@@ -378,9 +378,7 @@ class ReusingOwner:
         again.write(b"GET /second HTTP/1.1\r\n\r\n")
 
 
-async def test_callback_outcome_comes_after_the_parser_returned_so_the_owner_may_reuse_it() -> (
-    None
-):
+async def test_callback_outcome_comes_after_llhttp_returned_so_the_owner_may_reuse() -> None:
     pool = UpstreamPool()
     conn, transport = connect(pool)
     owner = ReusingOwner(conn, pool)
