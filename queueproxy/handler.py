@@ -63,6 +63,8 @@ _HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" head
 
 #: ``_WANTED`` but User-Agent, which nearly every request carries.
 _RARE = _WANTED - {b"user-agent"}
+#: The headers the chain looks at of a request with none of ``_RARE``: never mutated.
+_PLAIN: dict[bytes, bytes] = {}
 
 
 def _scan(ex: Exchange) -> dict[bytes, bytes]:
@@ -118,14 +120,29 @@ class QueueProxyHandler:
         s = self.s
         if ex.chunked or ex.content_length or ex.upgrade or s.request_log is not None:
             return False
-        h = _scan(ex)
-        ex.user = h  # reused by ``__call__`` if this path declines
-        if (
-            b"k-network-probe" in h
-            or h.get(b"k-kubelet-probe")
-            or h.get(b"user-agent", b"").startswith(_PROBE_UA_PREFIXES)
-        ):
-            return False
+        names = ex.names
+        if _RARE.isdisjoint(names):
+            # A plain request (nearly all of them, found by one C-level pass): no probe
+            # header, nothing to restore, shim or tag; only its User-Agent can make it a
+            # probe.
+            if b"user-agent" in names and ex.headers[names.index(b"user-agent")][1].startswith(
+                _PROBE_UA_PREFIXES
+            ):
+                return False
+            h = _PLAIN
+            rewrite = _REWRITE
+            proxied = False
+        else:
+            h = _scan(ex)
+            ex.user = h  # reused by ``__call__`` if this path declines
+            if (
+                b"k-network-probe" in h
+                or h.get(b"k-kubelet-probe")
+                or h.get(b"user-agent", b"").startswith(_PROBE_UA_PREFIXES)
+            ):
+                return False
+            rewrite = _rewrite(ex, h)
+            proxied = h.get(b"k-proxy-request") == b"activator"
         pool = s.pool
         breaker = s.breaker
         ticket = None
@@ -144,11 +161,11 @@ class QueueProxyHandler:
         if s.drainer.draining:
             s.drainer.on_request()
         started = ex.started_at
-        proxied = h.get(b"k-proxy-request") == b"activator"
         s.stats.req_in(started, proxied)
         s.deadline.watch(ex)
-        # (headers, arrival, proxied, app start): the app's time starts at the grant.
-        ex.user = (h, started, proxied, started)
+        # [headers, arrival, proxied, app start, rewrite]: a queued request's app time
+        # starts at its grant, which sets the app start.
+        ex.user = [h, started, proxied, started, rewrite]
         if ticket is not None:
             # Waiting in the breaker's queue as a callback, not a task (knative §1.5: the
             # stats above count the queued time as concurrency).
@@ -157,22 +174,21 @@ class QueueProxyHandler:
         assert conn is not None
         if s.metrics is not None and breaker is not None:
             s.metrics.set_queue_depth(breaker.in_flight)
-        forward_fast(ex, pool, conn, _rewrite(ex, h), self._fast_done)
+        forward_fast(ex, pool, conn, rewrite, self._fast_done)
         return True
 
     def _granted(self, ex: Exchange) -> None:
         """A queued request got its breaker slot: forward it now."""
         s = self.s
-        ex.canceller = None
-        h, started, proxied, _ = ex.user
-        ex.user = (h, started, proxied, self._loop.time())
-        assert s.breaker is not None
-        if s.metrics is not None:
+        user = ex.user
+        user[3] = self._loop.time()
+        if s.metrics is not None and s.breaker is not None:
             s.metrics.set_queue_depth(s.breaker.in_flight)
-        rewrite = _rewrite(ex, h)
+        rewrite = user[4]
         conn = s.pool.take_idle(s.user_host, s.user_port)
         if conn is None:
             # No idle upstream connection: dialing needs a task.
+            ex.canceller = None
             ex.task = self._loop.create_task(
                 forward_reporting(ex, s.pool, s.user_host, s.user_port, rewrite, self._fast_done)
             )
@@ -182,7 +198,7 @@ class QueueProxyHandler:
     def _leave_queue(self, ex: Exchange) -> None:
         """A queued request's client left or its timeout answered (its ticket has given
         back its place)."""
-        h, started, proxied, _ = ex.user
+        h, started, proxied, _, _ = ex.user
         now = self._loop.time()
         self.s.stats.req_out(now, proxied)
         self.s.deadline.forget(ex)
@@ -193,7 +209,7 @@ class QueueProxyHandler:
 
     def _fast_done(self, ex: Exchange, status: int) -> None:
         s = self.s
-        h, started, proxied, app_started = ex.user
+        h, started, proxied, app_started, _ = ex.user
         now = self._loop.time()
         breaker = s.breaker
         s.stats.req_out(now, proxied)
