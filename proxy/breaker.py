@@ -273,41 +273,6 @@ class Breaker:
         self._sem.release()
         self.in_flight -= 1
 
-    def release_and_run(self) -> None:
-        """``release``, handing the slot straight to the oldest waiter and, for a ticket,
-        running its callback inside this call.
-
-        ``release`` leaves callbacks to the event loop, since its caller may be in the middle
-        of something a callback must not see; this saves that loop turn for a caller that is
-        not: no protocol or parser callback on the stack, its own bookkeeping done. The
-        callback's exception propagates from here (the ticket holds its slots, as after any
-        grant).
-        """
-        sem = self._sem
-        waiters = sem._waiters
-        if not waiters and sem._in_use > 0:
-            # Nobody waits (the common case): ``release`` without its two calls.
-            sem._in_use -= 1
-            self.in_flight -= 1
-            return
-        if not waiters or self._run_scheduled or sem._in_use > sem._capacity:
-            # Grants are due from the loop already (they go first), or the capacity was
-            # lowered under this slot: the plain release (which raises if none is held).
-            self.release()
-            return
-        self.in_flight -= 1
-        while waiters:
-            waiter, _ = waiters.popitem(last=False)
-            if type(waiter) is Ticket:
-                # A ticket in the queue is waiting: ``cancel`` takes it out.
-                waiter.state = _RUNNING
-                waiter._on_grant(waiter.arg)
-                return
-            if not waiter.done():
-                waiter.set_result(None)  # an ``acquire`` resumes holding this slot
-                return
-        sem._in_use -= 1  # every waiter had gone: the slot is free
-
     @property
     def admission_full(self) -> bool:
         """Whether an arrival now would get ``QueueFull``."""
@@ -346,8 +311,7 @@ class Breaker:
         """Take an admission slot and queue for an execution slot without a task.
 
         ``on_grant(arg)`` runs from the event loop (never inside this call or inside
-        ``release``; inside ``release_and_run`` when that frees the slot) once the
-        execution slot is held, at once if one is free; from then on
+        ``release``) once the execution slot is held, at once if one is free; from then on
         the caller holds both slots and calls ``release`` once, as after ``acquire``.
         ``Ticket.cancel`` (or ``leave``, which then calls ``on_leave(arg)``) leaves the
         queue. Raises ``QueueFull`` like ``acquire``.

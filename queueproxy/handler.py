@@ -211,7 +211,12 @@ class QueueProxyHandler:
         s = self.s
         h, started, proxied, app_started, _ = ex.user
         now = self._loop.time()
-        breaker = s.breaker
+        if s.breaker is not None:
+            # The next queued request is granted from the loop, with the others this loop
+            # iteration frees: their upstream requests then leave together, and the user
+            # container wakes once for several of them (granting each one here, at once,
+            # measured three times as many backend wakeups and more CPU on both sides).
+            s.breaker.release()
         s.stats.req_out(now, proxied)
         s.deadline.live.discard(ex)  # ``Deadline.forget``, without the call
         metrics = s.metrics
@@ -223,15 +228,7 @@ class QueueProxyHandler:
             else:
                 metrics.record_app_request(status, now - app_started)
                 metrics.record_request(final, now - started, _tag(h))
-        if breaker is None:
-            ex.complete()
-            return
-        try:
-            # Never called inside a parser callback (``forward_fast``), so the next queued
-            # request starts here, without waiting for a turn of the event loop.
-            breaker.release_and_run()
-        finally:
-            ex.complete()
+        ex.complete()
 
     async def __call__(self, ex: Exchange) -> None:
         s = self.s
