@@ -2,12 +2,19 @@
 
 Tasks and who owns what:
 
-* the *source pump* copies each ``RoutingConfig`` snapshot of the ``Source`` onto ``updates``;
+* the *source pump* copies what the ``Source`` yields onto ``updates``: whole ``RoutingConfig``
+  snapshots (static file, embedded control plane) or incremental updates, one per cluster
+  event (Kubernetes: ``activator.model.IncrementalUpdate`` and ``SourceHealth``);
 * pod watchers (``Backends``) put ``BackendsUpdate`` values onto the same queue;
-* the *writer* (``_apply_loop``) is the only task that changes routing state: it builds the
-  ``RouteTable``, creates, reuses or retires throttlers, applies healthy pod sets, and
-  publishes a new ``Snapshot`` that requests read;
+* the *writer* (``_apply_loop``) is the only task that changes routing state. A snapshot
+  rebuilds the ``RouteTable`` and publishes a new ``Snapshot``; an incremental update touches
+  the one revision it names (its throttler, its table entry, its pod watcher), so its cost
+  does not grow with the number of revisions;
 * the *reporter* closes the concurrency period every second and hands the batch to the scaler.
+
+Readiness (kubelet probes) fails after SIGTERM, while the source says it is not in step with
+its origin (before the first lists, API server unreachable), and while any extra check given
+by the caller fails (the Knative scaler's websocket being down).
 
 Drain (``terminate`` then ``drain``): kubelet probes fail at once, traffic is still served for
 ``drain_seconds``, then the data server stops accepting and waits for in-flight requests.
@@ -23,15 +30,35 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from activator.backends import PROBE_INTERVAL, PROBE_TIMEOUT, Backends, BackendsUpdate, Prober
+from activator.backends import (
+    PROBE_INTERVAL,
+    PROBE_TIMEOUT,
+    Backends,
+    BackendsUpdate,
+    MeshMode,
+    Prober,
+    WatchOptions,
+)
 from activator.backends import probe_queue as default_probe
 from activator.handler import ActivatorHandler, Snapshot
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics
-from activator.model import Revision, RoutingConfig
+from activator.model import (
+    DEFAULT_QUEUE_DEPTH,
+    ActivatorsChanged,
+    ClusterIPChanged,
+    IncrementalUpdate,
+    PodsChanged,
+    PodsRemoved,
+    Revision,
+    RevisionChanged,
+    RevisionKey,
+    RevisionRemoved,
+    RoutingConfig,
+)
 from activator.probes import SIGTERM_ERROR
 from activator.routing import RouteTable
 from activator.scaler import Scaler, WebhookScaler
-from activator.source import Source
+from activator.source import Source, SourceHealth
 from activator.stats import ConcurrencyReporter
 from activator.throttler import RevisionThrottler
 from proxy.client import UpstreamPool
@@ -43,11 +70,13 @@ __all__ = ["Activator", "Settings"]
 
 log = logging.getLogger("sluice.activator")
 
-Key = tuple[str, str]
-Update = RoutingConfig | BackendsUpdate
+Key = RevisionKey
+Update = RoutingConfig | BackendsUpdate | IncrementalUpdate | SourceHealth
 
 #: Knative's ``MAX_IDLE_PROXY_CONNS_PER_HOST`` default.
 MAX_IDLE_PER_HOST = 100
+#: Knative's ``MAX_IDLE_PROXY_CONNS`` default.
+MAX_IDLE = 1000
 #: Knative's ``network.DefaultDrainTimeout``.
 DRAIN_SECONDS = 45.0
 #: Seconds between two reports to the scaler.
@@ -58,15 +87,24 @@ REPORT_INTERVAL = 1.0
 class Settings:
     """Everything one activator process is started with (built by ``main.parse_settings``)."""
 
-    config: Path
+    #: The static source file; None in Kubernetes mode.
+    config: Path | None = None
     host: str = ""
     port: int = 8012
+    #: Knative's h2c port; the same handler listens there (HTTP/1.1 until h2c lands).
+    #: None: not opened (embedded and file modes).
+    h2c_port: int | None = None
     metrics_port: int = 9090
     workers: int = 1
     #: This process's index among ``workers``; -1 in the supervising parent.
     worker_index: int = 0
     drain_seconds: float = DRAIN_SECONDS
     pod_name: str = "activator"
+    #: This activator's address as the public Endpoints list it (Knative ``POD_IP``).
+    pod_ip: str = ""
+    cluster_domain: str = "cluster.local"
+    max_idle_conns: int = MAX_IDLE
+    max_idle_per_host: int = MAX_IDLE_PER_HOST
     log_level: str = "info"
     #: Overrides the configuration file's ``scaler.url`` when set.
     scaler_url: str | None = None
@@ -77,6 +115,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port: invalid value {self.port}: must be in [0, 65535]")
+        if self.h2c_port is not None and not 0 <= self.h2c_port <= 65535:
+            raise ValueError(f"--h2c-port: invalid value {self.h2c_port}: must be in [0, 65535]")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(
                 f"--metrics-port: invalid value {self.metrics_port}: must be in [0, 65535]"
@@ -107,10 +147,13 @@ class Activator:
         probe: Prober = default_probe,
         rand: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        readiness: Iterable[Callable[[], str | None]] = (),
+        mesh_mode: MeshMode = MeshMode.AUTO,
+        passthrough: bool = False,
     ) -> None:
         self.settings = settings
         self.source = source
-        self.pool = UpstreamPool(max_idle_per_host=MAX_IDLE_PER_HOST)
+        self.pool = UpstreamPool(max_idle_per_host=settings.max_idle_per_host)
         self.reporter = ConcurrencyReporter(settings.pod_name)
         self.webhook: WebhookScaler | None = None
         if scaler is None:
@@ -130,10 +173,22 @@ class Activator:
         )
         self.server = HttpServer(self.handler)
         self.metrics_server = HttpServer(self._serve_metrics)
-        self._healthy: dict[Key, frozenset[str]] = {}
+        self.mesh_mode = mesh_mode
+        self.passthrough = passthrough
+        self._healthy: dict[Key, BackendsUpdate] = {}
+        #: (activators, index) per revision from its public Endpoints, before ``--workers``.
+        self._shares: dict[Key, tuple[int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._applied = asyncio.Event()
+        self._readiness = list(readiness)
+        self._terminating = False
+        self.source_error: str | None = None
+        self.handler.health_check = self.health_error
         self.config: RoutingConfig | None = None
+        if settings.cluster_domain != "cluster.local":
+            self.handler.snapshot = Snapshot(
+                RouteTable.build(RoutingConfig(), settings.cluster_domain)
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -156,7 +211,8 @@ class Activator:
     async def start(self, wait_for_config: bool = True) -> None:
         """Start the tasks, then listen. With ``wait_for_config`` (the default), listening
         starts only once the source's first snapshot is applied, so no early request is
-        answered 404 for want of routes; pass False for a source that may start empty."""
+        answered 404 for want of routes; pass False for a source that may start empty or
+        that sends incremental updates (readiness then waits for the source instead)."""
         s = self.settings
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -171,16 +227,36 @@ class Activator:
                 self._applied.clear()
                 await self._applied.wait()
         await self.server.start(s.host, s.port, reuse_port=s.workers > 1)
+        if s.h2c_port is not None:
+            await self.server.start(s.host, s.h2c_port, reuse_port=s.workers > 1)
         await self.metrics_server.start(s.host, s.own_metrics_port)
         settle_gc()
+        ports = [str(port) for _, port in self.server.addresses]
         log.info(
-            "activator %s (worker %d of %d) serving on port %d, metrics on port %d",
-            s.pod_name, self.index, self.activators, self.port, self.metrics_port,
+            "activator %s (worker %d of %d) serving on port(s) %s, metrics on port %d",
+            s.pod_name, self.index, self.activators, ", ".join(ports), self.metrics_port,
         )  # fmt: skip
+
+    @property
+    def ports(self) -> list[int]:
+        """Every data port listened on (8012, then 8013 when open)."""
+        return [port for _, port in self.server.addresses]
 
     def terminate(self) -> None:
         """Fail kubelet probes from now on (SIGTERM); traffic is still served."""
-        self.handler.health_error = SIGTERM_ERROR
+        self._terminating = True
+
+    def health_error(self) -> str | None:
+        """Why kubelet probes fail right now, or None when ready."""
+        if self._terminating:
+            return SIGTERM_ERROR
+        if self.source_error is not None:
+            return self.source_error
+        for check in self._readiness:
+            error = check()
+            if error is not None:
+                return error
+        return None
 
     async def drain(self) -> None:
         """``terminate``, serve for ``drain_seconds``, then stop after in-flight requests."""
@@ -215,20 +291,101 @@ class Activator:
     # ---------------------------------------------------------------- the writer
 
     async def _pump(self) -> None:
-        async for cfg in self.source.snapshots():
-            self.updates.put_nowait(cfg)
+        async for update in self.source.updates():
+            self.updates.put_nowait(update)
 
     async def _apply_loop(self) -> None:
         while True:
             update = await self.updates.get()
             try:
-                if isinstance(update, RoutingConfig):
-                    self.apply_config(update)
-                else:
-                    self.apply_backends(update)
+                self.apply(update)
             except Exception:
                 log.exception("applying %r failed", type(update).__name__)
             self._applied.set()
+
+    def apply(self, update: Update) -> None:
+        """Apply one update of any kind (writer task only)."""
+        if isinstance(update, BackendsUpdate):
+            self.apply_backends(update)
+        elif isinstance(update, PodsChanged):
+            revision = self.handler.snapshot.table.lookup_revision(*update.key)
+            self.backends.set_pods(
+                update.key, update.ready, update.not_ready, self._watch(revision)
+            )
+        elif isinstance(update, RevisionChanged):
+            self.apply_revision(update.revision)
+        elif isinstance(update, PodsRemoved):
+            self.backends.drop(update.key)
+            self.apply_backends(BackendsUpdate(update.key, frozenset()))
+        elif isinstance(update, ClusterIPChanged):
+            self.backends.set_cluster_ip(update.key, update.dest)
+        elif isinstance(update, ActivatorsChanged):
+            self._shares[update.key] = (update.count, update.index)
+            throttler = self.handler.snapshot.throttlers.get(update.key)
+            if throttler is not None:
+                throttler.set_activators(*self._share(update.key))
+        elif isinstance(update, RevisionRemoved):
+            self.remove_revision(update.key)
+        elif isinstance(update, SourceHealth):
+            if update.error != self.source_error:
+                log.info("source %s", "ready" if update.error is None else update.error)
+            self.source_error = update.error
+        else:
+            self.apply_config(update)
+
+    def _share(self, key: Key) -> tuple[int, int]:
+        """(activators, index) for a revision's throttler: its public Endpoints' count and
+        our place among them, times ``--workers`` so that worker processes of one pod never
+        over-commit the revision (each is one activator of ``count * workers``)."""
+        workers = self.settings.workers
+        count, index = self._shares.get(key, (1, 0))
+        if index < 0:
+            return count * workers, -1
+        return count * workers, index * workers + self.index
+
+    def _watch(self, revision: Revision | None) -> WatchOptions:
+        passthrough = None
+        if self.passthrough and revision is not None:
+            passthrough = f"{revision.name}-private.{revision.namespace}"
+        return WatchOptions(
+            probe_optimisation=revision.probe_optimisation if revision is not None else True,
+            mesh_mode=self.mesh_mode,
+            passthrough_host=passthrough,
+        )
+
+    def apply_revision(self, rev: Revision) -> None:
+        """Add or change one revision in place (writer task only)."""
+        snapshot = self.handler.snapshot
+        throttlers = snapshot.throttlers
+        assert isinstance(throttlers, dict)
+        current = throttlers.get(rev.key)
+        snapshot.table.put_revision(rev)
+        if current is not None and current.cc == rev.container_concurrency:
+            current.revision = rev
+            return
+        activators, index = self._share(rev.key)
+        throttler = RevisionThrottler(rev, self._queue_depth(), activators, index, self._rng)
+        healthy = self._healthy.get(rev.key)
+        if healthy is not None:
+            throttler.apply(healthy.dests, healthy.cluster_ip)
+        throttlers[rev.key] = throttler
+        if current is not None:
+            current.retire()  # after publishing, so its waiters find the successor
+
+    def remove_revision(self, key: Key) -> None:
+        snapshot = self.handler.snapshot
+        throttlers = snapshot.throttlers
+        assert isinstance(throttlers, dict)
+        snapshot.table.remove_revision(key)
+        throttler = throttlers.pop(key, None)
+        if throttler is not None:
+            throttler.retire()
+        self.backends.drop(key)
+        self._healthy.pop(key, None)
+        self._shares.pop(key, None)
+
+    def _queue_depth(self) -> int:
+        return self.config.queue_depth if self.config is not None else DEFAULT_QUEUE_DEPTH
 
     def apply_config(self, cfg: RoutingConfig) -> None:
         """Make ``cfg`` the routing state (writer task only)."""
@@ -249,12 +406,16 @@ class Activator:
             throttler = RevisionThrottler(
                 rev, cfg.queue_depth, self.activators, self.index, self._rng
             )
-            throttler.apply(self._healthy.get(rev.key, ()))
+            healthy = self._healthy.get(rev.key)
+            if healthy is not None:
+                throttler.apply(healthy.dests, healthy.cluster_ip)
             throttlers[rev.key] = throttler
             if current is not None:
                 retire.append(current)
         retire += [t for key, t in old.items() if key not in throttlers]
-        self.handler.snapshot = Snapshot(RouteTable.build(cfg), throttlers)
+        self.handler.snapshot = Snapshot(
+            RouteTable.build(cfg, self.settings.cluster_domain), throttlers
+        )
         for throttler in retire:
             throttler.retire()  # after publishing, so its waiters find the successor
         for key in [k for k in self._healthy if k not in throttlers]:
@@ -265,15 +426,20 @@ class Activator:
         self.config = cfg
 
     def apply_backends(self, update: BackendsUpdate) -> None:
-        """Give a revision's throttler its new healthy pods (writer task only)."""
+        """Give a revision's throttler its new healthy pods (writer task only).
+
+        Kept even when the revision is not known yet: a cluster may list a revision's pods
+        before the revision itself, and its throttler starts from them."""
+        self._healthy[update.key] = update
         throttler = self.handler.snapshot.throttlers.get(update.key)
         if throttler is None:
-            return  # the revision left the configuration after the watcher emitted
-        self._healthy[update.key] = update.dests
-        throttler.apply(update.dests)
+            return
+        throttler.apply(update.dests, update.cluster_ip)
         log.info(
-            "revision %s/%s: %d healthy pod(s), capacity %d",
-            update.key[0], update.key[1], len(update.dests), throttler.capacity,
+            "revision %s/%s: %d healthy pod(s)%s, capacity %d",
+            update.key[0], update.key[1], len(update.dests),
+            f" behind ClusterIP {update.cluster_ip}" if update.cluster_ip else "",
+            throttler.capacity,
         )  # fmt: skip
 
     # ------------------------------------------------------------ side channels

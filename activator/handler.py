@@ -99,6 +99,10 @@ def _rewrite(
     return Rewrite(remove=remove, set=headers, host=host_header)
 
 
+def _always_ready() -> str | None:
+    return None
+
+
 class _Answered(Exception):
     """A probe was answered while resolving; nothing more to do."""
 
@@ -133,8 +137,8 @@ class ActivatorHandler:
         self.scaler: Scaler = scaler or NullScaler()
         self.rand = rand or random.random
         self.snapshot = Snapshot.empty()
-        #: Non-None once the process should fail kubelet probes (after SIGTERM).
-        self.health_error: str | None = None
+        #: Why kubelet probes fail right now (None: ready); the activator replaces it.
+        self.health_check: Callable[[], str | None] = _always_ready
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
@@ -164,7 +168,7 @@ class ActivatorHandler:
             else:
                 orig = value  # k-original-host
         if kubelet or nprobe or (ua is not None and ua.startswith(b"kube-probe/")):
-            answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_error)
+            answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_check())
             if answer is not None:
                 ex.send(answer.status, answer.body, list(answer.headers))
                 raise _Answered()

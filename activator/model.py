@@ -7,8 +7,15 @@ frozen values; the router and the throttler consume nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from proxy.deadline import Deadline
+
+#: ``(namespace, name)``: a revision's identity everywhere in the activator.
+RevisionKey = tuple[str, str]
+#: How the activator talks to a revision's pods: HTTP/1.1 (port ``http``, 8012) or h2c
+#: (port ``http2``, 8013), from the name of the user container's port.
+Protocol = Literal["http1", "h2c"]
 
 DEFAULT_DOMAIN = "localhost"
 DEFAULT_QUEUE_DEPTH = 10000
@@ -46,8 +53,12 @@ class Revision:
     endpoints: tuple[str, ...] = ()
     service: str = ""
     configuration: str = ""
+    protocol: Protocol = "http1"
+    #: Whether a pod may take traffic once its queue-proxy passes the activator's probe,
+    #: before Kubernetes calls it ready (off for exec readiness probes and startup probes).
+    probe_optimisation: bool = True
     #: ``(namespace, name)``: the revision's identity everywhere in the activator.
-    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    key: RevisionKey = field(init=False, repr=False, compare=False)
     #: The three timeouts above as the policy every request to this revision is watched by.
     deadline: Deadline = field(init=False, repr=False, compare=False)
 
@@ -74,3 +85,65 @@ class RoutingConfig:
     revisions: tuple[Revision, ...] = ()
     scaler_url: str | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+# --------------------------------------------------------------- incremental updates
+# Sources that follow a cluster (Kubernetes) change one object at a time; each event becomes
+# one of these values on the activator's update queue, and its single writer applies it to
+# the one revision it names, never rebuilding the whole routing state.
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionChanged:
+    """A revision was added or its spec changed."""
+
+    revision: Revision
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRemoved:
+    key: RevisionKey
+
+
+@dataclass(frozen=True, slots=True)
+class PodsChanged:
+    """A revision's pods as its private Endpoints list them (``ip:port``, by readiness)."""
+
+    key: RevisionKey
+    ready: frozenset[str]
+    not_ready: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PodsRemoved:
+    """A revision's private Endpoints were deleted: stop watching its pods."""
+
+    key: RevisionKey
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterIPChanged:
+    """The private Service's ``ip:port`` for the ClusterIP fallback (None: no Service)."""
+
+    key: RevisionKey
+    dest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivatorsChanged:
+    """This activator's share of a revision: how many activators front it and which one
+    this process is (from the revision's public Endpoints)."""
+
+    key: RevisionKey
+    count: int
+    index: int
+
+
+IncrementalUpdate = (
+    RevisionChanged
+    | RevisionRemoved
+    | PodsChanged
+    | PodsRemoved
+    | ClusterIPChanged
+    | ActivatorsChanged
+)

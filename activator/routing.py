@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from activator.model import Revision, Route, RoutingConfig
+from activator.model import Revision, RevisionKey, Route, RoutingConfig
 
 __all__ = [
     "DEFAULT_ROUTE_HEADER",
@@ -99,7 +99,12 @@ _RAW_CACHE_SIZE = 4096
 
 
 class RouteTable:
-    """Immutable host → split table compiled from one ``RoutingConfig``."""
+    """Host → split table compiled from one ``RoutingConfig``.
+
+    The hosts never change after ``build``; revisions may be added and removed in place by
+    the activator's single writer (``put_revision``), for sources that follow a cluster one
+    object at a time.
+    """
 
     __slots__ = (
         "_by_raw",
@@ -187,6 +192,13 @@ class RouteTable:
 
     def lookup_revision(self, namespace: str, name: str) -> Revision | None:
         return self._revisions.get((namespace, name))
+
+    def put_revision(self, revision: Revision) -> None:
+        """Add or replace one revision in place (incremental sources; hosts unchanged)."""
+        self._revisions[revision.key] = revision
+
+    def remove_revision(self, key: RevisionKey) -> None:
+        self._revisions.pop(key, None)
 
     @property
     def hosts(self) -> frozenset[str]:

@@ -16,13 +16,14 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from activator.config import ConfigError, load_config_file
-from activator.model import RoutingConfig
+from activator.model import IncrementalUpdate, RoutingConfig
 
-__all__ = ["POLL_INTERVAL", "PushSource", "Source", "StaticFileSource"]
+__all__ = ["POLL_INTERVAL", "PushSource", "Source", "SourceHealth", "StaticFileSource"]
 
 log = logging.getLogger("sluice.activator.source")
 
@@ -30,11 +31,20 @@ log = logging.getLogger("sluice.activator.source")
 POLL_INTERVAL = 1.0
 
 
-class Source(Protocol):
-    """A stream of validated ``RoutingConfig`` snapshots, newest last."""
+@dataclass(frozen=True, slots=True)
+class SourceHealth:
+    """Whether a source is in step with its origin; ``error`` (one line) says why not."""
 
-    def snapshots(self) -> AsyncIterator[RoutingConfig]:
-        """Yield the current snapshot as soon as there is one, then every change."""
+    error: str | None
+
+
+class Source(Protocol):
+    """A stream of validated routing state: ``RoutingConfig`` snapshots (each replaces the
+    whole state), or incremental updates (``activator.model.IncrementalUpdate``) and
+    ``SourceHealth`` values from sources that follow a cluster one object at a time."""
+
+    def updates(self) -> AsyncIterator[RoutingConfig | IncrementalUpdate | SourceHealth]:
+        """Yield the current state as soon as there is one, then every change."""
         ...
 
 
@@ -78,6 +88,9 @@ class PushSource:
 
     def snapshots(self) -> AsyncIterator[RoutingConfig]:
         return self._latest.iterate()
+
+    def updates(self) -> AsyncIterator[RoutingConfig]:
+        return self.snapshots()
 
     def __repr__(self) -> str:
         return f"PushSource(version={self._latest._version})"
@@ -160,6 +173,9 @@ class StaticFileSource:
             task, self._task = self._task, None
             if task is not None:
                 task.cancel()
+
+    def updates(self) -> AsyncIterator[RoutingConfig]:
+        return self.snapshots()
 
     def __repr__(self) -> str:
         return f"StaticFileSource({str(self.path)!r}, interval={self.interval})"

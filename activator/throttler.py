@@ -63,6 +63,8 @@ class RevisionThrottler:
         "assigned",
         "breaker",
         "cc",
+        "cluster_ip",
+        "pods",
         "queue_depth",
         "retired",
         "revision",
@@ -90,6 +92,9 @@ class RevisionThrottler:
         self._picker: Picker = policy_for(self.cc, self._rng)
         self.trackers: dict[str, PodTracker] = {}
         self.assigned: list[PodTracker] = []
+        #: The destinations last applied, and the ClusterIP if requests go there instead.
+        self.pods: frozenset[str] = frozenset()
+        self.cluster_ip: str | None = None
         #: Requests waiting for a revision slot or a tracker (the activator's buffer).
         self.waiting = 0
         self.retired = False
@@ -101,29 +106,42 @@ class RevisionThrottler:
 
     # ------------------------------------------------------------------ writer side
 
-    def apply(self, dests: Iterable[str]) -> None:
+    def apply(self, dests: Iterable[str], cluster_ip: str | None = None) -> None:
         """Make ``dests`` (healthy ``host:port``) the pods of this revision.
 
-        Trackers first, then capacity, so capacity never runs ahead of the trackers.
+        With ``cluster_ip``, every request goes to that one destination with no per-pod
+        limit (kube-proxy balances behind it) and ``dests``, the pods Kubernetes calls ready,
+        only size the capacity. Trackers first, then capacity, so capacity never runs ahead
+        of the trackers.
         """
         wanted = set(dests)
+        self.pods = frozenset(wanted)
+        self.cluster_ip = cluster_ip
+        pods = len(wanted)
+        if cluster_ip is not None:
+            wanted = {cluster_ip}
         trackers = self.trackers
         for dest in [d for d in trackers if d not in wanted]:
             del trackers[dest]
         for dest in wanted:
             if dest not in trackers:
-                trackers[dest] = PodTracker(dest, self.cc)
-        self.assigned = assign_slice(
-            list(trackers.values()), self.activator_index, self.activators, self.cc, self._rng
-        )
-        self.breaker.update_concurrency(calculate_capacity(self.cc, len(trackers), self.activators))
+                trackers[dest] = PodTracker(dest, 0 if cluster_ip is not None else self.cc)
+        if cluster_ip is not None:
+            self.assigned = list(trackers.values())
+        else:
+            self.assigned = assign_slice(
+                list(trackers.values()), self.activator_index, self.activators, self.cc, self._rng
+            )
+        self.breaker.update_concurrency(calculate_capacity(self.cc, pods, self.activators))
         self._notify()
 
     def set_activators(self, activators: int, index: int) -> None:
         """Change this process's place among the activators and recompute the split."""
+        if (activators, index) == (self.activators, self.activator_index):
+            return
         self.activators = activators
         self.activator_index = index
-        self.apply(list(self.trackers))
+        self.apply(self.pods, self.cluster_ip)
 
     def retire(self) -> None:
         """Stop admitting: every waiter wakes and gets ``Retired``; in-flight ones finish."""

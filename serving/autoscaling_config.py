@@ -10,10 +10,11 @@ decider that uses them is ``serving.kpa``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from proxy.goduration import parse_duration as go_duration
 
 ANNOTATION_PREFIX = "autoscaling.knative.dev/"
 KPA_CLASS = "kpa.autoscaling.knative.dev"
@@ -25,22 +26,13 @@ WINDOW_MAX_SECONDS = 3600.0
 #: Knative's stats bucket: one aggregated value per second.
 BUCKET_SECONDS = 1.0
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (``"6s"``, ``"1m30s"``, ``"500ms"``, ``"0"``) into seconds.
-
-    Raises ``ValueError`` for anything else, including negative or unit-less non-zero values.
-    """
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"invalid duration {text!r}")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    """A Go duration (``proxy.goduration``) in seconds; negative ones are refused, as every
+    autoscaler setting written as a duration must be >= 0."""
+    seconds = go_duration(text)
+    if seconds < 0:
+        raise ValueError(f'invalid duration "{text}": must not be negative')
+    return seconds
 
 
 def _parse_bool(text: str) -> bool:
