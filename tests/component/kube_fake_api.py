@@ -5,8 +5,8 @@ and serves what the activator's client uses: ``GET /version``, paged LIST (``lim
 ``continue``), and WATCH (``watch=true``) as JSON lines replayed from the history after the
 requested version, then live. Test knobs:
 
-* ``compact()`` (also usable as ``after_list_page``): versions up to now become too old: a watch from them gets a 410 ERROR event,
-  a continue token from them a 410 Status;
+* ``compact()`` (also usable as ``after_list_page``): versions up to now become too old:
+  a watch from them gets a 410 ERROR event, a continue token from them a 410 Status;
 * ``forbid(verb, plural)``: answer 403 with the API server's own message shape;
 * ``close_watches_after``: end every watch after that many events (as a server timeout would);
   ``close_watches()`` ends the open ones now;

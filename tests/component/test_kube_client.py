@@ -158,7 +158,7 @@ async def test_watch_streams_events_and_bookmarks_from_a_version(
         ("BOOKMARK", str(api.rv - 1)),
         ("DELETED", "a"),
     ]
-    watch = [q for p, q in api.requests if q.get("watch") == "true"][0]
+    watch = next(q for _, q in api.requests if q.get("watch") == "true")
     assert watch["allowWatchBookmarks"] == "true"
     assert watch["resourceVersion"] == start
     assert watch["timeoutSeconds"] == "5"
