@@ -205,7 +205,7 @@ class FakeApiServer:
         if "continue" in query:
             rv_text, offset_text = query["continue"].split(":")
             rv, offset = int(rv_text), int(offset_text)
-            if rv <= self.compacted:
+            if rv < self.compacted:
                 raise _status(410, "Expired", "The provided continue parameter is too old")
         limit = int(query.get("limit") or 0)
         page = items[offset : offset + limit] if limit else items[offset:]

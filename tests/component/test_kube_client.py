@@ -108,7 +108,12 @@ async def test_list_restarts_unpaged_when_the_continue_token_expires(
 ) -> None:
     for i in range(5):
         await api.put(CORE, "endpoints", endpoints(f"ep{i}"))
-    api.after_list_page = api.compact
+
+    def history_moves_on_and_is_compacted() -> None:
+        api.rv += 1
+        api.compact()
+
+    api.after_list_page = history_moves_on_and_is_compacted
     items, _ = await client.list(ENDPOINTS)
     assert len(items) == 5
     lists = [q for p, q in api.requests if p == "/api/v1/endpoints"]
