@@ -185,7 +185,7 @@ def test_kubeconfig_credential_plugins_are_refused_naming_the_field(
 
 
 def _mutated(mutate: Any) -> dict[str, Any]:
-    doc = json.loads(json.dumps(KUBECONFIG))
+    doc: dict[str, Any] = json.loads(json.dumps(KUBECONFIG))
     mutate(doc)
     return doc
 

@@ -264,7 +264,7 @@ def test_malformed_endpoints_is_one_line_naming_the_field(mutate: Any, message: 
 
 
 def test_private_service_cluster_ip_dest() -> None:
-    svc = {
+    svc: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "hello-00001-private", "namespace": "default"},
