@@ -47,6 +47,7 @@ __all__ = [
     "Resource",
     "TransportError",
     "WatchStream",
+    "parse_event",
 ]
 
 log = logging.getLogger("sluice.activator.kube")
@@ -430,18 +431,24 @@ class WatchStream:
                 self._eof = True
 
     def _event(self, line: bytes) -> tuple[str, dict[str, Any]]:
-        what = self._resource.describe()
-        try:
-            event = json.loads(line)
-        except ValueError as exc:
-            raise TransportError(f"watch {what}: event is not JSON: {exc}") from exc
-        kind = event.get("type") if isinstance(event, dict) else None
-        obj = event.get("object") if isinstance(event, dict) else None
-        if not isinstance(kind, str) or not isinstance(obj, dict):
-            raise TransportError(f"watch {what}: event without type or object")
-        if kind == "ERROR":
-            raise _status_error(500, obj, "watch", what, self._client.identity)
-        return kind, obj
+        return parse_event(line, self._resource.describe(), self._client.identity)
+
+
+def parse_event(
+    line: bytes, resource: str = "", identity: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """One watch line to ``(type, object)``; an ``ERROR`` event raises its ``ApiError``."""
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise TransportError(f"watch {resource}: event is not JSON: {exc}") from exc
+    kind = event.get("type") if isinstance(event, dict) else None
+    obj = event.get("object") if isinstance(event, dict) else None
+    if not isinstance(kind, str) or not isinstance(obj, dict):
+        raise TransportError(f"watch {resource}: event without type or object")
+    if kind == "ERROR":
+        raise _status_error(500, obj, "watch", resource, identity)
+    return kind, obj
 
 
 def _why(exc: BaseException) -> str:

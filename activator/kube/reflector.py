@@ -22,15 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
-from activator.kube.client import Expired, Resource, WatchStream
+from activator.kube.client import Expired, Resource
 from activator.kube.objects import Key, object_key
 
-__all__ = ["Backoff", "Deleted", "Event", "ListWatcher", "Reflector", "Upserted"]
+__all__ = ["Backoff", "Deleted", "Event", "EventStream", "ListWatcher", "Reflector", "Upserted"]
 
 log = logging.getLogger("sluice.activator.kube")
 
@@ -56,6 +56,20 @@ class Deleted(Generic[T]):
 Event = Upserted[T] | Deleted[T]
 
 
+class EventStream(Protocol):
+    """One watch: ``open()`` sends it, iteration yields ``(type, object)`` until it ends."""
+
+    async def open(self) -> None: ...
+
+    async def __aenter__(self) -> EventStream: ...
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+
+
 class ListWatcher(Protocol):
     """The two verbs a reflector needs; ``KubeClient`` is one."""
 
@@ -69,7 +83,7 @@ class ListWatcher(Protocol):
         resource_version: str,
         label_selector: str | None = None,
         timeout_seconds: int | None = None,
-    ) -> WatchStream: ...
+    ) -> EventStream: ...
 
 
 class Backoff:
