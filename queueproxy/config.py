@@ -3,6 +3,30 @@
 ``load_config`` is the only place that reads the environment. It accepts exactly the
 variables Knative's controller sets on the sidecar (reference §1.2) plus a few
 ``SLUICE_*`` overrides, and fails with one ``ConfigError`` line naming the variable.
+Variables it does not know are ignored.
+
+**Which contract.** Two generations of controllers exist, and the environment says which
+one wrote it; no flag chooses. The rule: ``OBSERVABILITY_CONFIG`` present (even empty)
+means the **v1.23.0** contract, absent means **v1.10.2**. Every controller from Knative
+1.19 on (the OpenTelemetry move) always sets ``OBSERVABILITY_CONFIG`` (a JSON struct,
+never empty) and never sets the variables it replaced; v1.10.2's (up to 1.18's)
+never sets it and always sets ``SERVING_REQUEST_METRICS_BACKEND``,
+``TRACING_CONFIG_BACKEND`` and ``SERVING_ENABLE_REQUEST_LOG``. Where both appear (a
+hand-made environment), ``OBSERVABILITY_CONFIG`` wins and the old variables are ignored.
+
+* Both contracts require the same twelve variables (``_REQUIRED``; the Go ``config``
+  structs of v1.10.2 and v1.23.0 agree) and read the ``REVISION_*`` timeouts,
+  ``SERVING_SERVICE``, ``SERVING_READINESS_PROBE`` (one probe object, or an array of
+  them: ``queueproxy.probe_spec``) and ``ENABLE_HTTP2_AUTO_DETECTION``.
+* v1.10.2 only: ``SERVING_REQUEST_METRICS_BACKEND``, ``SERVING_REQUEST_LOG_TEMPLATE``,
+  ``SERVING_ENABLE_REQUEST_LOG``, ``SERVING_ENABLE_PROBE_REQUEST_LOG``,
+  ``TRACING_CONFIG_BACKEND``, ``ENABLE_PROFILING``; request metrics keep v1.10.2's names.
+* v1.23.0 only: ``OBSERVABILITY_CONFIG`` (``queueproxy.observability``: request metrics
+  with the OpenTelemetry names, request log, tracing), ``ENABLE_MULTI_CONTAINER_PROBES``,
+  ``ENABLE_HTTP_FULL_DUPLEX`` and ``QUEUE_PROXY_TLS_*`` (``queueproxy.tlsconfig``).
+* gRPC readiness probes are refused at start-up: checking one needs an HTTP/2 client
+  the sidecar does not carry, and passing it unchecked would send traffic to a pod
+  that may not be serving.
 
 Parsing follows Go's ``envconfig`` as Knative uses it: a required variable must be
 present (it may be empty unless it has to parse as a number); integers use Go's
@@ -19,7 +43,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from queueproxy.readiness import ProbeDecodeError, ProbeSpec, parse_probe
+from queueproxy.observability import Observability, ObservabilityError, parse_observability
+from queueproxy.probe_spec import ProbeDecodeError, ProbeSpec, parse_probes
+from queueproxy.tlsconfig import LEGACY, TlsSettings, TlsSettingsError, parse_tls_settings
+
+#: The two environment contracts (see the module docstring for how one is chosen).
+CONTRACT_V1_10 = "v1.10.2"
+CONTRACT_V1_23 = "v1.23.0"
 
 
 class ConfigError(Exception):
@@ -80,6 +110,19 @@ class Config:
     #: Where ``tls.crt``/``tls.key`` are looked for (Knative mounts them here); TLS on
     #: ``QUEUE_SERVING_TLS_PORT`` is served only when both exist.
     certs_dir: str = "/var/lib/knative/certs"
+    #: Which controller generation wrote the environment: ``CONTRACT_V1_10``/``_V1_23``.
+    contract: str = CONTRACT_V1_10
+    #: Every decoded probe (user container first, then sidecars); ``()``: always ready.
+    #: Empty with ``readiness_probe`` set means that one probe alone.
+    readiness_probes: tuple[ProbeSpec, ...] = ()
+    enable_multi_container_probes: bool = False
+    #: Accepted and recorded; the HTTP/1 engine already streams request bodies while
+    #: the response is written, which is what Go needs the switch for.
+    enable_http_full_duplex: bool = False
+    #: The decoded ``OBSERVABILITY_CONFIG`` (v1.23.0 contract only).
+    observability: Observability | None = None
+    #: Settings for the TLS serving port (v1.10.2: minimum TLS 1.2, nothing else).
+    tls: TlsSettings = LEGACY
 
     def __post_init__(self) -> None:
         for var, port in (
@@ -117,13 +160,30 @@ class Config:
         )
 
     @property
+    def probes(self) -> tuple[ProbeSpec, ...]:
+        """The probes the readiness check runs; ``()`` means always ready."""
+        if self.readiness_probes:
+            return self.readiness_probes
+        return (self.readiness_probe,) if self.readiness_probe is not None else ()
+
+    @property
+    def otel_metrics(self) -> bool:
+        """Request metrics use the OpenTelemetry names (v1.23.0), not v1.10.2's."""
+        return self.contract == CONTRACT_V1_23
+
+    @property
     def request_metrics_enabled(self) -> bool:
         """Prometheus request metrics on the metrics port.
 
-        Knative's controller defaults the backend to ``prometheus``, but an absent or
-        empty variable means no request metrics, as in the Go sidecar. ``opencensus``
-        (push) is not implemented and also disables them.
+        v1.23.0: ``OBSERVABILITY_CONFIG`` ``requestMetrics.protocol`` is ``prometheus``
+        (the default is ``none``; the OTLP push protocols are not implemented). v1.10.2:
+        ``SERVING_REQUEST_METRICS_BACKEND=prometheus``; Knative's controller defaults the
+        backend to it, but an absent or empty variable means no request metrics, as in
+        the Go sidecar, and ``opencensus`` (push) is not implemented.
         """
+        if self.contract == CONTRACT_V1_23:
+            obs = self.observability
+            return obs is not None and obs.request_metrics.protocol == "prometheus"
         return self.request_metrics_backend.strip().lower() == "prometheus"
 
     @property
@@ -185,8 +245,14 @@ def parse_go_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def contract_of(environ: Mapping[str, str]) -> str:
+    """``CONTRACT_V1_23`` if ``OBSERVABILITY_CONFIG`` is present, else ``CONTRACT_V1_10``."""
+    return CONTRACT_V1_23 if "OBSERVABILITY_CONFIG" in environ else CONTRACT_V1_10
+
+
 def load_config(environ: Mapping[str, str]) -> Config:
     """Build and validate the configuration from ``environ``; raises ``ConfigError``."""
+    contract = contract_of(environ)
     for var in _REQUIRED:
         if var not in environ:
             raise ConfigError(f"required environment variable {var} is not set")
@@ -225,9 +291,43 @@ def load_config(environ: Mapping[str, str]) -> Config:
         ) from None
 
     try:
-        probe = parse_probe(environ.get("SERVING_READINESS_PROBE", ""))
+        probes = parse_probes(environ.get("SERVING_READINESS_PROBE", ""))
     except ProbeDecodeError as exc:
         raise ConfigError(f"invalid value for SERVING_READINESS_PROBE: {exc}") from None
+    for i, spec in enumerate(probes):
+        if spec.grpc is not None and spec.http_get is None and spec.tcp_socket is None:
+            where = f"probe [{i}]" if len(probes) > 1 else "the probe"
+            raise ConfigError(
+                f"unsupported value for SERVING_READINESS_PROBE: {where} is a gRPC health "
+                f"probe (port {spec.grpc.port}), which this queue-proxy cannot check"
+            )
+
+    obs: Observability | None = None
+    tls = LEGACY
+    if contract == CONTRACT_V1_23:
+        try:
+            obs = parse_observability(environ["OBSERVABILITY_CONFIG"])
+        except ObservabilityError as exc:
+            raise ConfigError(f"invalid value for OBSERVABILITY_CONFIG: {exc}") from None
+        try:
+            tls = parse_tls_settings(environ)
+        except TlsSettingsError as exc:
+            raise ConfigError(str(exc)) from None
+        log_template = obs.request_log_template
+        request_log = obs.enable_request_log
+        probe_log = obs.enable_probe_request_log
+        metrics_backend = ""  # OBSERVABILITY_CONFIG decides, see request_metrics_enabled
+        profiling = obs.runtime.profiling == "enabled"
+        tracing = obs.tracing.protocol
+    else:
+        log_template = environ.get("SERVING_REQUEST_LOG_TEMPLATE", "")
+        request_log = boolean("SERVING_ENABLE_REQUEST_LOG")
+        probe_log = boolean("SERVING_ENABLE_PROBE_REQUEST_LOG")
+        metrics_backend = environ.get("SERVING_REQUEST_METRICS_BACKEND", "")
+        profiling = boolean("ENABLE_PROFILING")
+        tracing = environ.get("TRACING_CONFIG_BACKEND", "")
+    v123 = contract == CONTRACT_V1_23
+    prom_port = obs.prometheus_port if obs is not None else None
 
     return Config(
         namespace=environ["SERVING_NAMESPACE"],
@@ -245,19 +345,26 @@ def load_config(environ: Mapping[str, str]) -> Config:
         service=environ.get("SERVING_SERVICE", ""),
         response_start_timeout_seconds=integer("REVISION_RESPONSE_START_TIMEOUT_SECONDS", 0),
         idle_timeout_seconds=integer("REVISION_IDLE_TIMEOUT_SECONDS", 0),
-        readiness_probe=probe,
-        request_log_template=environ.get("SERVING_REQUEST_LOG_TEMPLATE", ""),
-        enable_request_log=boolean("SERVING_ENABLE_REQUEST_LOG"),
-        enable_probe_request_log=boolean("SERVING_ENABLE_PROBE_REQUEST_LOG"),
-        request_metrics_backend=environ.get("SERVING_REQUEST_METRICS_BACKEND", ""),
+        readiness_probe=probes[0] if probes else None,
+        readiness_probes=probes,
+        request_log_template=log_template,
+        enable_request_log=request_log,
+        enable_probe_request_log=probe_log,
+        request_metrics_backend=metrics_backend,
         enable_http2_auto_detection=boolean("ENABLE_HTTP2_AUTO_DETECTION"),
-        enable_profiling=boolean("ENABLE_PROFILING"),
-        tracing_backend=environ.get("TRACING_CONFIG_BACKEND", ""),
+        enable_profiling=profiling,
+        tracing_backend=tracing,
         admin_port=integer("SLUICE_ADMIN_PORT", 8022, port=True),
         stats_port=integer("SLUICE_STATS_PORT", 9090, port=True),
-        metrics_port=integer("SLUICE_METRICS_PORT", 9091, port=True),
+        # The observability endpoint's port, unless Sluice's override says otherwise.
+        metrics_port=integer("SLUICE_METRICS_PORT", prom_port or 9091, port=True),
         drain_quiet_seconds=quiet,
         bind_host=environ.get("SLUICE_BIND_HOST", ""),
         user_host=environ.get("SLUICE_USER_HOST", "") or "127.0.0.1",
         certs_dir=environ.get("SLUICE_CERTS_DIR", "") or "/var/lib/knative/certs",
+        contract=contract,
+        enable_multi_container_probes=v123 and boolean("ENABLE_MULTI_CONTAINER_PROBES"),
+        enable_http_full_duplex=v123 and boolean("ENABLE_HTTP_FULL_DUPLEX"),
+        observability=obs,
+        tls=tls,
     )

@@ -42,6 +42,7 @@ from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.readiness import ReadinessProber
 from queueproxy.requestlog import RequestLogger, RevisionInfo
+from queueproxy.tlsconfig import LEGACY, TlsSettings
 
 log = logging.getLogger("sluice.queueproxy")
 
@@ -129,9 +130,7 @@ class QueueProxy:
             if cfg.enable_request_log
             else None
         )
-        self.prober = ReadinessProber(
-            cfg.readiness_probe, user_host=cfg.user_host, user_port=cfg.user_port
-        )
+        self.prober = ReadinessProber(cfg.probes, user_host=cfg.user_host, user_port=cfg.user_port)
         idle = cfg.container_concurrency if cfg.container_concurrency > 0 else 1000
         self.pool = UpstreamPool(max_idle_per_host=idle)
         state = QueueProxyState(
@@ -198,7 +197,7 @@ class QueueProxy:
         cfg = self.cfg
         host = cfg.bind_host or None
         await self.main.start(host, cfg.serving_port)
-        tls = tls_context(cfg.certs_dir)
+        tls = tls_context(cfg.certs_dir, cfg.tls)
         if tls is not None:
             # Same handler on QUEUE_SERVING_TLS_PORT; the plain port stays up (knative §1.20).
             await self.main.start(host, cfg.tls_port, ssl_context=tls)
@@ -234,14 +233,18 @@ class QueueProxy:
         self.pool.close()
 
 
-def tls_context(certs_dir: str) -> ssl.SSLContext | None:
-    """A server context from ``tls.crt``/``tls.key`` in ``certs_dir``, or None if absent."""
+def tls_context(certs_dir: str, settings: TlsSettings = LEGACY) -> ssl.SSLContext | None:
+    """A server context from ``tls.crt``/``tls.key`` in ``certs_dir``, or None if absent.
+
+    ``settings`` bounds the versions and ciphers (``QUEUE_PROXY_TLS_*`` under v1.23.0;
+    v1.10.2: TLS 1.2 and up).
+    """
     cert = os.path.join(certs_dir, "tls.crt")
     key = os.path.join(certs_dir, "tls.key")
     if not (os.path.isfile(cert) and os.path.isfile(key)):
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    settings.apply(context)
     context.load_cert_chain(cert, key)
     return context
 
