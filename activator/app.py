@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +108,10 @@ class Settings:
     log_level: str = "info"
     #: Overrides the configuration file's ``scaler.url`` when set.
     scaler_url: str | None = None
+    #: Kubernetes mode: a kubeconfig instead of the in-cluster service account.
+    kubeconfig: str | None = None
+    #: Kubernetes mode: the autoscaler's websocket instead of its in-cluster address.
+    autoscaler_url: str | None = None
     probe_interval: float = PROBE_INTERVAL
     probe_timeout: float = PROBE_TIMEOUT
     report_interval: float = REPORT_INTERVAL
@@ -181,6 +185,8 @@ class Activator:
         self._tasks: list[asyncio.Task[None]] = []
         self._applied = asyncio.Event()
         self._readiness = list(readiness)
+        #: Called by ``close`` after everything else, newest first (clients, scalers).
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self._terminating = False
         self.source_error: str | None = None
         self.handler.health_check = self.health_error
@@ -279,6 +285,9 @@ class Activator:
         await self.backends.close()
         if self.webhook is not None:
             await self.webhook.close()
+        closers, self.closers = self.closers, []
+        for closer in reversed(closers):
+            await closer()
         self.pool.close()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:

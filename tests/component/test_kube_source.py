@@ -1,0 +1,343 @@
+"""The Kubernetes source and the activator on it, against the in-process fake API server.
+
+The fake server speaks the real list/watch protocol; a scripted queue-proxy on loopback
+answers the activator's probes and requests, so these tests follow one request from Knative
+objects to a pod without a cluster (the ``kube`` tier does the same with the real one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from activator.app import Activator, Settings
+from activator.kube.client import KubeClient
+from activator.kube.config import KubeConfig
+from activator.kube.source import NOT_SYNCED, KubeSource, to_revision
+from activator.kubeenv import KubeEnv
+from activator.model import (
+    ActivatorsChanged,
+    ClusterIPChanged,
+    PodsChanged,
+    PodsRemoved,
+    RevisionChanged,
+    RevisionRemoved,
+)
+from activator.scaler import NullScaler
+from activator.source import SourceHealth
+from proxy.http1 import Exchange
+from proxy.server import HttpServer
+from tests.component.kube_fake_api import FakeApiServer
+
+pytestmark = pytest.mark.timeout(20)
+
+CORE = "api/v1"
+SERVING = "apis/serving.knative.dev/v1"
+ENV = KubeEnv(pod_name="activator-0", pod_ip="10.0.0.2", system_namespace="knative-serving")
+FAST = {"watch_timeout": (5, 6), "min_watch_seconds": 0.01}
+
+
+def revision(name: str, cc: int = 0, port_name: str | None = None, **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"image": "dev.local/app"}
+    if port_name is not None:
+        container["ports"] = [{"name": port_name, "containerPort": 8080}]
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {
+                "serving.knative.dev/service": "hello",
+                "serving.knative.dev/configuration": "hello",
+            },
+        },
+        "spec": {"containerConcurrency": cc, "timeoutSeconds": 30, "containers": [container]},
+    }
+
+
+def endpoints(
+    name: str,
+    rev: str,
+    kind: str,
+    ready: list[str],
+    not_ready: list[str] = (),  # type: ignore[assignment]
+    port: tuple[str, int] = ("http", 8012),
+) -> dict[str, Any]:
+    labels = {
+        "serving.knative.dev/revision": rev,
+        "networking.internal.knative.dev/serviceType": kind,
+    }
+    if kind == "Private":
+        labels["serving.knative.dev/revisionUID"] = "uid-" + rev
+    return {
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "subsets": [
+            {
+                "addresses": [{"ip": ip} for ip in ready],
+                "notReadyAddresses": [{"ip": ip} for ip in not_ready],
+                "ports": [{"name": port[0], "port": port[1]}],
+            }
+        ],
+    }
+
+
+def private_service(rev: str, ip: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{rev}-private",
+            "namespace": "default",
+            "labels": {"networking.internal.knative.dev/serviceType": "Private"},
+        },
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]},
+    }
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeApiServer]:
+    server = FakeApiServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client(api: FakeApiServer) -> AsyncIterator[KubeClient]:
+    c = KubeClient(KubeConfig(server=api.url))
+    yield c
+    await c.close()
+
+
+async def collect(source: KubeSource, until: Any, limit: float = 5.0) -> list[Any]:
+    """Updates from ``source`` until ``until(updates)`` holds."""
+    got: list[Any] = []
+    it = source.updates()
+    try:
+        async with asyncio.timeout(limit):
+            async for update in it:
+                got.append(update)
+                if until(got):
+                    return got
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+async def test_knative_objects_become_one_update_each(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    await api.put(SERVING, "revisions", revision("hello-00001", cc=10))
+    await api.put(
+        CORE,
+        "endpoints",
+        endpoints("hello-00001-private", "hello-00001", "Private", ["10.1.0.5"], ["10.1.0.6"]),
+    )
+    await api.put(
+        CORE,
+        "endpoints",
+        endpoints("hello-00001", "hello-00001", "Public", ["10.0.0.9", "10.0.0.2", "10.0.0.10"]),
+    )
+    await api.put(CORE, "services", private_service("hello-00001", "10.96.0.7"))
+    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    got = await collect(source, lambda g: SourceHealth(None) in g)
+    key = ("default", "hello-00001")
+    assert got[0] == SourceHealth(NOT_SYNCED)
+    assert RevisionChanged(to_revision(source._revisions[key])) in got
+    rev = next(u.revision for u in got if isinstance(u, RevisionChanged))
+    assert (rev.container_concurrency, rev.timeout_seconds, rev.service) == (10, 30, "hello")
+    assert PodsChanged(key, frozenset({"10.1.0.5:8012"}), frozenset({"10.1.0.6:8012"})) in got
+    # Sorted as strings: 10.0.0.10 < 10.0.0.2 < 10.0.0.9, so we are the second of three.
+    assert ActivatorsChanged(key, 3, 1) in got
+    assert ClusterIPChanged(key, "10.96.0.7:80") in got
+
+
+async def test_endpoints_before_their_h2c_revision_are_replayed_on_the_h2c_port(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    await api.put(
+        CORE,
+        "endpoints",
+        endpoints(
+            "grpc-00001-private", "grpc-00001", "Private", ["10.1.0.5"], port=("http2", 8013)
+        ),
+    )
+    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    key = ("default", "grpc-00001")
+    it = source.updates()
+    seen: list[Any] = []
+    try:
+        async with asyncio.timeout(5):
+            async for update in it:
+                seen.append(update)
+                if update == SourceHealth(None):
+                    # No Revision yet: the port name defaults to "http", which lists nothing.
+                    assert PodsChanged(key, frozenset(), frozenset()) in seen
+                    await api.put(SERVING, "revisions", revision("grpc-00001", port_name="h2c"))
+                if update == PodsChanged(key, frozenset({"10.1.0.5:8013"}), frozenset()):
+                    break
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    assert any(isinstance(u, RevisionChanged) and u.revision.protocol == "h2c" for u in seen)
+
+
+async def test_an_update_that_does_not_list_this_activator_is_ignored(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    await api.put(SERVING, "revisions", revision("hello-00001"))
+    await api.put(
+        CORE, "endpoints", endpoints("hello-00001", "hello-00001", "Public", ["10.0.0.7"])
+    )
+    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    got = await collect(source, lambda g: SourceHealth(None) in g)
+    assert not [u for u in got if isinstance(u, ActivatorsChanged)]
+
+
+async def test_deletes_and_health_follow_the_api_server(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    await api.put(SERVING, "revisions", revision("hello-00001"))
+    await api.put(
+        CORE,
+        "endpoints",
+        endpoints("hello-00001-private", "hello-00001", "Private", ["10.1.0.5"]),
+    )
+    source = KubeSource(
+        client,
+        ENV,
+        reflector_options={**FAST, "backoff": None},
+        health_interval=0.01,
+    )
+    key = ("default", "hello-00001")
+    it = source.updates()
+    seen: list[Any] = []
+    phase = "sync"
+    try:
+        async with asyncio.timeout(10):
+            async for update in it:
+                seen.append(update)
+                if phase == "sync" and update == SourceHealth(None):
+                    phase = "delete"
+                    await api.delete(CORE, "endpoints", "default", "hello-00001-private")
+                    await api.delete(SERVING, "revisions", "default", "hello-00001")
+                elif phase == "delete" and {RevisionRemoved(key), PodsRemoved(key)} <= set(seen):
+                    # Two watches: their events may come in either order.
+                    phase = "down"
+                    await api.stop()
+                elif phase == "down" and isinstance(update, SourceHealth) and update.error:
+                    assert "failing" in update.error
+                    phase = "up"
+                    await api.start()
+                elif phase == "up" and update == SourceHealth(None):
+                    break
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    assert phase == "up"
+
+
+# ------------------------------------------------------------- the activator on top
+
+
+class QueueProxy:
+    """A loopback queue-proxy stand-in: probes answer ``queue``, requests echo the path."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[bytes, bytes | None]] = []
+        self.server = HttpServer(self._handle)
+
+    async def _handle(self, ex: Exchange) -> None:
+        if ex.header(b"k-network-probe") == b"queue":
+            ex.send(200, b"queue")
+            return
+        self.requests.append((ex.target, ex.header(b"k-proxy-request")))
+        ex.send(200, b"hello from " + ex.target)
+
+    async def start(self) -> str:
+        await self.server.start("127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.port}"
+
+
+async def test_a_revision_from_the_api_becomes_reachable_through_the_activator(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    qp = QueueProxy()
+    dest = await qp.start()
+    host, port = dest.split(":")
+    await api.put(SERVING, "revisions", revision("hello-00001", cc=2))
+    settings = Settings(
+        config=Path("unused"),
+        host="127.0.0.1",
+        port=0,
+        h2c_port=0,
+        metrics_port=0,
+        pod_name="activator-0",
+        probe_interval=0.02,
+    )
+    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    act = Activator(settings, source, scaler=NullScaler())
+    await act.start(wait_for_config=False)
+    session = aiohttp.ClientSession()
+    try:
+        await act.wait_for(lambda: act.source_error is None)
+        assert len(act.ports) == 2
+        # At zero pods the request waits in the throttler; the pods arrive while it waits.
+        url = f"http://127.0.0.1:{act.ports[1]}/x"
+        headers = {
+            "Knative-Serving-Namespace": "default",
+            "Knative-Serving-Revision": "hello-00001",
+        }
+        pending = asyncio.ensure_future(session.get(url, headers=headers))
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        await api.put(
+            CORE,
+            "endpoints",
+            endpoints(
+                "hello-00001-private", "hello-00001", "Private", [], [host], ("http", int(port))
+            ),
+        )
+        async with asyncio.timeout(5):
+            resp = await pending
+        assert resp.status == 200 and await resp.text() == "hello from /x"
+        assert qp.requests == [(b"/x", b"activator")]
+        # Kubelet probes: ready now that the lists are done.
+        async with session.get(
+            f"http://127.0.0.1:{act.port}/", headers={"User-Agent": "kube-probe/1.35"}
+        ) as probe:
+            assert probe.status == 200
+        # An unknown revision is a 404 naming it, as Knative's activator answers.
+        async with session.get(
+            url, headers={**headers, "Knative-Serving-Revision": "nope"}
+        ) as missing:
+            assert missing.status == 404
+            assert 'revision.serving.knative.dev "nope" not found' in await missing.text()
+    finally:
+        await session.close()
+        await act.close()
+        await qp.server.shutdown(grace=0)
+
+
+async def test_readiness_waits_for_the_first_lists(client: KubeClient) -> None:
+    # The API server is unreachable (the fake was never started on this client's port).
+    dead = KubeClient(KubeConfig(server="http://127.0.0.1:9"))
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=0)
+    source = KubeSource(dead, ENV, reflector_options=FAST, health_interval=0.01)
+    act = Activator(settings, source, scaler=NullScaler())
+    await act.start(wait_for_config=False)
+    try:
+        await act.wait_for(lambda: act.source_error == NOT_SYNCED)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{act.port}/", headers={"K-Kubelet-Probe": "activator"}
+            ) as probe,
+        ):
+            assert probe.status == 500
+            assert await probe.text() == NOT_SYNCED + "\n"
+    finally:
+        await act.close()
+        await dead.close()
