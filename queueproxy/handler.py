@@ -33,6 +33,7 @@ from proxy.http1 import Exchange
 from proxy.stats import RequestStats
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
+from queueproxy.metrics_otel import OtelRequestMetrics
 from queueproxy.readiness import ReadinessProber
 from queueproxy.requestlog import RequestLogEntry, RequestLogger
 
@@ -94,7 +95,8 @@ class QueueProxyState:
     drainer: Drainer
     prober: ReadinessProber
     breaker: Breaker | None
-    metrics: RequestMetrics | None
+    #: v1.10.2's ``revision_*`` names or v1.23.0's ``kn_serving_*`` (same interface).
+    metrics: RequestMetrics | OtelRequestMetrics | None
     request_log: RequestLogger | None
     log_probes: bool
     #: The revision, response-start and idle timeouts of every proxied request.

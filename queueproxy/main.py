@@ -8,7 +8,9 @@ breaker, prober and metrics, then serve:
 * the admin port (8022, ``SLUICE_ADMIN_PORT``): ``/wait-for-drain`` only;
 * the autoscaler stats port (9090, ``SLUICE_STATS_PORT``): ``/metrics``, protobuf ``Stat``;
 * the request metrics port (9091, ``SLUICE_METRICS_PORT``): Prometheus text, when
-  ``SERVING_REQUEST_METRICS_BACKEND=prometheus``.
+  ``SERVING_REQUEST_METRICS_BACKEND=prometheus`` (v1.10.2 names, ``queueproxy.metrics``)
+  or ``OBSERVABILITY_CONFIG`` asks for ``prometheus`` request metrics (v1.23.0 names,
+  ``queueproxy.metrics_otel``).
 
 SIGTERM (or SIGINT) starts the drain: probes fail at once with 503 ``shutting down``, traffic
 is served until ``SLUICE_DRAIN_QUIET_SECONDS`` (default 30) pass with no request, then the
@@ -40,6 +42,7 @@ from proxy.stats import RequestStats
 from queueproxy.config import Config, ConfigError, load_config
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
+from queueproxy.metrics_otel import OtelRequestMetrics
 from queueproxy.readiness import ReadinessProber
 from queueproxy.requestlog import RequestLogger, RevisionInfo
 from queueproxy.tlsconfig import LEGACY, TlsSettings
@@ -102,8 +105,10 @@ class QueueProxy:
             if settings is not None
             else None
         )
-        metrics = (
-            RequestMetrics(
+        metrics: RequestMetrics | OtelRequestMetrics | None = None
+        if cfg.request_metrics_enabled:
+            family = OtelRequestMetrics if cfg.otel_metrics else RequestMetrics
+            metrics = family(
                 namespace=cfg.namespace,
                 service=cfg.service,
                 configuration=cfg.configuration,
@@ -111,9 +116,6 @@ class QueueProxy:
                 pod_name=cfg.pod_name,
                 queue_depth_enabled=breaker is not None,
             )
-            if cfg.request_metrics_enabled
-            else None
-        )
         self.metrics = metrics
         request_log = (
             RequestLogger(

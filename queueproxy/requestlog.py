@@ -5,8 +5,9 @@ compiles that template once into a list of literal strings and small closures, s
 line costs one pass over the parts. The subset covers what real templates use:
 
 * fields ``.Request.{Method,RequestURI,Host,ContentLength,UserAgent,RemoteAddr,Referer,
-  Proto,Header}``, ``.Response.{Code,Size,Latency}`` and
-  ``.Revision.{Name,Namespace,Service,Configuration,PodName,PodIP}``;
+  Proto,Header}``, ``.Response.{Code,Size,Latency}``,
+  ``.Revision.{Name,Namespace,Service,Configuration,PodName,PodIP}`` and Knative 1.19+'s
+  ``.TraceID`` (``traceparent``'s trace id, else ``X-B3-Traceid``);
 * ``.Request.Header.Get "X"`` (case-insensitive, first value or empty) and
   ``index .Request.Header "X"`` (exact canonical key, printed as Go prints a slice:
   ``[v1 v2]``, or ``[]`` when absent; that is why Knative's default line shows
@@ -88,6 +89,17 @@ class _Header:
     def get(self, name: str) -> str:
         found = self.values.get(canonical_header_key(name))
         return found[0] if found else ""
+
+
+def trace_id(headers: _Header) -> str:
+    """The ``.TraceID`` of Knative 1.19+'s template input: the trace-id field of the W3C
+    ``traceparent`` header, else ``X-B3-Traceid``, else empty."""
+    parent = headers.get("Traceparent")
+    if parent:
+        parts = parent.split("-", 2)
+        if len(parts) >= 2:
+            return parts[1]
+    return headers.get("X-B3-Traceid")
 
 
 def canonical_header_key(name: str) -> str:
@@ -202,6 +214,8 @@ def _field(path: str, args: list[str]) -> _Eval:
         if key is None:
             raise TemplateError("Header.Get takes one string argument")
         return lambda c: _Header(c[0].headers).get(key)
+    if parts == ["TraceID"] and not args:
+        return lambda c: trace_id(_Header(c[0].headers))
     if args or len(parts) != 2:
         raise TemplateError(f"unsupported field {path}")
     group, name = parts
