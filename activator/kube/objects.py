@@ -15,7 +15,7 @@ shapes: a list where a mapping belongs is an error, not a crash.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -30,6 +30,7 @@ __all__ = [
     "REVISION_UID_LABEL",
     "SERVICE_LABEL",
     "SERVICE_TYPE_LABEL",
+    "SERVING_PORT_NAMES",
     "ConfigMapInfo",
     "DecodeError",
     "EndpointsInfo",
@@ -65,6 +66,9 @@ PUBLIC_ENDPOINTS_SELECTOR: Final = f"{SERVICE_TYPE_LABEL}=Public"
 #: Knative's revision timeout when ``spec.timeoutSeconds`` is absent (the webhook defaults it).
 DEFAULT_TIMEOUT_SECONDS: Final = 300
 
+#: The Endpoints port names the activator routes to: ``http`` (HTTP/1) and ``http2`` (h2c).
+SERVING_PORT_NAMES: Final = frozenset({"http", "http2"})
+
 _MAX_NAME: Final = 63  # a DNS-1123 label
 _MD5_HEX: Final = 32
 
@@ -77,6 +81,8 @@ class DecodeError(ValueError):
 
 
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if type(value) is dict:  # what json.loads makes; isinstance(Mapping) is an ABC check
+        return value
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -110,6 +116,8 @@ def _int(value: object, path: str, *, default: int, minimum: int = 0) -> int:
 
 
 def _string_map(value: object, path: str) -> dict[str, str]:
+    if type(value) is dict and all(type(v) is str for v in value.values()):
+        return dict(value)
     out: dict[str, str] = {}
     for k, v in _mapping(value, path).items():
         out[str(k)] = _str(v, f"{path}[{k}]")
@@ -280,18 +288,44 @@ class EndpointsInfo:
         return frozenset(d.rpartition(":")[0].strip("[]") for d in ready)
 
 
-def _addresses(value: object, path: str) -> list[str]:
-    ips = []
+def _hosts(value: object, path: str) -> list[str]:
+    """The addresses' IPs, IPv6 already bracketed for ``host:port``.
+
+    Field paths are formatted only on the error path: this runs for every pod of every
+    Endpoints event.
+    """
+    hosts = []
     for i, a in enumerate(_list(value, path)):
-        ip = _str(_mapping(a, f"{path}[{i}]").get("ip"), f"{path}[{i}].ip")
-        if not ip:
+        ip = a.get("ip") if type(a) is dict else None
+        if not isinstance(ip, str) or not ip:
+            ip = _str(_mapping(a, f"{path}[{i}]").get("ip"), f"{path}[{i}].ip")
             raise DecodeError(f"{path}[{i}].ip: missing")
-        ips.append(ip)
-    return ips
+        hosts.append(f"[{ip}]" if ":" in ip else ip)
+    return hosts
 
 
-def decode_endpoints(obj: Mapping[str, Any]) -> EndpointsInfo:
-    """Project an Endpoints object; raises ``DecodeError`` naming the first unusable field."""
+def _port(raw: object, s: int, p: int) -> tuple[str, int]:
+    name = raw.get("name", "") if type(raw) is dict else None
+    number = raw.get("port") if type(raw) is dict else None
+    if isinstance(name, str) and type(number) is int and 0 < number < 65536:
+        return name, number
+    where = f"subsets[{s}].ports[{p}]"
+    port = _mapping(raw, where)
+    _str(port.get("name"), f"{where}.name")
+    if port.get("port") is None:
+        raise DecodeError(f"{where}.port: missing")
+    raise DecodeError(f"{where}.port: expected a port number, got {port.get('port')!r}")
+
+
+def decode_endpoints(
+    obj: Mapping[str, Any], *, port_names: Collection[str] | None = None
+) -> EndpointsInfo:
+    """Project an Endpoints object; raises ``DecodeError`` naming the first unusable field.
+
+    ``port_names`` keeps only those ports (``SERVING_PORT_NAMES`` is what the activator
+    routes to), which saves most of the work and memory when pods also expose metrics ports;
+    None keeps every named port.
+    """
     namespace, name = object_key(obj)
     labels = _string_map(_mapping(obj.get("metadata"), "metadata").get("labels"), "labels")
     ready: dict[str, set[str]] = {}
@@ -299,20 +333,16 @@ def decode_endpoints(obj: Mapping[str, Any]) -> EndpointsInfo:
     for s, raw in enumerate(_list(obj.get("subsets"), "subsets")):
         subset = _mapping(raw, f"subsets[{s}]")
         seen: set[str] = set()
-        addresses = _addresses(subset.get("addresses"), f"subsets[{s}].addresses")
-        pending = _addresses(subset.get("notReadyAddresses"), f"subsets[{s}].notReadyAddresses")
+        addresses = _hosts(subset.get("addresses"), f"subsets[{s}].addresses")
+        pending = _hosts(subset.get("notReadyAddresses"), f"subsets[{s}].notReadyAddresses")
         for p, rawport in enumerate(_list(subset.get("ports"), f"subsets[{s}].ports")):
-            port = _mapping(rawport, f"subsets[{s}].ports[{p}]")
-            pname = _str(port.get("name"), f"subsets[{s}].ports[{p}].name")
-            number = _int(port.get("port"), f"subsets[{s}].ports[{p}].port", default=-1)
-            if number < 1:
-                raise DecodeError(f"subsets[{s}].ports[{p}].port: missing")
+            pname, number = _port(rawport, s, p)
             # Knative takes the first port of a subset with the wanted name.
-            if pname in seen:
+            if pname in seen or (port_names is not None and pname not in port_names):
                 continue
             seen.add(pname)
-            ready.setdefault(pname, set()).update(join_host_port(ip, number) for ip in addresses)
-            not_ready.setdefault(pname, set()).update(join_host_port(ip, number) for ip in pending)
+            ready.setdefault(pname, set()).update([f"{h}:{number}" for h in addresses])
+            not_ready.setdefault(pname, set()).update([f"{h}:{number}" for h in pending])
     ports = {n: (frozenset(ready[n]), frozenset(not_ready[n])) for n in ready}
     return EndpointsInfo(
         namespace=namespace,

@@ -269,7 +269,7 @@ async def test_malformed_object_is_skipped_with_one_warning_and_the_stream_goes_
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
         "endpoints in the cluster scope: skipping default/bad: "
-        "subsets[0].ports[0].port: expected an integer >= 0, got 'eighty'"
+        "subsets[0].ports[0].port: expected a port number, got 'eighty'"
     ]
 
 

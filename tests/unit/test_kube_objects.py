@@ -11,6 +11,7 @@ import pytest
 from activator.kube.objects import (
     PRIVATE_ENDPOINTS_SELECTOR,
     PUBLIC_ENDPOINTS_SELECTOR,
+    SERVING_PORT_NAMES,
     DecodeError,
     EndpointsInfo,
     RevisionInfo,
@@ -211,6 +212,12 @@ def test_private_endpoints_to_ready_and_not_ready_dests() -> None:
     assert info.dests("http2") == (frozenset(), frozenset())
     assert info.dests("http-autometric")[0] == frozenset({"10.244.0.17:9090"})
     assert info.ready_ips("http") == frozenset({"10.244.0.17"})
+
+
+def test_endpoints_port_filter_keeps_only_the_serving_ports() -> None:
+    info = decode_endpoints(PRIVATE_ENDPOINTS, port_names=SERVING_PORT_NAMES)
+    assert set(info.ports) == {"http"}
+    assert info.dests("http") == decode_endpoints(PRIVATE_ENDPOINTS).dests("http")
 
 
 def test_endpoints_ipv6_bracketed_and_subsets_merged() -> None:
