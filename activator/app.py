@@ -47,6 +47,9 @@ from activator.model import (
     ActivatorsChanged,
     ClusterIPChanged,
     IncrementalUpdate,
+    IngressChanged,
+    IngressRemoved,
+    NetworkChanged,
     PodsChanged,
     PodsRemoved,
     Revision,
@@ -335,6 +338,12 @@ class Activator:
                 throttler.set_activators(*self._share(update.key))
         elif isinstance(update, RevisionRemoved):
             self.remove_revision(update.key)
+        elif isinstance(update, NetworkChanged):
+            self.mesh_mode, self.passthrough = update.mesh_mode, update.passthrough
+        elif isinstance(update, IngressChanged):
+            self.handler.snapshot.table.put_rules(update.key, update.rules)
+        elif isinstance(update, IngressRemoved):
+            self.handler.snapshot.table.remove_rules(update.key)
         elif isinstance(update, SourceHealth):
             if update.error != self.source_error:
                 log.info("source %s", "ready" if update.error is None else update.error)

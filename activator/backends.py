@@ -36,7 +36,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from activator.model import RevisionKey
+from activator.model import MeshMode, RevisionKey
 from proxy.prober import ProbeError, probe_http
 
 __all__ = [
@@ -73,14 +73,6 @@ class ProbeOutcome(enum.IntEnum):
     OK = 1
     #: 502 or 503: perhaps a mesh proxy answered instead of the pod (ClusterIP fallback).
     MESH = 2
-
-
-class MeshMode(enum.Enum):
-    """``config-network`` ``mesh-compatibility-mode``."""
-
-    AUTO = "auto"
-    ENABLED = "enabled"
-    DISABLED = "disabled"
 
 
 #: ``probe(dest, timeout)``: one probe of a queue-proxy (or the ClusterIP).

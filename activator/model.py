@@ -6,6 +6,7 @@ frozen values; the router and the throttler consume nothing else.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -139,6 +140,56 @@ class ActivatorsChanged:
     index: int
 
 
+class MeshMode(enum.Enum):
+    """``config-network`` ``mesh-compatibility-mode``."""
+
+    AUTO = "auto"
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkChanged:
+    """``config-network`` as read at start-up: how pods are reached (mesh compatibility) and
+    whether requests go through the mesh's pod addressing (``enable-mesh-pod-addressability``)."""
+
+    mesh_mode: MeshMode = MeshMode.AUTO
+    passthrough: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedTarget:
+    """One split of a host rule: a revision, its share, and the headers set on the way."""
+
+    namespace: str
+    revision: str
+    percent: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """Routing for a set of hosts, already resolved by an ingress controller: the default
+    weighted split and the ``Knative-Serving-Tag`` header paths (tag, split)."""
+
+    hosts: tuple[str, ...]
+    default: tuple[WeightedTarget, ...]
+    by_tag: tuple[tuple[str, tuple[WeightedTarget, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngressChanged:
+    """The host rules of one ingress object (``key`` = its namespace and name)."""
+
+    key: tuple[str, str]
+    rules: tuple[HostRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRemoved:
+    key: tuple[str, str]
+
+
 IncrementalUpdate = (
     RevisionChanged
     | RevisionRemoved
@@ -146,4 +197,7 @@ IncrementalUpdate = (
     | PodsRemoved
     | ClusterIPChanged
     | ActivatorsChanged
+    | IngressChanged
+    | IngressRemoved
+    | NetworkChanged
 )

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from activator.model import Revision, RevisionKey, Route, RoutingConfig
+from activator.model import HostRule, Revision, RevisionKey, Route, RoutingConfig, WeightedTarget
 
 __all__ = [
     "DEFAULT_ROUTE_HEADER",
@@ -109,6 +109,7 @@ class RouteTable:
     __slots__ = (
         "_by_raw",
         "_hosts",
+        "_owned",
         "_revisions",
         "cluster_domain",
         "domain",
@@ -129,6 +130,8 @@ class RouteTable:
         # normalising on every request. Bounded, since clients choose the bytes.
         self._by_raw: dict[bytes, _HostEntry | None] = {}
         self._revisions = dict(revisions)
+        #: Hosts added by ``put_rules``, by owner (an ingress object), for in-place changes.
+        self._owned: dict[tuple[str, str], list[str]] = {}
         self.domain = domain
         self.cluster_domain = cluster_domain
         self.tag_header_routing = tag_header_routing
@@ -200,6 +203,33 @@ class RouteTable:
     def remove_revision(self, key: RevisionKey) -> None:
         self._revisions.pop(key, None)
 
+    def put_rules(self, owner: tuple[str, str], rules: tuple[HostRule, ...]) -> None:
+        """Make ``rules`` the hosts of ``owner`` (one ingress object), in place.
+
+        Only that owner's hosts change; a host another owner already serves keeps its
+        first owner, as ``build`` keeps the first route.
+        """
+        self.remove_rules(owner)
+        hosts: list[str] = []
+        for rule in rules:
+            default = _split_of(rule.default)
+            by_tag = {tag: _split_of(targets) for tag, targets in rule.by_tag}
+            if not default.decisions:
+                continue  # nothing to route to (every split at 0 %): such hosts answer 404
+            entry = _HostEntry(default, by_tag)
+            for host in rule.hosts:
+                name = normalise_host(host)
+                if name not in self._hosts:
+                    self._hosts[name] = entry
+                    hosts.append(name)
+        self._owned[owner] = hosts
+        self._by_raw.clear()
+
+    def remove_rules(self, owner: tuple[str, str]) -> None:
+        for host in self._owned.pop(owner, ()):
+            self._hosts.pop(host, None)
+        self._by_raw.clear()
+
     @property
     def hosts(self) -> frozenset[str]:
         """Every host the table answers for (normalised)."""
@@ -258,6 +288,20 @@ def _make_split(
             continue  # dropped after the 100 % forcing, as the ingress does
         cumulative += percent
         decisions.append(RouteDecision(namespace, revision, headers))
+        bounds.append(cumulative)
+    return _Split(tuple(decisions), tuple(bounds))
+
+
+def _split_of(targets: tuple[WeightedTarget, ...]) -> _Split:
+    """A split of already-resolved targets (an ingress did the merging); 0 % ones dropped."""
+    decisions: list[RouteDecision] = []
+    bounds: list[int] = []
+    cumulative = 0
+    for t in targets:
+        if t.percent <= 0 and len(targets) > 1:
+            continue
+        cumulative += max(t.percent, 1)
+        decisions.append(RouteDecision(t.namespace, t.revision, t.headers))
         bounds.append(cumulative)
     return _Split(tuple(decisions), tuple(bounds))
 

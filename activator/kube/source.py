@@ -11,9 +11,18 @@ and nothing beyond Knative's ``knative-serving-activator`` ClusterRole and Role 
   the revision and our place among them (``POD_IP`` in the sorted ready IPs); an update that
   does not list us is ignored, as Knative's throttler does;
 * private Services (``<rev>-private``, ``serviceType=Private``) → ``ClusterIPChanged``;
+* with an ingress class (ingress mode, ``activator.kube.ingress``): Knative Ingresses of that
+  class → ``IngressChanged`` / ``IngressRemoved``, and each new generation's status marked
+  Ready through ``mark_ready`` once its rules are applied;
 * ConfigMaps of ``SYSTEM_NAMESPACE`` → the log level (``loglevel.activator`` of
   ``CONFIG_LOGGING_NAME``); ``config-network`` and ``CONFIG_OBSERVABILITY_NAME`` changes are
   logged (Knative reads ``config-network`` once, at start-up).
+
+Before any watch, the source does what Knative's activator does at start-up, but never gives
+up (it is not ready meanwhile, with the reason as its health): it polls the API server's
+``/version`` with back-off, logging one line with the URL, then reads ``config-network`` once
+(``NetworkChanged``; a missing, unreadable or unsupported one is retried with back-off and
+named in the health).
 
 Each event touches one revision. An Endpoints or Service event that arrives before its
 Revision is kept and replayed when the Revision arrives (its protocol names the port).
@@ -26,12 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 from activator.capacity import infer_index
-from activator.kube.client import CONFIGMAPS, ENDPOINTS, REVISIONS, SERVICES
+from activator.kube.client import CONFIGMAPS, ENDPOINTS, REVISIONS, SERVICES, ApiError, KubeError
+from activator.kube.ingress import INGRESSES, IngressInfo, decode_ingress, host_rules
 from activator.kube.objects import (
     PRIVATE_ENDPOINTS_SELECTOR,
     PUBLIC_ENDPOINTS_SELECTOR,
@@ -47,12 +58,16 @@ from activator.kube.objects import (
     port_name_for,
     private_service_name,
 )
-from activator.kube.reflector import Deleted, ListWatcher, Reflector, Upserted
+from activator.kube.reflector import Backoff, Deleted, ListWatcher, Reflector, Upserted
 from activator.kubeenv import KubeEnv
 from activator.model import (
     ActivatorsChanged,
     ClusterIPChanged,
     IncrementalUpdate,
+    IngressChanged,
+    IngressRemoved,
+    MeshMode,
+    NetworkChanged,
     PodsChanged,
     PodsRemoved,
     Revision,
@@ -62,7 +77,16 @@ from activator.model import (
 )
 from activator.source import SourceHealth
 
-__all__ = ["HEALTH_INTERVAL", "NOT_SYNCED", "KubeSource", "to_revision"]
+__all__ = [
+    "CONFIG_NETWORK",
+    "HEALTH_INTERVAL",
+    "NOT_SYNCED",
+    "ApiClient",
+    "KubeSource",
+    "NetworkError",
+    "network_settings",
+    "to_revision",
+]
 
 log = logging.getLogger("sluice.activator.kube")
 
@@ -82,7 +106,44 @@ _LOG_LEVELS = {
     "fatal": logging.CRITICAL,
 }
 
+CONFIG_NETWORK = "config-network"
+_TRUE = frozenset({"1", "t", "true"})
+_FALSE = frozenset({"", "0", "f", "false"})
+
 Update = IncrementalUpdate | SourceHealth
+
+
+class ApiClient(ListWatcher, Protocol):
+    """What the source needs of a client: list, watch and a plain GET."""
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]: ...
+
+
+class NetworkError(ValueError):
+    """``config-network`` holds a value the activator cannot use; one line naming the key."""
+
+
+def network_settings(data: Mapping[str, str]) -> NetworkChanged:
+    """Parse ``config-network`` data (Knative's defaults for absent keys)."""
+    where = CONFIG_NETWORK
+    raw = data.get("enable-mesh-pod-addressability", "false").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise NetworkError(f'{where}: enable-mesh-pod-addressability: invalid value "{raw}"')
+    mode = data.get("mesh-compatibility-mode", "auto").strip().lower() or "auto"
+    try:
+        mesh = MeshMode(mode)
+    except ValueError:
+        raise NetworkError(
+            f'{where}: mesh-compatibility-mode: invalid value "{mode}" (auto, enabled or disabled)'
+        ) from None
+    tls = data.get("system-internal-tls", "").strip().lower()
+    legacy = data.get("internal-encryption", "false").strip().lower()
+    if tls == "enabled" or legacy in _TRUE:
+        raise NetworkError(
+            f"{where}: system-internal-tls is enabled; Sluice's activator does not speak TLS "
+            "to pods yet (see docs/kubernetes.md)"
+        )
+    return NetworkChanged(mesh, raw in _TRUE)
 
 
 def to_revision(info: RevisionInfo) -> Revision:
@@ -106,14 +167,23 @@ class KubeSource:
 
     def __init__(
         self,
-        client: ListWatcher,
+        client: ApiClient,
         env: KubeEnv,
         *,
+        api_url: str = "the Kubernetes API",
+        backoff: Backoff | None = None,
         reflector_options: Mapping[str, Any] | None = None,
         health_interval: float = HEALTH_INTERVAL,
         set_log_level: Callable[[int], None] | None = None,
+        ingress_class: str | None = None,
+        mark_ready: Callable[[IngressInfo], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.env = env
+        self._client = client
+        self._api_url = api_url
+        self._backoff = backoff or Backoff(initial=1.0, maximum=30.0)
+        self._mark_ready = mark_ready
+        self._status_tasks: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[Update] = asyncio.Queue()
         self._health_interval = health_interval
         self._set_log_level = set_log_level or logging.getLogger("sluice").setLevel
@@ -160,11 +230,16 @@ class KubeSource:
                 **opts,
             ),
         ]
+        if ingress_class is not None:
+            decode = functools.partial(decode_ingress, ingress_class=ingress_class)
+            self.reflectors.append(Reflector(client, INGRESSES, decode, self._on_ingress, **opts))
 
     # ------------------------------------------------------------------ the stream
 
     async def updates(self) -> AsyncIterator[Update]:
-        """Run the watches and yield updates until the consumer stops iterating."""
+        """Start up, run the watches and yield updates until the consumer stops iterating."""
+        async for update in self._start_up():
+            yield update
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(r.run(), name=f"watch {r.name}") for r in self.reflectors]
         tasks.append(loop.create_task(self._health_loop(), name="kube source health"))
@@ -173,11 +248,56 @@ class KubeSource:
             while True:
                 yield await self._queue.get()
         finally:
+            tasks += self._status_tasks
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _start_up(self) -> AsyncIterator[Update]:
+        """``/version`` then ``config-network``, each retried with back-off until it works."""
+        waiting = SourceHealth(f"waiting for the Kubernetes API at {self._api_url}")
+        yield waiting
+        self._sent_health = waiting
+        logged: str | None = None
+        while True:
+            try:
+                await self._client.get("/version")
+                break
+            except KubeError as exc:
+                if logged is None:
+                    log.warning(
+                        "Kubernetes API at %s not answering (%s); retrying", self._api_url, exc
+                    )
+                logged = str(exc)
+            await asyncio.sleep(self._backoff.delay())
+        self._backoff.reset()
+        path = f"/api/v1/namespaces/{self.env.system_namespace}/configmaps/{CONFIG_NETWORK}"
+        while True:
+            try:
+                cm = await self._client.get(path)
+                data = cm.get("data") or {}
+                if not isinstance(data, dict):
+                    raise NetworkError(f"{CONFIG_NETWORK}: data: expected a mapping")
+                network = network_settings({str(k): str(v) for k, v in data.items()})
+                break
+            except (KubeError, NetworkError) as exc:
+                reason = str(exc)
+                if isinstance(exc, ApiError):
+                    reason = f"reading ConfigMap {CONFIG_NETWORK}: {exc}"
+                if reason != logged:
+                    log.error("%s; retrying", reason)
+                    logged = reason
+                    self._sent_health = SourceHealth(reason)
+                    yield self._sent_health
+            await asyncio.sleep(self._backoff.delay())
+        log.info(
+            "config-network: mesh-compatibility-mode %s, pod addressability %s",
+            network.mesh_mode.value,
+            network.passthrough,
+        )
+        yield network
 
     def health(self) -> SourceHealth:
         """Ready once every first list is done and while every watch reaches the server."""
@@ -287,6 +407,18 @@ class KubeSource:
         svc = self._services.get((key[0], private_service_name(key[1])))
         dest = svc.dest(self._port_name(key)) if svc is not None else None
         self._put(ClusterIPChanged(key, dest))
+
+    def _on_ingress(self, event: Upserted[IngressInfo] | Deleted[IngressInfo]) -> None:
+        info = event.obj
+        if isinstance(event, Deleted):
+            self._put(IngressRemoved(info.key))
+            return
+        self._put(IngressChanged(info.key, host_rules(info)))
+        if not info.ready and self._mark_ready is not None:
+            # Written after the rules are queued; the writer applies them first.
+            task = asyncio.get_running_loop().create_task(self._mark_ready(info))
+            self._status_tasks.add(task)
+            task.add_done_callback(self._status_tasks.discard)
 
     def _on_configmap(self, event: Upserted[ConfigMapInfo] | Deleted[ConfigMapInfo]) -> None:
         if isinstance(event, Deleted):

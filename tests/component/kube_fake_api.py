@@ -28,6 +28,7 @@ from aiohttp import web
 
 Obj = dict[str, Any]
 _PATH = re.compile(r"^/(api/v1|apis/[^/]+/[^/]+)(?:/namespaces/([^/]+))?/([^/]+)$")
+_OBJECT = re.compile(r"^/(api/v1|apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)/([^/]+)$")
 IDENTITY = "system:serviceaccount:knative-serving:activator"
 
 
@@ -180,7 +181,14 @@ class FakeApiServer:
         self._check_auth(request)
         m = _PATH.match(request.path)
         if m is None:
-            raise _status(404, "NotFound", f"the server could not find {request.path}")
+            one = _OBJECT.match(request.path)
+            if one is None:
+                raise _status(404, "NotFound", f"the server could not find {request.path}")
+            prefix, namespace, plural, name = one.groups()
+            obj = self._col(prefix, plural).objects.get((namespace, name))
+            if obj is None:
+                raise _status(404, "NotFound", f'{plural} "{name}" not found')
+            return web.json_response(obj)
         prefix, namespace, plural = m.group(1), m.group(2), m.group(3)
         watching = query.get("watch") == "true"
         verb = "watch" if watching else "list"

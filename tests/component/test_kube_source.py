@@ -18,11 +18,14 @@ import pytest
 from activator.app import Activator, Settings
 from activator.kube.client import KubeClient
 from activator.kube.config import KubeConfig
+from activator.kube.reflector import Backoff
 from activator.kube.source import NOT_SYNCED, KubeSource, to_revision
 from activator.kubeenv import KubeEnv
 from activator.model import (
     ActivatorsChanged,
     ClusterIPChanged,
+    MeshMode,
+    NetworkChanged,
     PodsChanged,
     PodsRemoved,
     RevisionChanged,
@@ -98,10 +101,17 @@ def private_service(rev: str, ip: str) -> dict[str, Any]:
     }
 
 
+CONFIG_NETWORK = {
+    "metadata": {"name": "config-network", "namespace": "knative-serving"},
+    "data": {"_example": "# Knative's defaults"},
+}
+
+
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApiServer]:
     server = FakeApiServer()
     await server.start()
+    await server.put(CORE, "configmaps", CONFIG_NETWORK)
     yield server
     await server.stop()
 
@@ -143,10 +153,12 @@ async def test_knative_objects_become_one_update_each(
         endpoints("hello-00001", "hello-00001", "Public", ["10.0.0.9", "10.0.0.2", "10.0.0.10"]),
     )
     await api.put(CORE, "services", private_service("hello-00001", "10.96.0.7"))
-    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
     got = await collect(source, lambda g: SourceHealth(None) in g)
     key = ("default", "hello-00001")
-    assert got[0] == SourceHealth(NOT_SYNCED)
+    assert got[0] == SourceHealth(f"waiting for the Kubernetes API at {api.url}")
+    assert got[1] == NetworkChanged(MeshMode.AUTO, False)
+    assert got[2] == SourceHealth(NOT_SYNCED)
     assert RevisionChanged(to_revision(source._revisions[key])) in got
     rev = next(u.revision for u in got if isinstance(u, RevisionChanged))
     assert (rev.container_concurrency, rev.timeout_seconds, rev.service) == (10, 30, "hello")
@@ -166,7 +178,7 @@ async def test_endpoints_before_their_h2c_revision_are_replayed_on_the_h2c_port(
             "grpc-00001-private", "grpc-00001", "Private", ["10.1.0.5"], port=("http2", 8013)
         ),
     )
-    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
     key = ("default", "grpc-00001")
     it = source.updates()
     seen: list[Any] = []
@@ -192,7 +204,7 @@ async def test_an_update_that_does_not_list_this_activator_is_ignored(
     await api.put(
         CORE, "endpoints", endpoints("hello-00001", "hello-00001", "Public", ["10.0.0.7"])
     )
-    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
     got = await collect(source, lambda g: SourceHealth(None) in g)
     assert not [u for u in got if isinstance(u, ActivatorsChanged)]
 
@@ -277,7 +289,7 @@ async def test_a_revision_from_the_api_becomes_reachable_through_the_activator(
         pod_name="activator-0",
         probe_interval=0.02,
     )
-    source = KubeSource(client, ENV, reflector_options=FAST, health_interval=0.01)
+    source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
     act = Activator(settings, source, scaler=NullScaler())
     await act.start(wait_for_config=False)
     session = aiohttp.ClientSession()
@@ -321,23 +333,74 @@ async def test_a_revision_from_the_api_becomes_reachable_through_the_activator(
         await qp.server.shutdown(grace=0)
 
 
-async def test_readiness_waits_for_the_first_lists(client: KubeClient) -> None:
-    # The API server is unreachable (the fake was never started on this client's port).
-    dead = KubeClient(KubeConfig(server="http://127.0.0.1:9"))
+async def kubelet_probe(act: Activator) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://127.0.0.1:{act.port}/", headers={"K-Kubelet-Probe": "activator"}
+        ) as probe,
+    ):
+        return probe.status, await probe.text()
+
+
+async def test_unreachable_api_server_means_not_ready_and_is_retried(
+    api: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    await api.stop()  # it comes back on the same port later
+    client = KubeClient(KubeConfig(server=api.url))
     settings = Settings(host="127.0.0.1", port=0, metrics_port=0)
-    source = KubeSource(dead, ENV, reflector_options=FAST, health_interval=0.01)
+    source = KubeSource(
+        client,
+        ENV,
+        api_url=api.url,
+        backoff=Backoff(initial=0.01, maximum=0.05),
+        reflector_options=FAST,
+        health_interval=0.01,
+    )
     act = Activator(settings, source, scaler=NullScaler())
     await act.start(wait_for_config=False)
     try:
-        await act.wait_for(lambda: act.source_error == NOT_SYNCED)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"http://127.0.0.1:{act.port}/", headers={"K-Kubelet-Probe": "activator"}
-            ) as probe,
-        ):
-            assert probe.status == 500
-            assert await probe.text() == NOT_SYNCED + "\n"
+        waiting = f"waiting for the Kubernetes API at {api.url}"
+        await act.wait_for(lambda: act.source_error == waiting)
+        assert await kubelet_probe(act) == (500, waiting + "\n")
+        await asyncio.sleep(0.2)  # several retries...
+        lines = [r for r in caplog.records if "not answering" in r.getMessage()]
+        assert len(lines) == 1 and api.url in lines[0].getMessage()  # ...one log line
+        await api.start()
+        await act.wait_for(lambda: act.source_error is None)
+        assert await kubelet_probe(act) == (200, "")
     finally:
         await act.close()
-        await dead.close()
+        await client.close()
+
+
+async def test_missing_config_network_is_named_and_waited_for(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    await api.delete(CORE, "configmaps", "knative-serving", "config-network")
+    source = KubeSource(
+        client,
+        ENV,
+        api_url=api.url,
+        backoff=Backoff(initial=0.01, maximum=0.05),
+        reflector_options=FAST,
+        health_interval=0.01,
+    )
+    it = source.updates()
+    seen: list[Any] = []
+    try:
+        async with asyncio.timeout(5):
+            async for update in it:
+                seen.append(update)
+                if (
+                    isinstance(update, SourceHealth)
+                    and update.error
+                    and "config-network" in (update.error)
+                ):
+                    assert "not found" in update.error
+                    await api.put(CORE, "configmaps", CONFIG_NETWORK)
+                if update == SourceHealth(None):
+                    break
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    assert NetworkChanged() in seen
