@@ -191,8 +191,12 @@ class Reflector(Generic[T]):
             except asyncio.CancelledError:
                 raise
             except Expired as exc:
-                log.info("%s: %s; listing again", self.name, exc)
-                need_list = True
+                if not need_list:
+                    log.info("%s: %s; listing again", self.name, exc)
+                    need_list = True
+                else:  # the list itself expired: retrying at once could spin
+                    self._failed(exc)
+                    await self._sleep(self._backoff.delay())
             except Exception as exc:  # a reflector must outlive any failure
                 self._failed(exc)
                 await self._sleep(self._backoff.delay())
