@@ -24,9 +24,8 @@ hand-made environment), ``OBSERVABILITY_CONFIG`` wins and the old variables are 
 * v1.23.0 only: ``OBSERVABILITY_CONFIG`` (``queueproxy.observability``: request metrics
   with the OpenTelemetry names, request log, tracing), ``ENABLE_MULTI_CONTAINER_PROBES``,
   ``ENABLE_HTTP_FULL_DUPLEX`` and ``QUEUE_PROXY_TLS_*`` (``queueproxy.tlsconfig``).
-* gRPC readiness probes are refused at start-up: checking one needs an HTTP/2 client
-  the sidecar does not carry, and passing it unchecked would send traffic to a pod
-  that may not be serving.
+* gRPC readiness probes are checked with a built-in h2c health client
+  (``queueproxy.grpc_health``), as v1.23.0's sidecar checks them.
 
 Parsing follows Go's ``envconfig`` as Knative uses it: a required variable must be
 present (it may be empty unless it has to parse as a number); integers use Go's
@@ -294,13 +293,6 @@ def load_config(environ: Mapping[str, str]) -> Config:
         probes = parse_probes(environ.get("SERVING_READINESS_PROBE", ""))
     except ProbeDecodeError as exc:
         raise ConfigError(f"invalid value for SERVING_READINESS_PROBE: {exc}") from None
-    for i, spec in enumerate(probes):
-        if spec.grpc is not None and spec.http_get is None and spec.tcp_socket is None:
-            where = f"probe [{i}]" if len(probes) > 1 else "the probe"
-            raise ConfigError(
-                f"unsupported value for SERVING_READINESS_PROBE: {where} is a gRPC health "
-                f"probe (port {spec.grpc.port}), which this queue-proxy cannot check"
-            )
 
     obs: Observability | None = None
     tls = LEGACY

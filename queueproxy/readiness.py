@@ -11,6 +11,8 @@ Theory of operation:
   lives on the prober; only a failed attempt of that probe resets it, so after one
   overall success later checks pass on their first good attempt. A check that runs out
   of time writes one ``aggressive probe error`` line; one that succeeds writes nothing.
+* Attempts: TCP connect, HTTP ``GET`` (200-399 passes), or a gRPC health check over h2c
+  (``SERVING`` passes; ``queueproxy.grpc_health``).
 * **Normal mode** (``periodSeconds > 0``): a single attempt bounded by
   ``timeoutSeconds``; the kubelet supplies the periodicity.
 * **Coalescing:** at most one check runs at a time. Callers that arrive while it runs
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from proxy.prober import ProbeError, probe_http, probe_tcp
+from queueproxy.grpc_health import probe_grpc_health
 from queueproxy.probe_spec import (
     GrpcAction,
     HttpGetAction,
@@ -217,9 +220,10 @@ class ReadinessProber:
             raise ProbeError(f"HTTP probe did not respond Ready, got status code: {resp.status}")
 
     async def _probe_grpc(self, action: GrpcAction, timeout: float) -> None:
-        # Start-up refuses gRPC probes (queueproxy.config); this keeps a prober built
-        # by hand from passing one silently.
-        raise ProbeError(f"gRPC readiness probe on port {action.port} is not supported")
+        port = action.port if action.port > 0 else self._user_port
+        await probe_grpc_health(
+            self._user_host, port, action.service, timeout, user_agent=PROBE_USER_AGENT
+        )
 
     def _resolve(self, port: int | str) -> int:
         if isinstance(port, int):

@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "tests" / "e2e" / "apps"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-GRPC_PROBE = '{"grpc":{"port":50051,"service":""},"successThreshold":1}'
 ACTIVATOR_PROBE = {"User-Agent": "Knative-Activator-Probe", "K-Network-Probe": "queue"}
 
 
@@ -249,8 +248,8 @@ def test_full_duplex_app_answers_while_the_body_streams(tmp_path: Path) -> None:
         ({"QUEUE_PROXY_TLS_MIN_VERSION": "1.0"}, "queue-proxy: invalid value for QUEUE_PROXY_TLS"),
         ({"ENABLE_MULTI_CONTAINER_PROBES": "yes"}, "queue-proxy: invalid value for ENABLE_MULTI"),
         (
-            {"SERVING_READINESS_PROBE": GRPC_PROBE},
-            "queue-proxy: unsupported value for SERVING_READINESS_PROBE: the probe is a gRPC",
+            {"SERVING_READINESS_PROBE": '[{"grpc":{"port":"x"}}]'},
+            "queue-proxy: invalid value for SERVING_READINESS_PROBE: [0].grpc.port must be",
         ),
         ({"SERVING_POD": None}, "queue-proxy: required environment variable SERVING_POD is not"),
     ],

@@ -12,7 +12,7 @@ from queueproxy.config import (
     load_config,
 )
 from queueproxy.observability import DEFAULT_REQUEST_LOG_TEMPLATE
-from queueproxy.readiness import HttpGetAction, ProbeSpec, TcpSocketAction
+from queueproxy.readiness import GrpcAction, HttpGetAction, ProbeSpec, TcpSocketAction
 from queueproxy.tlsconfig import LEGACY, TlsSettings
 from tests.unit.knative_envs import (
     V123_REQUEST_LOG_TEMPLATE,
@@ -207,15 +207,6 @@ def test_v1102_contract_also_accepts_a_probe_array() -> None:
             "invalid value for SERVING_READINESS_PROBE: [1].httpGet.port must be",
         ),
         (
-            '{"grpc":{"port":50051,"service":""},"successThreshold":1}',
-            "unsupported value for SERVING_READINESS_PROBE: the probe is a gRPC health probe "
-            "(port 50051)",
-        ),
-        (
-            '[{"tcpSocket":{"port":8080}},{"grpc":{"port":50051}}]',
-            "unsupported value for SERVING_READINESS_PROBE: probe [1] is a gRPC health probe",
-        ),
-        (
             '{"grpc":{"port":"x"}}',
             "invalid value for SERVING_READINESS_PROBE: grpc.port must be an integer",
         ),
@@ -223,6 +214,12 @@ def test_v1102_contract_also_accepts_a_probe_array() -> None:
 )
 def test_malformed_probe_values_fail_with_one_line(text: str, message: str) -> None:
     assert error_of(v123_multi_probe_env(SERVING_READINESS_PROBE=text)).startswith(message)
+
+
+def test_grpc_probe_is_decoded() -> None:
+    env = v123_env(SERVING_READINESS_PROBE='{"grpc":{"port":50051,"service":""},"periodSeconds":2}')
+    (spec,) = load_config(env).probes
+    assert spec.grpc == GrpcAction(port=50051, service="") and spec.period_seconds == 2
 
 
 # --- booleans and TLS -----------------------------------------------------------------
