@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,13 +81,13 @@ def env_for(user_port: int, **overrides: str) -> dict[str, str]:
 
 
 def http(
-    port: int, path: str, headers: dict[str, str] | None = None
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 10
 ) -> tuple[int, dict[str, str], bytes]:
     """One ``GET`` with ``Connection: close``; status, headers (lower-case) and body."""
     lines = [f"GET {path} HTTP/1.1", "Host: hello.default.svc", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     data = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         while chunk := sock.recv(65536):
             data += chunk
@@ -270,3 +271,34 @@ def test_bad_v123_env_exits_1_with_one_line_before_listening(
     lines = done.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), lines
     assert kubelet_probe(int(env["QUEUE_SERVING_PORT"])) is None  # nothing ever listened
+
+
+def test_grpc_readiness_probe_follows_the_health_service(tmp_path: Path) -> None:
+    grpc = pytest.importorskip("grpc")
+    health = pytest.importorskip("grpc_health.v1.health")
+    health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2")
+    health_pb2_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        # As the controller writes a user container's `grpc: {port}, periodSeconds: 1`
+        # probe after defaulting (normal mode: one attempt per kubelet probe).
+        probe = (
+            f'{{"grpc":{{"port":{grpc_port},"service":""}},"timeoutSeconds":1,'
+            '"periodSeconds":1,"successThreshold":1,"failureThreshold":3}'
+        )
+        qp = start_queue_proxy(env_for(grpc_port, SERVING_READINESS_PROBE=probe), tmp_path)
+        try:
+            assert kubelet_probe(qp.port) == (200, b"queue")
+            servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert kubelet_probe(qp.port) == (503, b"")
+            servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+            assert kubelet_probe(qp.port) == (200, b"queue")
+        finally:
+            kill(qp.proc)
+    finally:
+        server.stop(None)
