@@ -115,6 +115,8 @@ class Settings:
     kubeconfig: str | None = None
     #: Kubernetes mode: the autoscaler's websocket instead of its in-cluster address.
     autoscaler_url: str | None = None
+    #: Kubernetes mode: also serve Knative Ingresses of this class (ingress mode).
+    ingress_class: str | None = None
     probe_interval: float = PROBE_INTERVAL
     probe_timeout: float = PROBE_TIMEOUT
     report_interval: float = REPORT_INTERVAL

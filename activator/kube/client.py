@@ -215,16 +215,25 @@ class KubeClient:
         params: dict[str, str],
         resource: str,
         timeout: aiohttp.ClientTimeout,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        content_type: str | None = None,
     ) -> aiohttp.ClientResponse:
-        """Send a GET and return the 200 response (caller releases); raise on anything else."""
+        """Send a request and return the 200 response (caller releases); raise otherwise."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = self.config.server + path
+        headers = self._headers()
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         try:
-            resp = await self._session.get(
+            resp = await self._session.request(
+                method,
                 url,
+                data=body,
                 params=params,
-                headers=self._headers(),
+                headers=headers,
                 timeout=timeout,
                 ssl=self._ssl if self._ssl is not None else True,
                 server_hostname=self.config.tls_server_name,
@@ -236,12 +245,12 @@ class KubeClient:
             return resp
         try:
             raw = await resp.content.read(64 << 10)
-            body: object = json.loads(raw) if raw else None
+            status: object = json.loads(raw) if raw else None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            body = None
+            status = None
         finally:
             resp.release()
-        raise _status_error(resp.status, body, verb, resource, self.identity)
+        raise _status_error(resp.status, status, verb, resource, self.identity)
 
     async def _get_json(self, verb: str, path: str, params: dict[str, str], resource: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
@@ -260,6 +269,38 @@ class KubeClient:
             return json.loads(body)
         except ValueError as exc:
             raise TransportError(f"{verb} {resource}: answer is not JSON: {exc}") from exc
+
+    async def patch_status(
+        self, resource: Resource, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """JSON merge-patch the ``status`` subresource of one object (ingress mode's only
+        write); returns the object as the server now has it."""
+        path = f"{resource.path()}/{name}/status"
+        what = f"{resource.describe()} {name}/status"
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        resp = await self._send(
+            "patch",
+            path,
+            {},
+            what,
+            timeout,
+            method="PATCH",
+            body=json.dumps(patch).encode(),
+            content_type="application/merge-patch+json",
+        )
+        try:
+            raw = await resp.content.read(self.max_body)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransportError(f"patch {what}: answer cut short: {_why(exc)}") from exc
+        finally:
+            resp.release()
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise TransportError(f"patch {what}: answer is not JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise TransportError(f"patch {what}: expected a JSON object")
+        return obj
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         """GET ``path`` (e.g. ``/version``) and return the decoded JSON object."""

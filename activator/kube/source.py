@@ -37,12 +37,20 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 from activator.capacity import infer_index
-from activator.kube.client import CONFIGMAPS, ENDPOINTS, REVISIONS, SERVICES, ApiError, KubeError
-from activator.kube.ingress import INGRESSES, IngressInfo, decode_ingress, host_rules
+from activator.kube.client import (
+    CONFIGMAPS,
+    ENDPOINTS,
+    REVISIONS,
+    SERVICES,
+    ApiError,
+    KubeError,
+    Resource,
+)
+from activator.kube.ingress import INGRESSES, IngressInfo, decode_ingress, host_rules, ready_status
 from activator.kube.objects import (
     PRIVATE_ENDPOINTS_SELECTOR,
     PUBLIC_ENDPOINTS_SELECTOR,
@@ -118,6 +126,10 @@ class ApiClient(ListWatcher, Protocol):
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]: ...
 
+    async def patch_status(
+        self, resource: Resource, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
 
 class NetworkError(ValueError):
     """``config-network`` holds a value the activator cannot use; one line naming the key."""
@@ -176,13 +188,13 @@ class KubeSource:
         health_interval: float = HEALTH_INTERVAL,
         set_log_level: Callable[[int], None] | None = None,
         ingress_class: str | None = None,
-        mark_ready: Callable[[IngressInfo], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.env = env
         self._client = client
+        #: The in-cluster name ingress statuses give as load balancer: the activator Service.
+        self.load_balancer = f"activator-service.{env.system_namespace}.svc.{env.cluster_domain}"
         self._api_url = api_url
         self._backoff = backoff or Backoff(initial=1.0, maximum=30.0)
-        self._mark_ready = mark_ready
         self._status_tasks: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[Update] = asyncio.Queue()
         self._health_interval = health_interval
@@ -414,11 +426,28 @@ class KubeSource:
             self._put(IngressRemoved(info.key))
             return
         self._put(IngressChanged(info.key, host_rules(info)))
-        if not info.ready and self._mark_ready is not None:
+        if not info.ready:
             # Written after the rules are queued; the writer applies them first.
             task = asyncio.get_running_loop().create_task(self._mark_ready(info))
             self._status_tasks.add(task)
             task.add_done_callback(self._status_tasks.discard)
+
+    async def _mark_ready(self, info: IngressInfo) -> None:
+        """Tell the route controller this generation's rules are served (a few tries; a
+        later change of the Ingress, or a relist, tries again)."""
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        for attempt in range(5):
+            try:
+                await self._client.patch_status(
+                    INGRESSES.in_namespace(info.namespace),
+                    info.name,
+                    ready_status(info, self.load_balancer),
+                )
+                return
+            except KubeError as exc:
+                if attempt == 0:
+                    log.warning("marking Ingress %s/%s ready: %s", info.namespace, info.name, exc)
+            await asyncio.sleep(backoff.delay())
 
     def _on_configmap(self, event: Upserted[ConfigMapInfo] | Deleted[ConfigMapInfo]) -> None:
         if isinstance(event, Deleted):

@@ -75,6 +75,7 @@ class FakeApiServer:
         app = web.Application()
         app.router.add_get("/version", self._version)
         app.router.add_get("/{tail:.*}", self._collection)
+        app.router.add_patch("/{tail:.*}", self._patch_status)
         self._app = app
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -141,6 +142,10 @@ class FakeApiServer:
     def delete_quietly(self, prefix: str, plural: str, namespace: str, name: str) -> None:
         self.rv += 1
         del self._col(prefix, plural).objects[(namespace, name)]
+
+    def object(self, prefix: str, plural: str, namespace: str, name: str) -> Obj | None:
+        """The stored object, as the server has it now (None if absent)."""
+        return self._col(prefix, plural).objects.get((namespace, name))
 
     def compact(self) -> None:
         self.compacted = self.rv
@@ -224,6 +229,28 @@ class FakeApiServer:
             self.after_list_page()
         return web.json_response({"kind": "List", "metadata": meta, "items": page})
 
+    async def _patch_status(self, request: web.Request) -> web.Response:
+        """A JSON merge patch of an object's ``status`` (the only write the activator does)."""
+        self.requests.append((request.method + " " + request.path, dict(request.query)))
+        self._check_auth(request)
+        one = _OBJECT.match(request.path.removesuffix("/status"))
+        if one is None or not request.path.endswith("/status"):
+            raise _status(404, "NotFound", f"the server could not find {request.path}")
+        if request.content_type != "application/merge-patch+json":
+            raise _status(415, "UnsupportedMediaType", f"{request.content_type} is not supported")
+        prefix, namespace, plural, name = one.groups()
+        if ("patch", plural) in self._forbidden:
+            raise _status(
+                403, "Forbidden", f'User "{IDENTITY}" cannot patch resource "{plural}/status"'
+            )
+        obj = self._col(prefix, plural).objects.get((namespace, name))
+        if obj is None:
+            raise _status(404, "NotFound", f'{plural} "{name}" not found')
+        patch = await request.json()
+        obj = copy.deepcopy(obj)
+        obj["status"] = {**(obj.get("status") or {}), **(patch.get("status") or {})}
+        return web.json_response(await self._record(prefix, plural, "MODIFIED", obj))
+
     async def _watch(
         self,
         request: web.Request,
@@ -286,4 +313,5 @@ _ERRORS: dict[int, type[web.HTTPException]] = {
     403: web.HTTPForbidden,
     404: web.HTTPNotFound,
     410: web.HTTPGone,
+    415: web.HTTPUnsupportedMediaType,
 }

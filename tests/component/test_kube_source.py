@@ -404,3 +404,97 @@ async def test_missing_config_network_is_named_and_waited_for(
     finally:
         await it.aclose()  # type: ignore[attr-defined]
     assert NetworkChanged() in seen
+
+
+def kingress(rev: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.internal.knative.dev/v1alpha1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": "hello",
+            "namespace": "default",
+            "generation": 1,
+            "annotations": {"networking.knative.dev/ingress.class": "sluice"},
+        },
+        "spec": {
+            "rules": [
+                {
+                    "hosts": ["hello.default.svc.cluster.local"],
+                    "visibility": "ClusterLocal",
+                    "http": {
+                        "paths": [
+                            {
+                                "splits": [
+                                    {
+                                        "serviceName": rev,
+                                        "serviceNamespace": "default",
+                                        "servicePort": 80,
+                                        "percent": 100,
+                                        "appendHeaders": {
+                                            "Knative-Serving-Revision": rev,
+                                            "Knative-Serving-Namespace": "default",
+                                        },
+                                    }
+                                ]
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+    }
+
+
+async def test_ingress_mode_routes_by_host_and_marks_the_ingress_ready(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    qp = QueueProxy()
+    dest = await qp.start()
+    host, port = dest.split(":")
+    await api.put(SERVING, "revisions", revision("hello-00001"))
+    await api.put(
+        CORE,
+        "endpoints",
+        endpoints("hello-00001-private", "hello-00001", "Private", [host], [], ("http", int(port))),
+    )
+    await api.put(
+        "apis/networking.internal.knative.dev/v1alpha1", "ingresses", kingress("hello-00001")
+    )
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=0, probe_interval=0.02)
+    source = KubeSource(
+        client,
+        ENV,
+        api_url=api.url,
+        reflector_options=FAST,
+        health_interval=0.01,
+        ingress_class="sluice",
+    )
+    act = Activator(settings, source, scaler=NullScaler())
+    await act.start(wait_for_config=False)
+    try:
+        await act.wait_for(lambda: act.source_error is None)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{act.port}/via-host",
+                headers={"Host": "hello.default.svc.cluster.local"},
+            ) as resp,
+        ):
+            assert resp.status == 200 and await resp.text() == "hello from /via-host"
+        group = "apis/networking.internal.knative.dev/v1alpha1"
+
+        def status() -> dict[str, Any]:
+            obj = api.object(group, "ingresses", "default", "hello")
+            return dict((obj or {}).get("status") or {})
+
+        async with asyncio.timeout(5):
+            while not status():
+                await asyncio.sleep(0.01)  # the patch is the activator's own write: no event
+        written = status()
+        assert written["observedGeneration"] == 1
+        assert {"type": "Ready", "status": "True", "severity": ""} in written["conditions"]
+        lb = written["privateLoadBalancer"]["ingress"][0]["domainInternal"]
+        assert lb == "activator-service.knative-serving.svc.cluster.local"
+    finally:
+        await act.close()
+        await qp.server.shutdown(grace=0)
