@@ -21,7 +21,7 @@ import base64
 import binascii
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,13 +49,13 @@ class KubeConfig:
     ca_data: str | None = None
     insecure_skip_tls_verify: bool = False
     #: A static bearer token; ``token_file`` wins when both are set (client-go does the same).
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: never in logs
     #: A bearer token file, re-read periodically (projected tokens rotate).
     token_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
     client_cert_data: bytes | None = None
-    client_key_data: bytes | None = None
+    client_key_data: bytes | None = field(default=None, repr=False)
     #: SNI and certificate name to expect instead of the server URL's host.
     tls_server_name: str | None = None
     #: The namespace of the service account or the kubeconfig context, if known.
@@ -148,26 +148,26 @@ def _section(doc: Mapping[str, Any], kind: str, name: str) -> Mapping[str, Any]:
     raise KubeConfigError(f"{kind}: no entry named {name!r}")
 
 
-def _file(value: object, field: str, base: Path) -> str | None:
+def _file(value: object, name: str, base: Path) -> str | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise KubeConfigError(f"{field}: expected a file path")
+        raise KubeConfigError(f"{name}: expected a file path")
     path = (base / Path(value).expanduser()).resolve()
     if not os.access(path, os.R_OK):
-        raise KubeConfigError(f"{field}: cannot read {path}")
+        raise KubeConfigError(f"{name}: cannot read {path}")
     return str(path)
 
 
-def _b64(value: object, field: str) -> bytes | None:
+def _b64(value: object, name: str) -> bytes | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise KubeConfigError(f"{field}: expected base64 text")
+        raise KubeConfigError(f"{name}: expected base64 text")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise KubeConfigError(f"{field}: invalid base64: {exc}") from exc
+        raise KubeConfigError(f"{name}: invalid base64: {exc}") from exc
 
 
 def _from_document(doc: object, base: Path, context: str | None) -> KubeConfig:

@@ -158,6 +158,7 @@ def test_kubeconfig_current_context_with_inline_data(tmp_path: Path) -> None:
     assert (cfg.client_cert_data, cfg.client_key_data) == (b"CERT", b"KEY")
     assert cfg.token == "static-token"
     assert not cfg.insecure_skip_tls_verify
+    assert "static-token" not in repr(cfg) and "KEY" not in repr(cfg)
 
 
 def test_kubeconfig_named_context_resolves_files_beside_the_kubeconfig(tmp_path: Path) -> None:
