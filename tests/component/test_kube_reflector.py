@@ -232,15 +232,22 @@ async def test_server_down_backs_off_unhealthy_then_recovers(
     api: FakeApiServer, client: KubeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     await api.put(CORE, "endpoints", endpoints("a", "10.0.0.1"))
+    backoffs: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        backoffs.append(delay)
+        await asyncio.sleep(delay)
+
     with caplog.at_level(logging.INFO, LOGGER):
-        async with Running(client) as run:
+        async with Running(client, sleep=sleep) as run:
             await asyncio.wait_for(run.reflector.synced.wait(), 5)
             await eventually(lambda: len(watches(api)) == 1)
             await api.stop()
             await eventually(lambda: not run.reflector.healthy)
             before = len(caplog.records)
-            await asyncio.sleep(0.2)  # a retry storm at a 10-50 ms back-off: still one line
+            await eventually(lambda: len(backoffs) >= 5)  # a retry storm: still one line
             assert len(caplog.records) == before
+            assert backoffs[-1] <= 0.05
             await api.put(CORE, "endpoints", endpoints("b", "10.0.0.2"))
             await api.start()
             await run.recorder.until(2)
