@@ -29,8 +29,10 @@ from pathlib import Path
 
 from proxy.goduration import parse_duration
 
-__all__ = ["KubeEnv", "KubeEnvError", "cluster_domain", "load_kube_env"]
+__all__ = ["SLUICE_INGRESS_CLASS", "KubeEnv", "KubeEnvError", "cluster_domain", "load_kube_env"]
 
+#: Knative's ingress class for Sluice's ingress mode (``--ingress-class``).
+SLUICE_INGRESS_CLASS = "sluice.ingress.networking.knative.dev"
 RESOLV_CONF = Path("/etc/resolv.conf")
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 _INT = re.compile(r"[+-]?\d+\Z")

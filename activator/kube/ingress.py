@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from activator.kube.client import Resource
 from activator.kube.objects import DecodeError, object_key
+from activator.kubeenv import SLUICE_INGRESS_CLASS
 from activator.model import HostRule, WeightedTarget
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
 
 INGRESSES: Final = Resource("networking.internal.knative.dev", "v1alpha1", "ingresses")
 INGRESS_CLASS_ANNOTATION: Final = "networking.knative.dev/ingress.class"
-SLUICE_INGRESS_CLASS: Final = "sluice.ingress.networking.knative.dev"
 TAG_HEADER: Final = "Knative-Serving-Tag"
 #: Headers Knative's splits append that the activator carries as fields, not headers.
 _SPLIT_HEADERS: Final = frozenset({"knative-serving-revision", "knative-serving-namespace"})
