@@ -43,6 +43,7 @@ from queueproxy.config import Config, ConfigError, load_config
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.metrics_otel import OtelRequestMetrics
+from queueproxy.observability import not_implemented
 from queueproxy.readiness import ReadinessProber
 from queueproxy.requestlog import RequestLogger, RevisionInfo
 from queueproxy.tlsconfig import LEGACY, TlsSettings
@@ -314,4 +315,7 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         print(f"queue-proxy: {exc}", file=sys.stderr, flush=True)
         return 1
     _setup_logging(cfg.logging_level)
+    if cfg.observability is not None:
+        for note in not_implemented(cfg.observability):
+            log.warning("%s", note)
     return run(lambda: serve(cfg))

@@ -97,6 +97,25 @@ class Observability:
         return _prometheus_port(rm.endpoint)
 
 
+def not_implemented(obs: Observability) -> list[str]:
+    """One line per setting Go's sidecar would act on and Sluice's does not."""
+    notes = []
+    rm = obs.request_metrics
+    if rm.protocol in ("grpc", "http/protobuf"):
+        notes.append(
+            f"OBSERVABILITY_CONFIG requestMetrics.protocol {rm.protocol!r}: OTLP export is "
+            "not implemented, no request metrics are exported"
+        )
+    if obs.tracing.protocol != "none":
+        notes.append(
+            f"OBSERVABILITY_CONFIG tracing.protocol {obs.tracing.protocol!r}: spans are not "
+            "exported; trace context headers pass to the app untouched"
+        )
+    if obs.runtime.profiling == "enabled":
+        notes.append("OBSERVABILITY_CONFIG runtime.profiling 'enabled': pprof is not served")
+    return notes
+
+
 def parse_observability(text: str) -> Observability:
     """Decode ``OBSERVABILITY_CONFIG``; empty means the defaults. Raises ``ObservabilityError``."""
     if not text:

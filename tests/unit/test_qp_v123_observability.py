@@ -13,6 +13,7 @@ from queueproxy.observability import (
     Observability,
     RuntimeSettings,
     TracingSettings,
+    not_implemented,
     parse_observability,
 )
 from queueproxy.requestlog import RequestLogEntry, RequestLogger, RevisionInfo
@@ -152,3 +153,17 @@ def test_default_template_logs_the_w3c_trace_id() -> None:
         '""}',
     ]
     assert '"serverIp": "10.0.0.7"' in lines[0]
+
+
+def test_settings_sluice_does_not_act_on_are_named_at_start_up() -> None:
+    assert not_implemented(parse_observability(observability_json())) == []
+    obs = parse_observability(
+        '{"requestMetrics":{"protocol":"grpc","endpoint":"http://c:4317"},'
+        '"tracing":{"protocol":"stdout"},"runtime":{"profiling":"enabled"}}'
+    )
+    notes = not_implemented(obs)
+    assert [n.split(":")[0] for n in notes] == [
+        "OBSERVABILITY_CONFIG requestMetrics.protocol 'grpc'",
+        "OBSERVABILITY_CONFIG tracing.protocol 'stdout'",
+        "OBSERVABILITY_CONFIG runtime.profiling 'enabled'",
+    ]
