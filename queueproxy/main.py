@@ -294,10 +294,13 @@ Knative's queue-proxy sidecar. It takes no arguments: like Knative's, it is conf
 environment the revision controller sets (SERVING_NAMESPACE, SERVING_CONFIGURATION,
 SERVING_REVISION, SERVING_POD, SERVING_POD_IP, QUEUE_SERVING_PORT, QUEUE_SERVING_TLS_PORT,
 USER_PORT, CONTAINER_CONCURRENCY, REVISION_TIMEOUT_SECONDS, SERVING_LOGGING_CONFIG,
-SERVING_LOGGING_LEVEL, and the optional ones). Sluice-only overrides: SLUICE_ADMIN_PORT (8022),
-SLUICE_STATS_PORT (9090), SLUICE_METRICS_PORT (9091), SLUICE_DRAIN_QUIET_SECONDS (30),
-SLUICE_BIND_HOST (all interfaces), SLUICE_USER_HOST (127.0.0.1), SLUICE_CERTS_DIR
-(/var/lib/knative/certs). A missing or invalid variable ends it with one line naming it."""
+SERVING_LOGGING_LEVEL, and the optional ones). Knative v1.23.0's controller also sets
+OBSERVABILITY_CONFIG, and its presence selects that contract; without it the v1.10.2
+variables (SERVING_REQUEST_METRICS_BACKEND, ...) apply. Sluice-only overrides:
+SLUICE_ADMIN_PORT (8022), SLUICE_STATS_PORT (9090), SLUICE_METRICS_PORT (9091),
+SLUICE_DRAIN_QUIET_SECONDS (30), SLUICE_BIND_HOST (all interfaces), SLUICE_USER_HOST
+(127.0.0.1), SLUICE_CERTS_DIR (/var/lib/knative/certs). A missing or invalid variable ends
+it with one line naming it."""
 
 
 def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> int:
