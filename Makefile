@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
+.PHONY: setup test test-kube peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ typecheck: $(STAMP)
 ## The README's test command: lint, strict types, then every test tier.
 test: lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+## Go test peers of the kube tier (kube-apiserver, etcd, Knative's controller, autoscaler and
+## queue-proxy), built from the Go module proxy into tests/kube/peers/bin/ when missing.
+peers:
+	tests/kube/peers/build.sh
+
+## The kube tier: the real API server and Knative control plane on loopback (tests/kube).
+test-kube: $(STAMP) peers
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m kube tests/kube
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
