@@ -14,7 +14,9 @@ Series, each carrying the revision's resource labels (``namespace_name``, ``serv
   ``response_code`` and ``response_code_class``: every request that resolved to a revision;
 * ``activator_request_concurrency`` (gauge): the figure last reported to the autoscaler;
 * ``activator_revision_queue_depth`` (gauge, Sluice's): requests waiting in the throttler;
-* ``activator_scaler_dropped`` (counter, Sluice's, no labels but pod): stat payloads dropped.
+* ``activator_scaler_dropped`` (counter, Sluice's, no labels but pod): stat payloads dropped;
+* ``kn_activator_stats_conn_reachable`` (gauge, Knative v1.23's name in Prometheus form):
+  1 while the autoscaler's websocket is connected, 0 otherwise (Kubernetes mode).
 
 The event loop is the only writer; nothing is locked.
 """
@@ -57,6 +59,7 @@ class ActivatorMetrics:
         self._concurrency: dict[Key, float] = {}
         self._queue_depth: Callable[[], Iterable[tuple[Revision, int]]] | None = None
         self._dropped = dropped
+        self._reachable: Callable[[], int] | None = None
         self._process_metrics = process_metrics
 
     def _base(self, revision: Revision) -> dict[str, str]:
@@ -86,6 +89,11 @@ class ActivatorMetrics:
     def set_concurrency(self, revision: Revision, value: float) -> None:
         self._base(revision)
         self._concurrency[revision.key] = value
+
+    def watch_scaler(self, dropped: Callable[[], int], reachable: Callable[[], int]) -> None:
+        """Export a scaler's drop count and whether its connection is up, read at render."""
+        self._dropped = dropped
+        self._reachable = reachable
 
     def watch_queue_depth(self, source: Callable[[], Iterable[tuple[Revision, int]]]) -> None:
         """Read per-revision queue depths from ``source`` at render time."""
@@ -126,6 +134,13 @@ class ActivatorMetrics:
                 "# TYPE activator_scaler_dropped counter\n"
                 f'activator_scaler_dropped{{pod_name="{escape(self.pod_name)}"}} '
                 f"{self._dropped()}\n"
+            )
+        if self._reachable is not None:
+            out.append(
+                "# HELP kn_activator_stats_conn_reachable Whether the autoscaler is reachable\n"
+                "# TYPE kn_activator_stats_conn_reachable gauge\n"
+                f'kn_activator_stats_conn_reachable{{pod_name="{escape(self.pod_name)}"}} '
+                f"{self._reachable()}\n"
             )
         if self._process_metrics:
             out.append(render_process_metrics())

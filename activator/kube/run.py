@@ -54,5 +54,6 @@ def build_activator(settings: Settings, env: KubeEnv) -> Activator:
 
     activator = Activator(settings, source, scaler=scaler, readiness=[scaler_ready])
     activator.closers += [client.close, scaler.close]
+    activator.metrics.watch_scaler(lambda: scaler.dropped, lambda: scaler.reachable)
     scaler.start()
     return activator
