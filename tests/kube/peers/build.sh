@@ -38,7 +38,17 @@ for line in "${peers[@]}"; do
   fi
   start=$SECONDS
   log="$bin/.$name.log"
-  if ! (cd "$here/$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$pkg") >"$log" 2>&1; then
+  ldflags="-s -w"
+  if [[ $name == kube-apiserver ]]; then
+    # Built by module path, the binary reports v0.0.0-master; Knative's controller and
+    # autoscaler refuse a server older than their minimum, so stamp the real version.
+    version="$(cd "$here/$dir" && go list -m -f '{{.Version}}' k8s.io/kubernetes)" ||
+      die "cannot read the k8s.io/kubernetes version from $dir/go.mod"
+    minor="${version#v1.}"; minor="${minor%%.*}"
+    v=k8s.io/component-base/version
+    ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
+  fi
+  if ! (cd "$here/$dir" && go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "$pkg") >"$log" 2>&1; then
     rm -f "$out.tmp"
     die "$name ($pkg in $dir/) failed to build after $((SECONDS - start))s: $(grep -m1 -v '^#' "$log" || echo 'no output') (full log: $log)"
   fi

@@ -1,0 +1,101 @@
+"""Fixtures of the ``kube`` tier: one real control plane and one fake node per session.
+
+* ``kube_cluster`` (session): :class:`tests.kube.cluster.KubeCluster`: etcd, kube-apiserver,
+  Knative v1.23's CRDs/RBAC/ConfigMaps, Knative's controller and autoscaler. Fails (does not
+  skip) with one line when the Go peers are not built.
+* ``fake_node`` (session): :class:`tests.kube.kubelet.FakeNode` running revision pods; the
+  queue-proxy is Knative's Go ``queue`` unless ``SLUICE_KUBE_QUEUE_PROXY=sluice``; a test
+  may pick another for its namespace with ``fake_node.set_queue_proxy(namespace, qp)``.
+  Image ``dev.local/sluice-test-app`` runs ``tests/kube/apps/hello.py``.
+* ``kube_namespace`` (function): a fresh namespace (named after the test) with the
+  ``default`` ServiceAccount a namespace controller would have created.
+
+A failing test that used the cluster gets the tail of every control-plane and pod log in
+its report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube.cluster import KubeCluster, PeersMissing, peer
+from tests.kube.kubelet import FakeNode, QueueProxy
+
+HERE = Path(__file__).resolve().parent
+TEST_APP_IMAGE = "dev.local/sluice-test-app"
+TEST_APP = (sys.executable, str(HERE / "apps" / "hello.py"))
+
+
+def queue_proxy_from_env() -> QueueProxy:
+    """The session's queue-proxy: ``SLUICE_KUBE_QUEUE_PROXY`` = ``go`` (default) or ``sluice``."""
+    choice = os.environ.get("SLUICE_KUBE_QUEUE_PROXY", "go")
+    if choice == "go":
+        return QueueProxy.go(peer("queue"))
+    if choice == "sluice":
+        return QueueProxy.sluice()
+    raise pytest.UsageError(f"SLUICE_KUBE_QUEUE_PROXY={choice!r}: expected 'go' or 'sluice'")
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    try:
+        cluster = KubeCluster.up(tmp_path_factory.mktemp("kube"))
+    except PeersMissing as err:
+        pytest.fail(str(err), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_node(kube_cluster: KubeCluster) -> Iterator[FakeNode]:
+    try:
+        qp = queue_proxy_from_env()
+    except PeersMissing as err:
+        pytest.fail(str(err), pytrace=False)
+    node = FakeNode(kube_cluster.api, kube_cluster.workdir, qp, {TEST_APP_IMAGE: TEST_APP})
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> str:
+    """A namespace of its own for one test (never deleted: no namespace controller runs)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:50].strip("-")
+    api = kube_cluster.api
+    if api.get_or_none("Namespace", None, name) is None:
+        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": "default", "namespace": name},
+            }
+        )
+    return name
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        funcargs = getattr(item, "funcargs", {})
+        cluster = funcargs.get("kube_cluster")
+        node = funcargs.get("fake_node")
+        if isinstance(cluster, KubeCluster):
+            report.sections.append(("kube control plane logs", cluster.log_tails()))
+        if isinstance(node, FakeNode):
+            report.sections.append(("fake node pod logs", node.log_tails()))
+    return report
