@@ -11,7 +11,7 @@ Theory of operation:
   raise: while connected the batch (not yet encoded, so the call is O(1)) goes onto a bounded
   queue; if the socket is down or the queue is full it is dropped and ``dropped`` counts it.
   Knative logs one error per lost batch; here the log is one line per state change and then
-  at most one per ``DROP_LOG_INTERVAL``, with the count.
+  at most one per ``LOG_INTERVAL``, with the count.
 * One sender task drains the queue, encodes and writes. A batch whose write fails, or that
   was still queued when the connection went down, is dropped and counted.
 * One run task owns the connection: dial (handshake limited to 3 s), serve, reconnect. While
@@ -73,8 +73,8 @@ AUTOSCALER_PORT = 8080
 QUEUE_SIZE = 1000
 #: Close code the autoscaler sends when it restarts (RFC 6455 "Service Restart").
 SERVICE_RESTART = 1012
-#: Seconds between two "batches dropped" log lines in one state.
-DROP_LOG_INTERVAL = 10.0
+#: Seconds between two log lines about the same trouble (dropped batches, failed dials).
+LOG_INTERVAL = 10.0
 
 
 class ConnState(enum.Enum):
@@ -212,7 +212,7 @@ class KnativeScaler:
         self._drops_unlogged += count
         now = self._clock()
         last = self._drop_logged_at
-        if last is None or now - last >= DROP_LOG_INTERVAL:
+        if last is None or now - last >= LOG_INTERVAL:
             log.error(
                 "stats for the autoscaler dropped (%d batch(es) since the last line): %s",
                 self._drops_unlogged,
@@ -279,24 +279,31 @@ class KnativeScaler:
 
     async def _run(self) -> None:
         backoff = self.timings.backoff
-        attempt = 0
+        attempt = 0  # dials since the last connection (or the start)
         wait = False
+        failed_logged_at: float | None = None
         while True:
             if wait:
                 await asyncio.sleep(backoff_delay(backoff, attempt, self._rand()))
-                attempt += 1
             wait = True
+            attempt += 1
             try:
                 ws = await self._dial()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # Logged once per series: Knative logs each attempt, which floods while the
-                # autoscaler is away; the readiness failure says the same thing.
-                if attempt == 0:
+            except Exception as exc:  # never let the loop die: the activator would stay unready
+                # Knative logs every failed dial, which floods while the autoscaler is away;
+                # the failing readiness says as much. One line per series, then per interval.
+                now = self._clock()
+                if failed_logged_at is None or now - failed_logged_at >= LOG_INTERVAL:
+                    failed_logged_at = now
                     log.warning(
-                        "autoscaler %s: connection failed, retrying: %s", self.url, _why(exc)
+                        "autoscaler %s: cannot connect (attempt %d), retrying: %s",
+                        self.url,
+                        attempt,
+                        _why(exc),
                     )
                 continue
             attempt = 0
+            failed_logged_at = None
             self._ws = ws
             if self._established:
                 self.reconnects += 1
@@ -305,6 +312,9 @@ class KnativeScaler:
             self._set_state(ConnState.CONNECTED)
             try:
                 reason = await self._serve(ws)
+            except Exception as exc:
+                log.exception("autoscaler %s: connection failed unexpectedly", self.url)
+                reason = f"unexpected error: {_why(exc)}"
             finally:
                 self._ws = None
                 if self.state is not ConnState.CLOSED:
@@ -312,9 +322,8 @@ class KnativeScaler:
                 await ws.close()
             self.errors += 1
             self._drop_queued()
-            code = ws.close_code
             log.warning("autoscaler %s: connection lost (%s), reconnecting", self.url, reason)
-            if code == SERVICE_RESTART:
+            if ws.close_code == SERVICE_RESTART:
                 wait = False  # the autoscaler restarts: its successor is dialled at once
 
     async def _dial(self) -> aiohttp.ClientWebSocketResponse[Any]:
@@ -387,8 +396,13 @@ class KnativeScaler:
                 self._drop(1, NOT_CONNECTED)
                 continue
             try:
-                await ws.send_bytes(encode_wire_stats(batch))
-            except (ConnectionError, aiohttp.ClientError) as exc:
+                data = encode_wire_stats(batch)
+            except Exception as exc:  # a malformed batch must not stop the sender
+                self._drop(1, f"cannot encode: {_why(exc)}")
+                continue
+            try:
+                await ws.send_bytes(data)
+            except Exception as exc:  # reset, closing transport: the run task sees it too
                 self._drop(1, _why(exc))
                 continue
             self.sent += 1

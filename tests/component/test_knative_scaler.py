@@ -205,7 +205,10 @@ async def test_reconnects_after_the_server_drops_the_connection(server: FakeAuto
         await scaler.close()
 
 
-async def test_close_code_1012_redials_without_back_off(server: FakeAutoscaler) -> None:
+@pytest.mark.parametrize("hang_up", [False, True], ids=["close-handshake", "knative-statserver"])
+async def test_close_code_1012_redials_without_back_off(
+    server: FakeAutoscaler, hang_up: bool
+) -> None:
     # One back-off step would take 30 s; the test's waits allow 3.
     patient = Timings(close_timeout=0.2, backoff=Backoff(initial=30, cap=30, jitter=0))
     scaler, states = make_scaler(server.url, patient)
@@ -213,7 +216,15 @@ async def test_close_code_1012_redials_without_back_off(server: FakeAutoscaler) 
     try:
         assert await states.next() is True
         ws = await asyncio.wait_for(server.accepted.get(), WAIT)
-        await ws.close(code=1012)  # WSCloseCode.SERVICE_RESTART: the autoscaler restarts
+        if hang_up:
+            # Knative's statserver on shutdown: a close frame (1012 "Restarting"), then it
+            # closes the TCP connection without waiting for the reply.
+            payload = (1012).to_bytes(2, "big") + b"Restarting"
+            transport = server.transports[-1]
+            transport.write(bytes([0x88, len(payload)]) + payload)
+            transport.close()
+        else:
+            await ws.close(code=1012)  # WSCloseCode.SERVICE_RESTART
         assert await states.next() is False
         assert await states.next() is True
         assert (server.connections, scaler.reconnects) == (2, 1)

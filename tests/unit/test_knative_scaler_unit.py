@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from activator.knative_scaler import (
-    DROP_LOG_INTERVAL,
+    LOG_INTERVAL,
     NOT_CONNECTED,
     Backoff,
     ConnState,
@@ -136,7 +136,7 @@ def test_drop_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
         scaler.poke(POKE)
     assert scaler.dropped == 50
     assert len(caplog.records) == 1  # the first drop, at once
-    now[0] += DROP_LOG_INTERVAL
+    now[0] += LOG_INTERVAL
     scaler.report(POKE)
     assert len(caplog.records) == 2
     # The second line carries the drops since the first: 49 silent ones plus this one.
