@@ -321,9 +321,10 @@ async def test_queue_bound_is_honoured(server: FakeAutoscaler) -> None:
 
 
 async def test_pongs_keep_a_silent_connection_alive(server: FakeAutoscaler) -> None:
-    # 12 pings at 50 ms span more than twice the 250 ms read deadline.
-    server.pings_wanted = 12
-    scaler, states = make_scaler(server.url)
+    # 18 pings at 50 ms span more than twice the 400 ms read deadline; no data flows.
+    timings = Timings(pong_timeout=0.4, ping_interval=0.05, close_timeout=0.2)
+    server.pings_wanted = 18
+    scaler, states = make_scaler(server.url, timings)
     scaler.start()
     try:
         assert await states.next() is True
@@ -332,6 +333,25 @@ async def test_pongs_keep_a_silent_connection_alive(server: FakeAutoscaler) -> N
         assert (scaler.reconnects, scaler.errors, server.connections) == (0, 0, 1)
     finally:
         await scaler.close()
+
+
+async def test_a_failing_on_state_callback_is_contained(server: FakeAutoscaler) -> None:
+    seen: asyncio.Queue[bool] = asyncio.Queue()
+
+    def explode(connected: bool) -> None:
+        seen.put_nowait(connected)
+        raise RuntimeError("callback bug")
+
+    scaler = KnativeScaler(server.url, timings=FAST, on_state=explode)
+    scaler.start()
+    try:
+        assert await asyncio.wait_for(seen.get(), WAIT) is True
+        scaler.poke(POKE)
+        _, data = await frame(server)
+        assert decode_wire_stats(data) == POKE and scaler.connected
+    finally:
+        await scaler.close()
+    assert seen.get_nowait() is False  # told of the close too
 
 
 async def test_a_server_that_stops_answering_pings_is_dropped_and_redialled() -> None:
