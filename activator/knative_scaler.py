@@ -29,7 +29,7 @@ Theory of operation:
   and ``errors`` are Knative v1.23's ``kn.activator.stats.conn.reachable`` gauge and
   ``kn.activator.stats.conn.errors`` counter (a connection lost, other than by ``close``).
 
-Only the run task changes the connection state; the event loop is the only thread.
+Only the run task and ``close`` change the state; the event loop is the only thread.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class KnativeScaler:
         self.reconnects = 0
         #: Established connections lost other than by ``close``.
         self.errors = 0
-        self.state = ConnState.IDLE
+        self._state = ConnState.IDLE
         self._queue: asyncio.Queue[StatBatch] = asyncio.Queue(queue_size)
         self._session = session
         self._own_session = session is None
@@ -224,8 +224,12 @@ class KnativeScaler:
     # -- observed state ---------------------------------------------------------------------
 
     @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @property
     def connected(self) -> bool:
-        return self.state is ConnState.CONNECTED
+        return self._state is ConnState.CONNECTED
 
     @property
     def reachable(self) -> int:
@@ -234,7 +238,7 @@ class KnativeScaler:
 
     def _set_state(self, state: ConnState) -> None:
         was = self.connected
-        self.state = state
+        self._state = state
         if self.connected == was:
             return
         self._drop_logged_at = None  # the next drop in the new state is logged at once
@@ -248,9 +252,9 @@ class KnativeScaler:
 
     def start(self) -> None:
         """Start the connection and sender tasks (once)."""
-        if self.state is not ConnState.IDLE:
+        if self._state is not ConnState.IDLE:
             return
-        self.state = ConnState.CONNECTING
+        self._state = ConnState.CONNECTING
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run(), name="knative-scaler-conn"),
@@ -339,7 +343,9 @@ class KnativeScaler:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse[Any]) -> str:
         """Read until the connection ends; returns why. Pings go out from a helper task."""
-        pinger = asyncio.get_running_loop().create_task(self._ping_loop(ws))
+        pinger = asyncio.get_running_loop().create_task(
+            self._ping_loop(ws), name="knative-scaler-ping"
+        )
         pong_timeout = self.timings.pong_timeout
         deadline = self._clock() + pong_timeout
         try:
