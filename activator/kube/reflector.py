@@ -156,6 +156,11 @@ class Reflector(Generic[T]):
         return MappingProxyType(self._store)
 
     @property
+    def failure(self) -> str | None:
+        """The last failure's one-line reason while failing (None when the last try worked)."""
+        return self._failure
+
+    @property
     def healthy(self) -> bool:
         """False until the first list, and while the API server cannot be listed/watched."""
         return self._healthy

@@ -312,7 +312,11 @@ class KubeSource:
         yield network
 
     def health(self) -> SourceHealth:
-        """Ready once every first list is done and while every watch reaches the server."""
+        """Ready once every first list is done and while every watch reaches the server; the
+        reason names the first failing watch and why (a 403 names the verb and resource)."""
+        for reflector in self.reflectors:
+            if reflector.failure is not None:
+                return SourceHealth(f"watch of {reflector.name} failing: {reflector.failure}")
         for reflector in self.reflectors:
             if not reflector.synced.is_set():
                 return SourceHealth(NOT_SYNCED)

@@ -498,3 +498,34 @@ async def test_ingress_mode_routes_by_host_and_marks_the_ingress_ready(
     finally:
         await act.close()
         await qp.server.shutdown(grace=0)
+
+
+async def test_a_forbidden_list_names_verb_and_resource_once(
+    api: FakeApiServer, client: KubeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.forbid("list", "endpoints")
+    source = KubeSource(
+        client,
+        ENV,
+        api_url=api.url,
+        reflector_options={**FAST, "backoff": Backoff(initial=0.01, maximum=0.02)},
+        health_interval=0.01,
+    )
+    it = source.updates()
+    try:
+        async with asyncio.timeout(5):
+            async for update in it:
+                if (
+                    isinstance(update, SourceHealth)
+                    and update.error
+                    and "forbidden" in update.error
+                ):
+                    assert "cannot list endpoints in the cluster scope" in update.error
+                    break
+        await asyncio.sleep(0.2)  # many retries later
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+    lines = [r.getMessage() for r in caplog.records if "forbidden" in r.getMessage()]
+    # One line for each of the two Endpoints watches (private and public), not one per retry.
+    assert len(lines) == 2, lines
+    assert all("cannot list endpoints" in line for line in lines)
