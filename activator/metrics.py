@@ -15,8 +15,10 @@ Series, each carrying the revision's resource labels (``namespace_name``, ``serv
 * ``activator_request_concurrency`` (gauge): the figure last reported to the autoscaler;
 * ``activator_revision_queue_depth`` (gauge, Sluice's): requests waiting in the throttler;
 * ``activator_scaler_dropped`` (counter, Sluice's, no labels but pod): stat payloads dropped;
-* ``kn_activator_stats_conn_reachable`` (gauge, Knative v1.23's name in Prometheus form):
-  1 while the autoscaler's websocket is connected, 0 otherwise (Kubernetes mode).
+* ``kn_activator_stats_conn_reachable{peer="autoscaler"}`` (gauge) and
+  ``kn_activator_stats_conn_errors_total{peer="autoscaler"}`` (counter), Knative v1.23's
+  OpenTelemetry names in Prometheus form: 1 while the autoscaler's websocket is connected,
+  and the connections lost (Kubernetes mode).
 
 The event loop is the only writer; nothing is locked.
 """
@@ -60,6 +62,7 @@ class ActivatorMetrics:
         self._queue_depth: Callable[[], Iterable[tuple[Revision, int]]] | None = None
         self._dropped = dropped
         self._reachable: Callable[[], int] | None = None
+        self._conn_errors: Callable[[], int] | None = None
         self._process_metrics = process_metrics
 
     def _base(self, revision: Revision) -> dict[str, str]:
@@ -90,10 +93,17 @@ class ActivatorMetrics:
         self._base(revision)
         self._concurrency[revision.key] = value
 
-    def watch_scaler(self, dropped: Callable[[], int], reachable: Callable[[], int]) -> None:
-        """Export a scaler's drop count and whether its connection is up, read at render."""
+    def watch_scaler(
+        self,
+        dropped: Callable[[], int],
+        reachable: Callable[[], int],
+        errors: Callable[[], int],
+    ) -> None:
+        """Export a scaler's drop count, whether its connection is up and how many
+        connections it lost, read at render."""
         self._dropped = dropped
         self._reachable = reachable
+        self._conn_errors = errors
 
     def watch_queue_depth(self, source: Callable[[], Iterable[tuple[Revision, int]]]) -> None:
         """Read per-revision queue depths from ``source`` at render time."""
@@ -135,12 +145,14 @@ class ActivatorMetrics:
                 f'activator_scaler_dropped{{pod_name="{escape(self.pod_name)}"}} '
                 f"{self._dropped()}\n"
             )
-        if self._reachable is not None:
+        if self._reachable is not None and self._conn_errors is not None:
             out.append(
                 "# HELP kn_activator_stats_conn_reachable Whether the autoscaler is reachable\n"
                 "# TYPE kn_activator_stats_conn_reachable gauge\n"
-                f'kn_activator_stats_conn_reachable{{pod_name="{escape(self.pod_name)}"}} '
-                f"{self._reachable()}\n"
+                f'kn_activator_stats_conn_reachable{{peer="autoscaler"}} {self._reachable()}\n'
+                "# HELP kn_activator_stats_conn_errors_total Connections to the autoscaler lost\n"
+                "# TYPE kn_activator_stats_conn_errors_total counter\n"
+                f'kn_activator_stats_conn_errors_total{{peer="autoscaler"}} {self._conn_errors()}\n'
             )
         if self._process_metrics:
             out.append(render_process_metrics())

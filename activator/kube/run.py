@@ -54,6 +54,8 @@ def build_activator(settings: Settings, env: KubeEnv) -> Activator:
 
     activator = Activator(settings, source, scaler=scaler, readiness=[scaler_ready])
     activator.closers += [client.close, scaler.close]
-    activator.metrics.watch_scaler(lambda: scaler.dropped, lambda: scaler.reachable)
+    activator.metrics.watch_scaler(
+        lambda: scaler.dropped, lambda: scaler.reachable, lambda: scaler.errors
+    )
     scaler.start()
     return activator
