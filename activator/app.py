@@ -41,6 +41,7 @@ from activator.backends import (
 )
 from activator.backends import probe_queue as default_probe
 from activator.handler import ActivatorHandler, Snapshot
+from activator.kube.objects import private_service_name
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics
 from activator.model import (
     DEFAULT_QUEUE_DEPTH,
@@ -342,6 +343,7 @@ class Activator:
             self.remove_revision(update.key)
         elif isinstance(update, NetworkChanged):
             self.mesh_mode, self.passthrough = update.mesh_mode, update.passthrough
+            self.handler.passthrough = update.passthrough
         elif isinstance(update, IngressChanged):
             self.handler.snapshot.table.put_rules(update.key, update.rules)
         elif isinstance(update, IngressRemoved):
@@ -366,7 +368,7 @@ class Activator:
     def _watch(self, revision: Revision | None) -> WatchOptions:
         passthrough = None
         if self.passthrough and revision is not None:
-            passthrough = f"{revision.name}-private.{revision.namespace}"
+            passthrough = f"{private_service_name(revision.name)}.{revision.namespace}"
         return WatchOptions(
             probe_optimisation=revision.probe_optimisation if revision is not None else True,
             mesh_mode=self.mesh_mode,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from activator.backends import split_dest
+from activator.kube.objects import private_service_name
 from activator.metrics import ActivatorMetrics
 from activator.model import Revision, RoutingConfig
 from activator.probes import answer_probe
@@ -99,6 +100,24 @@ def _rewrite(
     return Rewrite(remove=remove, set=headers, host=host_header)
 
 
+_PASSTHROUGH_HEADER = ("K-Passthrough-Lb", "true")
+
+
+@functools.lru_cache(maxsize=4096)
+def _private_host(namespace: str, name: str) -> bytes:
+    return f"{private_service_name(name)}.{namespace}".encode()
+
+
+def _passthrough(
+    revision: Revision | None, set_headers: tuple[tuple[str, str], ...]
+) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    """Knative's passthrough load balancing: ``Host: <rev>-private.<ns>`` and
+    ``K-Passthrough-Lb: true`` instead of the pod's address."""
+    if revision is None:
+        raise ProxyError("revision was removed while the request waited")
+    return (*set_headers, _PASSTHROUGH_HEADER), _private_host(revision.namespace, revision.name)
+
+
 def _always_ready() -> str | None:
     return None
 
@@ -137,6 +156,9 @@ class ActivatorHandler:
         self.scaler: Scaler = scaler or NullScaler()
         self.rand = rand or random.random
         self.snapshot = Snapshot.empty()
+        #: ``enable-mesh-pod-addressability``: pods are addressed through the mesh by their
+        #: private Service's name, ``K-Passthrough-Lb`` telling the mesh to keep the pod.
+        self.passthrough = False
         #: Why kubelet probes fail right now (None: ready); the activator replaces it.
         self.health_check: Callable[[], str | None] = _always_ready
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -235,6 +257,8 @@ class ActivatorHandler:
             return False
         release, tracker = taken
         host, port, host_header = _dest(tracker.dest)
+        if self.passthrough:
+            set_headers, host_header = _passthrough(revision, set_headers)
         conn = self.pool.take_idle(host, port)
         if conn is None:
             throttler.done(release)
@@ -304,7 +328,10 @@ class ActivatorHandler:
 
         async def send(dest: str) -> int:
             host, port, host_header = _dest(dest)
-            rewrite = _rewrite(set_headers, original_host, host_header)
+            extra = set_headers
+            if self.passthrough:
+                extra, host_header = _passthrough(self.snapshot.table.lookup_revision(*key), extra)
+            rewrite = _rewrite(extra, original_host, host_header)
             return await forward(ex, pool, host, port, rewrite)
 
         while True:

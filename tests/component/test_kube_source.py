@@ -259,9 +259,11 @@ class QueueProxy:
 
     def __init__(self) -> None:
         self.requests: list[tuple[bytes, bytes | None]] = []
+        self.hosts: list[tuple[bytes | None, bytes | None]] = []
         self.server = HttpServer(self._handle)
 
     async def _handle(self, ex: Exchange) -> None:
+        self.hosts.append((ex.header(b"host"), ex.header(b"k-passthrough-lb")))
         if ex.header(b"k-network-probe") == b"queue":
             ex.send(200, b"queue")
             return
@@ -529,3 +531,47 @@ async def test_a_forbidden_list_names_verb_and_resource_once(
     # One line for each of the two Endpoints watches (private and public), not one per retry.
     assert len(lines) == 2, lines
     assert all("cannot list endpoints" in line for line in lines)
+
+
+async def test_mesh_pod_addressability_sends_the_private_host_and_passthrough_header(
+    api: FakeApiServer, client: KubeClient
+) -> None:
+    await api.put(
+        CORE,
+        "configmaps",
+        {**CONFIG_NETWORK, "data": {"enable-mesh-pod-addressability": "true"}},
+    )
+    qp = QueueProxy()
+    dest = await qp.start()
+    host, port = dest.split(":")
+    await api.put(SERVING, "revisions", revision("hello-00001"))
+    await api.put(
+        CORE,
+        "endpoints",
+        endpoints("hello-00001-private", "hello-00001", "Private", [host], [], ("http", int(port))),
+    )
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=0, probe_interval=0.02)
+    source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
+    act = Activator(settings, source, scaler=NullScaler())
+    await act.start(wait_for_config=False)
+    try:
+        await act.wait_for(lambda: act.source_error is None)
+        status, _ = await get(act, revision_headers("default", "hello-00001"))
+        assert status == 200
+        # The probe and the request both name the private Service, as Knative's do.
+        assert set(qp.hosts) == {(b"hello-00001-private.default", b"true")}
+    finally:
+        await act.close()
+        await qp.server.shutdown(grace=0)
+
+
+def revision_headers(namespace: str, name: str) -> dict[str, str]:
+    return {"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": name}
+
+
+async def get(act: Activator, headers: dict[str, str]) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{act.port}/", headers=headers) as resp,
+    ):
+        return resp.status, await resp.text()
