@@ -97,6 +97,18 @@ def wait_until(
         time.sleep(0.2)
 
 
+def _require_free_port(port: int, what: str) -> None:
+    """Fail at once, naming the port, if anything listens on ``port`` (any address)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError as err:
+            raise RuntimeError(
+                f"port {port} ({what}) is busy: {err.strerror}; is another kube-tier session "
+                "or a `sluice up` running?"
+            ) from None
+
+
 def _tcp_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -155,6 +167,7 @@ class KubeCluster:
     def up(cls, workdir: Path) -> KubeCluster:
         """Start everything; on any failure stop what was started and re-raise."""
         binaries = {name: peer(name) for name in REQUIRED_PEERS}
+        _require_free_port(AUTOSCALER_WS_PORT, "the autoscaler's fixed websocket port")
         supervisor = Supervisor(workdir / "logs")
         try:
             return cls._up(workdir, supervisor, binaries)
@@ -333,10 +346,15 @@ class KubeCluster:
             STARTUP_SECONDS,
             self.procs["autoscaler"],
         )
-        for component in ("controller", "autoscaler"):
+        # Lease names: the controller's reconcilers ``controller.<queue>.00-of-01``; the
+        # autoscaler's shared elector ``autoscaler-bucket-00-of-01``.
+        for component, prefix in (
+            ("controller", "controller."),
+            ("autoscaler", "autoscaler-bucket-"),
+        ):
             wait_until(
                 f"{component} leader leases",
-                functools.partial(self._holds_leases, component + "."),
+                functools.partial(self._holds_leases, prefix),
                 STARTUP_SECONDS,
                 self.procs[component],
             )
@@ -344,8 +362,8 @@ class KubeCluster:
     def _holds_leases(self, name_prefix: str) -> bool:
         """Some lease named ``name_prefix...`` exists and every such lease has a holder.
 
-        Knative names its reconcilers' leases ``<component>.<queue>.<bucket>-of-<n>``; the
-        holder is ``<hostname>_<uuid>``, the same host for both components here.
+        The holder is ``<hostname>_<uuid>`` (or the autoscaler's ``POD_NAME_POD_IP``), so the
+        name, not the holder, tells the components apart.
         """
         leases = [
             lease

@@ -209,7 +209,7 @@ class FakeNode:
         self._deployments: dict[tuple[str, str], Obj] = {}
         self._services: dict[tuple[str, str], Obj] = {}
         self._pods: dict[tuple[str, str], _Pod] = {}
-        self._replicasets: dict[tuple[str, str], str] = {}  # deployment -> RS name written
+        self._replicasets: dict[tuple[str, str], Obj] = {}  # deployment -> current RS
         self._written: dict[tuple[str, ...], str] = {}  # last status/endpoints signature
         self._progress: dict[tuple[str, str], tuple[int, float]] = {}
         self._ips_in_use: set[str] = set()
@@ -312,6 +312,9 @@ class FakeNode:
         while not self._stop.is_set():
             try:
                 listed = self.api.list(kind, None, selector)
+                for item in listed["items"]:  # a List's items carry no kind/apiVersion
+                    item.setdefault("kind", kind)
+                    item.setdefault("apiVersion", "apps/v1" if kind == "Deployment" else "v1")
                 self._events.put((f"{kind}-sync", listed["items"]))
                 version = listed["metadata"]["resourceVersion"]
                 for event in self.api.watch(kind, None, selector, version, timeout_seconds=60):
@@ -402,14 +405,17 @@ class FakeNode:
 
     def _sync_deployment(self, key: tuple[str, str], deployment: Obj) -> None:
         hash_ = template_hash(deployment["spec"]["template"])
-        rs = make_replicaset(deployment, hash_)
-        if self._replicasets.get(key) != rs["metadata"]["name"]:
+        wanted = make_replicaset(deployment, hash_)
+        name = wanted["metadata"]["name"]
+        rs = self._replicasets.get(key)
+        if rs is None or rs["metadata"]["name"] != name:
             try:
-                self.api.create(rs)
+                rs = self.api.create(wanted)
             except ApiError as err:
                 if err.status != 409:
                     raise
-            self._replicasets[key] = rs["metadata"]["name"]
+                rs = self.api.get("ReplicaSet", key[0], name)
+            self._replicasets[key] = rs
         desired = int(deployment["spec"].get("replicas", 1))
         mine = [p for p in self._pods.values() if p.owner == key and not p.terminating]
         current = [p for p in mine if p.hash == hash_]
@@ -614,8 +620,9 @@ class FakeNode:
         status = deployment_status(deployment, pods, hash_, stalled, _now())
         try:
             self.api.patch("Deployment", key[0], key[1], {"status": status}, subresource="status")
-            rs_name = self._replicasets.get(key)
-            if rs_name:
+            rs = self._replicasets.get(key)
+            if rs is not None:
+                rs_name = rs["metadata"]["name"]
                 current = [v for v in pods if v.template_hash == hash_ and not v.terminating]
                 rs_status = {
                     "replicas": len(current),

@@ -2,17 +2,44 @@
 # Build the kube tier's Go test peers into tests/kube/peers/bin/.
 #
 # Idempotent: a binary that exists is not rebuilt (delete it to force a rebuild).
-# Uses the default Go module and build caches, so a second run costs seconds.
+# Uses the default Go module and build caches, so a second run costs seconds. Builds with
+# -mod=mod (go.sum may gain lines for the build's own needs, never versions) and -buildvcs=false.
 # The modules' go.mod/go.sum are the pinning; nothing here picks a version.
 # Cold build on a 2-core machine: see tests/kube/README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/bin"
-export GOFLAGS="${GOFLAGS:--mod=mod}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
+
+# Endpoints and EndpointSlice validation refuses loopback addresses, and in this tier every
+# pod (and the autoscaler, which publishes its own address in an EndpointSlice) lives on
+# 127.0.0.0/8. So kube-apiserver is built from a copy of k8s.io/kubernetes (the pinned
+# version, from the module cache) with that one check removed, through a generated
+# `-modfile` that adds a `replace` to the copy; go.mod/go.sum in kube/ stay the pinning.
+# (`go build -overlay` would be simpler but refuses files in the module cache.)
+# Prints the generated modfile's path.
+patched_kubernetes_modfile() {
+  local moddir="$1" orig copy gen src
+  orig="$(cd "$moddir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)" || die "cannot locate k8s.io/kubernetes"
+  [[ -n $orig && -d $orig ]] || die "k8s.io/kubernetes is not in the module cache (go mod download failed?)"
+  copy="$bin/.kubernetes-src"
+  gen="$bin/.kube-modfile"
+  rm -rf "$copy" "$gen"
+  mkdir -p "$copy" "$gen"
+  cp -r "$orig/go.mod" "$orig/go.sum" "$orig/LICENSE" "$orig/cmd" "$orig/pkg" "$orig/plugin" "$orig/third_party" "$copy/"
+  chmod -R u+w "$copy"
+  src="$copy/pkg/apis/core/validation/validation.go"
+  sed -i '/^\tif ip.IsLoopback() {$/,/^\t}$/d' "$src"
+  [[ $(( $(wc -l <"$orig/pkg/apis/core/validation/validation.go") - $(wc -l <"$src") )) -eq 3 ]] &&
+    ! grep -q "loopback range" "$src" ||
+    die "the loopback check in $src changed shape; update patched_kubernetes_modfile"
+  cp "$moddir/go.sum" "$gen/go.sum"
+  { cat "$moddir/go.mod"; echo; echo "replace k8s.io/kubernetes => $copy"; } >"$gen/go.mod"
+  echo "$gen/go.mod"
+}
 
 command -v go >/dev/null || die "go not found on PATH (Go >= 1.25 is needed to build the kube tier's peers)"
 mkdir -p "$bin"
@@ -47,8 +74,12 @@ for line in "${peers[@]}"; do
     minor="${version#v1.}"; minor="${minor%%.*}"
     v=k8s.io/component-base/version
     ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
+    modfile="$(patched_kubernetes_modfile "$here/$dir")"
+    extra=(-modfile="$modfile")
+  else
+    extra=()
   fi
-  if ! (cd "$here/$dir" && go build -trimpath -ldflags="$ldflags" -o "$out.tmp" "$pkg") >"$log" 2>&1; then
+  if ! (cd "$here/$dir" && go build -mod=mod -buildvcs=false -trimpath -ldflags="$ldflags" "${extra[@]}" -o "$out.tmp" "$pkg") >"$log" 2>&1; then
     rm -f "$out.tmp"
     die "$name ($pkg in $dir/) failed to build after $((SECONDS - start))s: $(grep -m1 -v '^#' "$log" || echo 'no output') (full log: $log)"
   fi
