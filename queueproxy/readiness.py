@@ -72,9 +72,11 @@ class ReadinessProber:
     ``spec`` is a ``ProbeSpec``, a sequence of them (the user container's first, then the
     sidecars'), or ``None``/empty: always ready. Several probes run side by side in each
     check, each with its own consecutive-pass counter; the check passes only if all pass.
-    ``host``/``port`` left empty or 0 in a spec fall back to ``user_host``/``user_port``.
-    ``log`` receives the one-line diagnostics (default: stderr). The aggressive-mode
-    timings and the clock are injectable so tests run in milliseconds.
+    ``host``/``port`` left empty or 0 in a spec fall back to ``user_host``/``user_port``, and
+    so does the pod's loopback (``127.0.0.1``, which Knative's controller writes into every
+    probe): ``user_host`` is where the pod's loopback is (``SLUICE_USER_HOST`` when several
+    pods share one machine). ``log`` receives the one-line diagnostics (default: stderr).
+    The aggressive-mode timings and the clock are injectable so tests run in milliseconds.
     """
 
     def __init__(
@@ -98,6 +100,8 @@ class ReadinessProber:
         self._user_host = user_host
         self._user_port = user_port
         self._log = log
+        #: Probe hosts that name the pod's loopback, hence ``user_host``.
+        self._loopback = frozenset({"", "127.0.0.1", "localhost", "::1"})
         self._interval = interval
         self._attempt_timeout = attempt_timeout
         self._poll_timeout = poll_timeout
@@ -116,6 +120,9 @@ class ReadinessProber:
     def success_count(self) -> int:
         """The first probe's consecutive-pass counter (0 without probes)."""
         return self._counts[0] if self._counts else 0
+
+    def _host(self, host: str) -> str:
+        return self._user_host if host in self._loopback else host
 
     def __repr__(self) -> str:
         busy = self._inflight is not None and not self._inflight.done()
@@ -200,7 +207,7 @@ class ReadinessProber:
         if get is None:
             if spec.tcp_socket is not None:
                 tcp = spec.tcp_socket
-                await probe_tcp(tcp.host or self._user_host, self._resolve(tcp.port), timeout)
+                await probe_tcp(self._host(tcp.host), self._resolve(tcp.port), timeout)
             elif spec.grpc is not None:
                 await self._probe_grpc(spec.grpc, timeout)
             return
@@ -208,7 +215,7 @@ class ReadinessProber:
         if not any(name.lower() == "user-agent" for name, _ in headers):
             headers.insert(0, ("User-Agent", PROBE_USER_AGENT))
         resp = await probe_http(
-            get.host or self._user_host,
+            self._host(get.host),
             self._resolve(get.port),
             # Knative >= 1.13 accepts a path without its leading slash.
             "/" + get.path.removeprefix("/"),

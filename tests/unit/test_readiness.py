@@ -438,3 +438,29 @@ async def test_unexpected_error_fails_closed_with_one_line(
     logs = Logs()
     assert not await fast(tcp_spec(1, period=1), logs).check()
     assert logs == ["readiness check failed: RuntimeError('boom')"]
+
+
+async def test_the_pods_loopback_in_a_probe_means_the_user_host() -> None:
+    """Knative writes ``host: 127.0.0.1`` into every probe; with several pods on one machine
+    (``SLUICE_USER_HOST``) the pod's loopback is the user host, not this machine's."""
+    accepted: list[str] = []
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("sockname")[0])
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.7", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        spec = readiness.ProbeSpec(
+            tcp_socket=readiness.TcpSocketAction("127.0.0.1", port),
+            period_seconds=1,
+            timeout_seconds=1,
+            success_threshold=1,
+        )
+        prober = readiness.ReadinessProber(spec, user_host="127.0.0.7", user_port=port)
+        assert await prober.check()
+        assert accepted and accepted[0] == "127.0.0.7"
+    finally:
+        server.close()
+        await server.wait_closed()
