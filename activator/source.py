@@ -58,6 +58,11 @@ class _Latest:
         self._version = 0
         self._changed = asyncio.Event()
 
+    @property
+    def version(self) -> int:
+        """How many values were put."""
+        return self._version
+
     def put(self, cfg: RoutingConfig) -> None:
         self._value = cfg
         self._version += 1
@@ -93,7 +98,7 @@ class PushSource:
         return self.snapshots()
 
     def __repr__(self) -> str:
-        return f"PushSource(version={self._latest._version})"
+        return f"PushSource(version={self._latest.version})"
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -117,6 +117,16 @@ class Semaphore:
         if self._waiters:
             self._grant()
 
+    def wait(self, waiter: Ticket[Any]) -> None:
+        """Queue ``waiter`` for a slot (no slot is free): ``set_result`` is its grant."""
+        self._waiters[waiter] = None
+
+    def leave(self, waiter: Ticket[Any]) -> None:
+        """``waiter`` gives up its place in the queue (it was not granted)."""
+        self._waiters.pop(waiter, None)
+        if self._waiters:
+            self._grant()
+
     def _grant(self) -> None:
         waiters = self._waiters
         while waiters and self._in_use < self._capacity:
@@ -147,7 +157,7 @@ class Ticket(Generic[T]):
     makes no closure per queued request.
     """
 
-    __slots__ = ("_breaker", "_on_grant", "_on_leave", "arg", "state")
+    __slots__ = ("_breaker", "_on_leave", "arg", "on_grant", "state")
 
     WAITING, GRANTED, RUNNING, CANCELLED = _WAITING, _GRANTED, _RUNNING, _CANCELLED
 
@@ -159,7 +169,7 @@ class Ticket(Generic[T]):
         on_leave: Callable[[T], None] | None = None,
     ) -> None:
         self._breaker = breaker
-        self._on_grant = on_grant
+        self.on_grant = on_grant
         self._on_leave = on_leave
         self.arg = arg
         self.state = _WAITING
@@ -169,7 +179,7 @@ class Ticket(Generic[T]):
 
     def set_result(self, _: None) -> None:
         self.state = _GRANTED
-        self._breaker._granted(self)
+        self._breaker.granted(self)
 
     def cancel(self) -> None:
         """Leave the queue: frees the admission slot, and the execution slot if granted.
@@ -179,11 +189,7 @@ class Ticket(Generic[T]):
         breaker = self._breaker
         if self.state == _WAITING:
             self.state = _CANCELLED
-            sem = breaker._sem
-            sem._waiters.pop(self, None)
-            breaker.in_flight -= 1
-            if sem._waiters:
-                sem._grant()
+            breaker.leave(self)
         elif self.state == _GRANTED:
             self.state = _CANCELLED
             breaker.release()
@@ -295,11 +301,10 @@ class Breaker:
             raise QueueFull()
         self.in_flight += 1
         sem = self._sem
-        if sem._in_use < sem._capacity:
-            sem._in_use += 1
+        if sem.try_acquire():
             return None
         ticket = Ticket(self, on_grant, arg, on_leave)
-        sem._waiters[ticket] = None
+        sem.wait(ticket)
         return ticket
 
     def enqueue(
@@ -322,7 +327,12 @@ class Breaker:
             ticket.set_result(None)  # the slot is held: hand it over from the loop
         return ticket
 
-    def _granted(self, ticket: Ticket[Any]) -> None:
+    def leave(self, ticket: Ticket[Any]) -> None:
+        """A waiting ``ticket`` leaves the queue: its admission slot is freed (``Ticket``)."""
+        self._sem.leave(ticket)
+        self.in_flight -= 1
+
+    def granted(self, ticket: Ticket[Any]) -> None:
         """A ticket got its slot: run its callback from the loop, with the others granted
         in the same loop iteration, so that one scheduled call serves a batch of them."""
         self._ready.append(ticket)
@@ -342,7 +352,7 @@ class Breaker:
                 continue  # cancelled after its grant; the slot went back at once
             ticket.state = _RUNNING
             try:
-                ticket._on_grant(ticket.arg)
+                ticket.on_grant(ticket.arg)
             except BaseException:
                 # A callback failed: the later tickets still run, in a fresh call.
                 self._ready[:0] = ready[i + 1 :]

@@ -22,7 +22,7 @@ import queueproxy.handler as qp_handler
 import queueproxy.main as qp_main
 from proxy.breaker import Breaker
 from proxy.deadline import Deadline
-from proxy.forward import forward_fast
+from proxy.forward import Forwarding
 from proxy.http1 import Exchange
 from proxy.stat import Stat, encode_stat
 from proxy.statproto import decode_stat
@@ -215,15 +215,18 @@ take the handler's task-free fast path; ``cold``: it is the first and takes the 
 
 @pytest.fixture
 def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Targets of the requests that took the fast path (``forward_fast``)."""
+    """Targets of the requests forwarded from callbacks (a ``Forwarding`` made by the
+    handler; the task path's ``forward`` makes its own in ``proxy.forward``)."""
     calls: list[bytes] = []
-    real = forward_fast
 
-    def spy(ex: Exchange, *args: Any) -> None:
-        calls.append(ex.target)
-        real(ex, *args)
+    class Spy(Forwarding):
+        __slots__ = ()
 
-    monkeypatch.setattr(qp_handler, "forward_fast", spy)
+        def __init__(self, ex: Exchange, *args: Any) -> None:
+            calls.append(ex.target)
+            super().__init__(ex, *args)
+
+    monkeypatch.setattr(qp_handler, "Forwarding", Spy)
     return calls
 
 
@@ -1088,4 +1091,4 @@ async def test_finished_requests_leave_no_reference_cycles(rig: QpRig, cc: int) 
     finally:
         gc.set_debug(flags)
         gc.garbage.clear()
-    assert not {"Exchange", "_FastForward"} & set(leaked), leaked
+    assert not {"Exchange", "Forwarding", "_Request"} & set(leaked), leaked
