@@ -2,8 +2,8 @@
 
 ``prometheus_client`` appends ``_total`` to every counter, but Knative's OpenCensus exporter
 writes ``activator_request_count`` bare, and dashboards read that name. So the request metrics
-live here as plain numbers, rendered by ``proxy.promtext`` in text format 0.0.4, with the
-``process_*`` basics from ``proxy.procmetrics``, exactly as the queue-proxy does.
+live here as plain numbers, rendered by ``proxy.dataplane.promtext`` in text format 0.0.4, with the
+``process_*`` basics from ``proxy.dataplane.procmetrics``, exactly as the queue-proxy does.
 
 Series, each carrying the revision's resource labels (``namespace_name``, ``service_name``
 (``unknown`` when empty), ``configuration_name``, ``revision_name``) plus ``pod_name`` and
@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from activator.model import Revision
-from proxy.procmetrics import render_process_metrics
-from proxy.promtext import (
+from proxy.dataplane.procmetrics import render_process_metrics
+from proxy.dataplane.promtext import (
     CONTENT_TYPE,
     Series,
     escape,

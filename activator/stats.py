@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.statproto import Stat
-from proxy.stats import RequestStats
+from proxy.dataplane.autoscaler_stat_pb import Stat
+from proxy.dataplane.concurrency import RequestStats
 
 __all__ = ["ConcurrencyReporter", "StatBatch"]
 

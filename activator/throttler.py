@@ -39,7 +39,7 @@ from typing import Protocol, TypeVar
 from activator.capacity import MAX_CAPACITY, assign_slice, calculate_capacity
 from activator.lb_policy import InfiniteBreaker, Picker, PodTracker, policy_for
 from activator.model import Revision
-from proxy.breaker import Breaker
+from proxy.dataplane.breaker import Breaker
 from proxy.errors import QueueFull
 
 __all__ = ["Admission", "Retired", "RevisionThrottler"]

@@ -44,15 +44,15 @@ from activator.model import Revision, Route, RoutingConfig, TrafficTarget
 from activator.routing import RouteTable
 from activator.stats import ConcurrencyReporter
 from activator.throttler import RevisionThrottler
-from proxy.breaker import Breaker
 from proxy.client import UpstreamConnection, UpstreamPool
-from proxy.deadline import Deadline
-from proxy.drain import Drainer
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
+from proxy.dataplane.drain import Drainer
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
 from proxy.passthrough import Passthrough
 from proxy.runner import settle_gc
-from proxy.stats import RequestStats
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.readiness import ReadinessProber

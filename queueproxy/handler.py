@@ -27,14 +27,14 @@ import asyncio
 import html
 from dataclasses import dataclass
 
-from proxy.breaker import Breaker
 from proxy.client import UpstreamPool
-from proxy.deadline import Deadline
-from proxy.drain import Drainer
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
+from proxy.dataplane.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
 from proxy.exchange import Exchange
 from proxy.forward import Forwarding, Rewrite, forward
-from proxy.stats import RequestStats
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
 from queueproxy.metrics_otel import OtelRequestMetrics

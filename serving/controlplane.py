@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from activator.model import RoutingConfig
-from proxy.prober import ProbeError, probe_http
-from proxy.statproto import Stat, decode_stat
+from proxy.dataplane.autoscaler_stat_pb import Stat, decode_stat
+from proxy.dataplane.prober import ProbeError, probe_http
 from serving.autoscaler import RevisionAutoscaler
 from serving.autoscaling_config import RevisionScalingSpec
 from serving.manifest import ServiceManifest

@@ -18,7 +18,7 @@ from pathlib import Path
 from activator.app import Activator, Settings
 from activator.source import PushSource
 from activator.stats import StatBatch
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 
 Key = tuple[str, str]
 #: In embedded mode nobody load-balances in front of the activator, so there is nothing to

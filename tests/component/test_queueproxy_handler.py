@@ -20,13 +20,13 @@ import pytest
 
 import queueproxy.handler as qp_handler
 import queueproxy.main as qp_main
-from proxy.breaker import Breaker
-from proxy.deadline import Deadline
+from proxy.dataplane.autoscaler_stat import Stat, encode_stat
+from proxy.dataplane.autoscaler_stat_pb import decode_stat
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
 from proxy.forward import Forwarding
 from proxy.http1 import Exchange
-from proxy.stat import Stat, encode_stat
-from proxy.statproto import decode_stat
-from proxy.stats import RequestStats
 from queueproxy.config import Config
 from queueproxy.main import QueueProxy, StatsReporter
 from queueproxy.readiness import parse_probe

@@ -26,8 +26,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.stat import Stat
-from proxy.statproto import decode_stat
+from proxy.dataplane.autoscaler_stat import Stat
+from proxy.dataplane.autoscaler_stat_pb import decode_stat
 from tests.component.engine_harness import RawClient
 from tests.ports import free_port
 

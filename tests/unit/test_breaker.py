@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.breaker import Breaker, Semaphore
+from proxy.dataplane.breaker import Breaker, Semaphore
 from proxy.errors import QueueFull
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import queueproxy.readiness as readiness
-from proxy.prober import ProbeError
+from proxy.dataplane.prober import ProbeError
 from queueproxy.readiness import (
     HttpGetAction,
     ProbeDecodeError,
