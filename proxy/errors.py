@@ -78,11 +78,6 @@ class QueueFull(ServiceUnavailable):
         super().__init__(reason)
 
 
-class ShuttingDown(ServiceUnavailable):
-    def __init__(self, reason: str = "shutting down") -> None:
-        super().__init__(reason)
-
-
 class GatewayTimeout(ProxyError):
     """A timeout fired before the first response byte (Knative: ``request timeout``)."""
 

@@ -144,7 +144,6 @@ class Forwarding:
         "on_done",
         "pool",
         "port",
-        "reused",
         "rewrite",
         "task",
         "tunnel",
@@ -166,20 +165,18 @@ class Forwarding:
         self.on_done = on_done
         self.rewrite = rewrite
         self.conn: UpstreamConnection | None = None
-        self.reused = False
         #: The dial (while ``conn`` is None), then the request body's pump, if any.
         self.task: asyncio.Task[None] | None = None
         #: Set once a 101 switched to a tunnel; the outcome is reported when it closes.
         self.tunnel = False
         self.cancelled = False
-        #: What ended the exchange early, already answered (``forward`` raises it again).
-        self.error: BaseException | None = None
+        # ``error`` (what ended the exchange early, answered already; ``forward`` raises
+        # it again) is set only then: one store less per request.
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, conn: UpstreamConnection | None, reused: bool = True) -> None:
-        """Send on ``conn`` (an idle pooled connection, unless ``reused`` is False), else
-        on a connection dialed now."""
+    def start(self, conn: UpstreamConnection | None) -> None:
+        """Send on ``conn`` (an idle pooled one or one just dialed), else dial one now."""
         ex = self.ex
         ex.dispatched = True
         ex.canceller = self.cancel
@@ -187,7 +184,6 @@ class Forwarding:
             self.task = ex.conn.ctx.loop.create_task(self._dial())
             return
         self.conn = conn
-        self.reused = reused
         conn.begin(self, ex.method == b"HEAD", self.finished)
         ex.conn.flow_listener = self
         conn.write(build_request_head(ex, self.rewrite, conn.authority))
@@ -207,7 +203,7 @@ class Forwarding:
             conn.close()
             self._end(None)
             return
-        self.start(conn, False)
+        self.start(conn)
 
     def cancel(self) -> None:
         """The exchange was answered or abandoned elsewhere (timeout, client gone): stop.
@@ -264,7 +260,7 @@ class Forwarding:
             ex.abort()
         elif isinstance(failure, ProxyError | ClientDisconnected):
             self._end(failure)  # the client's body broke: too large, malformed, gone
-        elif self.reused and pump is None and not ex.response_started and _replayable(ex):
+        elif conn.requests > 1 and pump is None and not ex.response_started and _replayable(ex):
             # A reused keep-alive connection that died before answering: the request most
             # likely never reached the application; one fresh try of an idempotent request
             # is safe (Go's ``Request.isReplayable``).
@@ -425,14 +421,15 @@ async def forward(
             done.set_result(status)
 
     forwarding = Forwarding(ex, pool, host, port, rewrite, on_done)
-    forwarding.start(None if fresh else pool.take_idle(host, port), not fresh)
+    forwarding.start(None if fresh else pool.take_idle(host, port))
     try:
         status = await done
     except asyncio.CancelledError:
         forwarding.cancel()
         raise
-    if forwarding.error is not None:
-        raise forwarding.error
+    error: BaseException | None = getattr(forwarding, "error", None)
+    if error is not None:
+        raise error
     return status
 
 

@@ -68,7 +68,6 @@ from proxy.errors import (
     HeadersTooLarge,
     PayloadTooLarge,
     ProxyError,
-    ServiceUnavailable,
     UriTooLong,
 )
 from proxy.exchange import ClientDisconnected, Exchange, answer_error, status_line
@@ -128,6 +127,10 @@ TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
     _TUNNEL: frozenset({_CLOSED}),
     _CLOSED: frozenset(),
 }
+#: Whether ``_to`` refuses a transition ``TRANSITIONS`` does not allow. Off in service: the
+#: check measured about 1 % of a proxied request's instructions (three transitions each);
+#: the tests turn it on (``tests/conftest.py``), so every test exercises the table.
+CHECK_TRANSITIONS = False
 #: ``TRANSITIONS`` as a table indexed by state, then by next state: what ``_to`` checks.
 _ALLOWED = tuple(tuple(nxt in TRANSITIONS[state] for nxt in ConnState) for state in ConnState)
 
@@ -474,14 +477,16 @@ class HttpServerProtocol(asyncio.Protocol):
             self.resume_reading()
 
     def _to(self, state: ConnState) -> None:
-        """The one place the connection's state changes; ``TRANSITIONS`` says what may."""
+        """The one place the connection's state changes; ``TRANSITIONS`` says what may
+        (checked when ``CHECK_TRANSITIONS`` is set, as the tests do). CLOSED is final."""
         current = self.state
-        if _ALLOWED[current][state]:
-            self.state = state
-            if state <= _HEAD:  # the sweeper times an idle connection and a head from here
-                self.state_since = self.ctx.loop.time()
-        elif current is not _CLOSED:  # CLOSED is final: late events change nothing
+        if current is _CLOSED:
+            return  # late events of a closed connection change nothing
+        if CHECK_TRANSITIONS and not _ALLOWED[current][state]:
             raise RuntimeError(f"connection state {current.name} cannot become {state.name}")
+        self.state = state
+        if state <= _HEAD:  # the sweeper times an idle connection and a head from here
+            self.state_since = self.ctx.loop.time()
 
     def _protocol_error(self, error: ProxyError) -> None:
         """Answer a parse or validation error after earlier responses, then close."""
@@ -580,7 +585,3 @@ class _HeadTimeout(ProxyError):
 def _parser_message(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return f"malformed request: {text}"
-
-
-def overloaded(reason: str = "server overloaded") -> ServiceUnavailable:
-    return ServiceUnavailable(reason)

@@ -110,17 +110,10 @@ class QueueProxyState:
 class _Request:
     """One proxied request in the queue-proxy, from ``begin`` to ``finish``."""
 
-    __slots__ = (
-        "app_started",
-        "ex",
-        "h",
-        "handler",
-        "holds_slot",
-        "is_probe",
-        "proxied",
-        "rewrite",
-        "started",
-    )
+    __slots__ = ("app_started", "ex", "h", "handler", "holds_slot", "proxied", "rewrite")
+
+    #: A ``K-Network-Probe`` other than ``probe``: served, but not measured (``_Probe``).
+    is_probe = False
 
     def __init__(
         self,
@@ -129,7 +122,6 @@ class _Request:
         h: dict[bytes, bytes],
         proxied: bool,
         rewrite: Rewrite,
-        is_probe: bool,
     ) -> None:
         self.handler = handler
         self.ex = ex
@@ -138,11 +130,9 @@ class _Request:
         #: Sent by the activator (``K-Proxy-Request``): counted as proxied in the stats.
         self.proxied = proxied
         self.rewrite = rewrite
-        #: A ``K-Network-Probe`` other than ``probe``: served, but not measured.
-        self.is_probe = is_probe
-        self.started = ex.started_at
-        #: When the request entered the app (its breaker slot was granted).
-        self.app_started = self.started
+        #: When the request entered the app (its breaker slot was granted); it arrived at
+        #: ``ex.started_at``.
+        self.app_started = ex.started_at
         #: Whether it holds a breaker slot (``finish`` gives it back).
         self.holds_slot = False
 
@@ -150,6 +140,13 @@ class _Request:
         """The forwarding's ``on_done``: account for the request, then free the exchange."""
         self.handler.finish(self, status)
         ex.complete()
+
+
+class _Probe(_Request):
+    """A request with a ``K-Network-Probe`` header other than ``probe``."""
+
+    __slots__ = ()
+    is_probe = True
 
 
 class QueueProxyHandler:
@@ -165,21 +162,25 @@ class QueueProxyHandler:
 
     # ------------------------------------------------------------ the one chain
 
-    def begin(self, req: _Request) -> None:
+    def begin(self, req: _Request, slot: bool) -> None:
         """Steps 2-5 on entry: drain timer, stats "in" (before the breaker, so queued time
-        counts as concurrency), the timeouts."""
+        counts as concurrency), the timeouts; with ``slot``, the breaker slot is already
+        held (``_entered_app``)."""
         s = self.s
+        ex = req.ex
         if s.drainer.draining:
             s.drainer.on_request()
-        s.stats.req_in(req.started, req.proxied)
-        s.deadline.watch(req.ex)
+        s.stats.req_in(ex.started_at, req.proxied)
+        s.deadline.watch(ex)
+        if slot and s.breaker is not None:
+            self._entered_app(req, s.breaker)
 
-    def _entered_app(self, req: _Request) -> None:
-        """Step 7 on entry: the breaker slot is held; the app time starts now."""
-        s = self.s
-        req.holds_slot = s.breaker is not None
-        if s.metrics is not None and s.breaker is not None:
-            s.metrics.set_queue_depth(s.breaker.in_flight)
+    def _entered_app(self, req: _Request, breaker: Breaker) -> None:
+        """Step 7 on entry: ``req`` holds a slot of ``breaker`` now."""
+        req.holds_slot = True
+        metrics = self.s.metrics
+        if metrics is not None:
+            metrics.set_queue_depth(breaker.in_flight)
 
     def finish(self, req: _Request, app_status: int | None) -> None:
         """Everything that ends a request, in reverse order: the breaker slot, stats "out",
@@ -187,6 +188,7 @@ class QueueProxyHandler:
         s = self.s
         ex = req.ex
         now = self._loop.time()
+        started = ex.started_at
         if req.holds_slot:
             req.holds_slot = False
             assert s.breaker is not None
@@ -202,15 +204,15 @@ class QueueProxyHandler:
             final = ex.status if ex.response_started else 500
             h = req.h
             if app_status is None:
-                metrics.record_request(final, now - req.started, _tag(h))
+                metrics.record_request(final, now - started, _tag(h))
             elif final == app_status:
                 tag = "DISABLED" if _TAG_HEADERS.isdisjoint(h) else _tag(h)  # no call, mostly
-                metrics.record_both(final, now - req.started, tag, now - req.app_started)
+                metrics.record_both(final, now - started, tag, now - req.app_started)
             else:
                 metrics.record_app_request(app_status, now - req.app_started)
-                metrics.record_request(final, now - req.started, _tag(h))
+                metrics.record_request(final, now - started, _tag(h))
         if s.request_log is not None and (not req.is_probe or s.log_probes):
-            self._log(ex, req.h, req.started, now)
+            self._log(ex, req.h, started, now)
 
     # ------------------------------------------------------- task-free path
 
@@ -234,7 +236,7 @@ class QueueProxyHandler:
                 _PROBE_UA_PREFIXES
             ):
                 return False
-            req = _Request(self, ex, _PLAIN, False, _REWRITE, False)
+            req = _Request(self, ex, _PLAIN, False, _REWRITE)
         else:
             h = _scan(ex)
             if (
@@ -244,7 +246,7 @@ class QueueProxyHandler:
             ):
                 return False
             proxied = h.get(b"k-proxy-request") == b"activator"
-            req = _Request(self, ex, h, proxied, _rewrite(ex, h), False)
+            req = _Request(self, ex, h, proxied, _rewrite(ex, h))
         pool = s.pool
         breaker = s.breaker
         ticket = None
@@ -260,13 +262,13 @@ class QueueProxyHandler:
                 if breaker is not None:
                     breaker.release()
                 return False
-        self.begin(req)
         if ticket is not None:
             # Waiting in the breaker's queue as a callback, not a task (knative §1.5: the
-            # stats above count the queued time as concurrency).
+            # stats in ``begin`` count the queued time as concurrency).
+            self.begin(req, False)
             ex.canceller = ticket.leave
             return True
-        self._entered_app(req)
+        self.begin(req, True)
         Forwarding(ex, pool, s.user_host, s.user_port, req.rewrite, req.forwarded).start(conn)
         return True
 
@@ -276,7 +278,8 @@ class QueueProxyHandler:
         ex = req.ex
         ex.canceller = None
         req.app_started = self._loop.time()
-        self._entered_app(req)
+        assert s.breaker is not None
+        self._entered_app(req, s.breaker)
         conn = s.pool.take_idle(s.user_host, s.user_port)  # none: the forwarding dials
         forwarding = Forwarding(ex, s.pool, s.user_host, s.user_port, req.rewrite, req.forwarded)
         forwarding.start(conn)
@@ -307,14 +310,15 @@ class QueueProxyHandler:
                 self._log(ex, h, self._loop.time())
             return
         proxied = h.get(b"k-proxy-request") == b"activator"
-        req = _Request(self, ex, h, proxied, _rewrite(ex, h), bool(probe))
-        self.begin(req)
+        req = (_Probe if probe else _Request)(self, ex, h, proxied, _rewrite(ex, h))
+        self.begin(req, False)
         app_status: int | None = None
         try:
-            if s.breaker is not None:
-                await s.breaker.acquire()  # QueueFull → 503 at once
+            breaker = s.breaker
+            if breaker is not None:
+                await breaker.acquire()  # QueueFull → 503 at once
                 req.app_started = self._loop.time()
-            self._entered_app(req)
+                self._entered_app(req, breaker)
             app_status = 500
             app_status = await forward(ex, s.pool, s.user_host, s.user_port, req.rewrite)
         except ProxyError as error:

@@ -279,11 +279,6 @@ class Breaker:
         self._sem.release()
         self.in_flight -= 1
 
-    @property
-    def admission_full(self) -> bool:
-        """Whether an arrival now would get ``QueueFull``."""
-        return self.in_flight >= self._total_slots
-
     def take(
         self,
         on_grant: Callable[[T], None],

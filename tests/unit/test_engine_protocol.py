@@ -618,3 +618,11 @@ async def test_version_and_keep_alive_of_each_request(
     rec, _, _ = await feed(b"GET / HTTP/" + version + b"\r\nHost: h\r\n" + fields + b"\r\n")
     (ex,) = rec.seen
     assert (ex.version, ex.keep_alive) == expected
+
+
+def test_the_transition_table_is_enforced_in_tests() -> None:
+    from proxy.http1 import CHECK_TRANSITIONS, TRANSITIONS, ConnState
+
+    assert CHECK_TRANSITIONS
+    assert TRANSITIONS[ConnState.CLOSED] == frozenset()
+    assert all(ConnState.CLOSED in TRANSITIONS[s] for s in ConnState if s is not ConnState.CLOSED)
