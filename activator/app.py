@@ -65,8 +65,8 @@ from activator.scaler import Scaler, WebhookScaler
 from activator.source import Source, SourceHealth
 from activator.stats import ConcurrencyReporter
 from activator.throttler import RevisionThrottler
-from proxy.client import UpstreamPool
 from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 from proxy.runner import settle_gc
 from proxy.server import HttpServer
 

@@ -39,11 +39,11 @@ from activator.routing import RouteTable
 from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
 from activator.throttler import Admission, Retired, RevisionThrottler
-from proxy.client import UpstreamPool
 from proxy.errors import NotFound, ProxyError
 from proxy.exchange import Exchange
 from proxy.forward import Forwarding, Rewrite, forward
 from proxy.headers import Header
+from proxy.pool import UpstreamPool
 
 __all__ = ["ActivatorHandler", "Snapshot", "not_found"]
 

@@ -44,7 +44,7 @@ from activator.model import Revision, Route, RoutingConfig, TrafficTarget
 from activator.routing import RouteTable
 from activator.stats import ConcurrencyReporter
 from activator.throttler import RevisionThrottler
-from proxy.client import UpstreamConnection, UpstreamPool
+from proxy.client import UpstreamConnection
 from proxy.dataplane.breaker import Breaker
 from proxy.dataplane.concurrency import RequestStats
 from proxy.dataplane.deadline import Deadline
@@ -52,6 +52,7 @@ from proxy.dataplane.drain import Drainer
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
 from proxy.passthrough import Passthrough
+from proxy.pool import UpstreamPool
 from proxy.runner import settle_gc
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics

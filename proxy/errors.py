@@ -78,6 +78,13 @@ class QueueFull(ServiceUnavailable):
         super().__init__(reason)
 
 
+class RequestTimeout(ProxyError):
+    """The client took too long to send a request head."""
+
+    status = 408
+    close = True
+
+
 class GatewayTimeout(ProxyError):
     """A timeout fired before the first response byte (Knative: ``request timeout``)."""
 

@@ -22,10 +22,11 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from proxy.client import UpstreamConnection, UpstreamPool
+from proxy.client import UpstreamConnection
 from proxy.errors import BadGateway, ProxyError
 from proxy.exchange import ClientDisconnected, Exchange, answer_error
 from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
+from proxy.pool import UpstreamPool
 
 # Headers the proxy writes itself on the upstream request.
 _REQUEST_OWN = frozenset({b"host", b"x-forwarded-for", b"content-length", b"expect"})

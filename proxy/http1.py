@@ -1,79 +1,61 @@
 """The HTTP/1.1 server side of the engine: one ``asyncio.Protocol`` per client connection.
 
-Theory of operation
--------------------
+Theory of operation (``docs/design.md`` has the whole request path)
+-------------------------------------------------------------------
 llhttp (through httptools) parses the byte stream; the protocol turns each parsed request into
-an ``Exchange`` (``proxy.exchange``: the request's data plus the means to answer it) and runs
-the handler for it in its own task. State is grouped as: per server (``ServerContext``), per
-connection (``HttpServerProtocol``) and per request (``Exchange``). The checks llhttp leaves
-to us are pure functions in ``proxy.headrules``.
-
-* A connection's lifecycle is one ``ConnState``, changed only by ``_to`` against the table
-  ``TRANSITIONS`` (h11 keeps its states the same way): IDLE between requests, HEAD while a
-  request head is being read, BUSY while an exchange runs, LAST when no request will be
-  read after those already parsed (a non-keep-alive request, a client's FIN, an upgrade, an
-  error), TUNNEL once a 101 switched it to bytes, CLOSED at the end. Reading pauses (flow
-  control) are not states: they are kept as two flags beside it.
+an ``Exchange`` (``proxy.exchange``) and runs the handler for it. State is grouped per server
+(``ServerContext``), per connection (``HttpServerProtocol``: its lifecycle is one
+``ConnState`` of ``proxy.states``, changed only by ``_to``; reading pauses are flow control
+beside it) and per request (``Exchange``). The checks llhttp leaves to us are pure functions
+in ``proxy.headrules``.
 
 * Pipelining: requests are answered strictly in order. While one exchange runs, later complete
   requests wait in ``_pipeline``; reading pauses once one is waiting, which bounds the buffer.
 * Request bodies stream: parsed chunks are queued on the exchange and reading pauses above a
   high-water mark; ``Exchange.read_body`` resumes it. ``100 Continue`` is written only when a
   handler actually asks for the body.
-* Sluice frames every response itself (Content-Length, chunked, or close-delimited for
-  HTTP/1.0), never both. A response that cannot be completed as announced is cut by closing
-  the connection, never padded or terminated as if whole.
 * Any framing or validation error answers with one status from ``proxy.errors`` and closes the
   connection, after earlier pipelined responses have gone out. Nothing after it is parsed.
-* A client that goes away cancels the handler task. A client that half-closes (FIN) cancels it
-  only while the request has not been dispatched upstream (HAProxy's ``abortonclose``), so a
-  request waiting in a queue frees its place at once while a half-closed client that is
-  already being served still gets its response.
+* A client that goes away cancels the exchange's owner. A client that half-closes (FIN)
+  cancels it only while the request has not been dispatched upstream (HAProxy's
+  ``abortonclose``): a request waiting in a queue frees its place at once, while a
+  half-closed client that is already being served still gets its response.
 * Timeouts (head read, keep-alive idle) are checked by the server's one-second sweeper from
   timestamps, so a request costs no timer operations; the body-idle timeout is applied only
   while a handler waits for body bytes.
-* The fast path: a handler may also offer ``fast(ex) -> bool`` (the ``FastPath`` protocol).
-  It is called first, inside llhttp's callbacks; returning True means it took the exchange
-  and will finish it from later callbacks with ``Exchange.complete()``
-  (``Exchange.canceller`` stops it), so the request runs with no task and no future at all.
-  It must not finish the exchange before returning; an error it raises is answered from a
-  task. Whatever it declines (probes, a full queue, ...) takes the task path. Measured
-  with callgrind: about 10 % fewer instructions per proxied request for the bare engine and
-  15 % for the queue-proxy, because an asyncio Task plus a future round trip is the largest
-  fixed cost left once the parsing and the writes are done.
-* Hot-path rules, each found with callgrind on CPython 3.11 (``docs/benchmarks.md``): no
-  ``asyncio.get_running_loop()`` per request (it makes a getpid() syscall); no ``b"x" in
-  data`` for a single byte (bytes tries the operand as an integer first, raising and clearing
-  a TypeError); no regex per request (verdicts are memoised); no ``zip(strict=True)`` over the
-  headers; header names are compared through ``Exchange.names``, never lower-cased again; no
-  method call on a name brought in by ``from ... import`` (CPython 3.11 compiles it to
-  LOAD_ATTR and makes a bound method per call; ``tests/unit/test_hot_path_rules.py`` checks
-  the request path's modules); and a finished request must leave no reference cycle, or
-  every request waits for the cyclic collector instead of being freed at once.
+* The fast path: a handler may also offer ``fast(ex) -> bool`` (``FastPath``). It is called
+  first, inside llhttp's callbacks; True means it took the exchange and will finish it from
+  later callbacks with ``Exchange.complete()`` (``Exchange.canceller`` stops it): no task,
+  no future. It must not finish the exchange before returning; an error it raises is
+  answered from a task. Whatever it declines takes the task path (``_run``). Both end in
+  ``Exchange.ensure_answered`` and ``exchange_over``.
+* The hot-path rules (``docs/design.md``, "Hot-path rules") hold for this module; the tests
+  and ``python -m bench.instructions --check`` check the ones a machine can.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Protocol, cast, runtime_checkable
+from collections.abc import Callable
+from typing import cast
 
 import httptools
 
+from proxy.context import FastPath, FlowListener, Handler, ServerContext
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
     PayloadTooLarge,
     ProxyError,
+    RequestTimeout,
     UriTooLong,
 )
 from proxy.exchange import ClientDisconnected, Exchange, answer_error, status_line
 from proxy.headers import UNDERSCORE, cached_lower, lower_name
 from proxy.headrules import PLAIN, check_head, check_header_sizes
-from proxy.limits import ServerLimits
+from proxy.states import TRANSITIONS, ConnState
 
 __all__ = [
     "ClientDisconnected",
@@ -89,47 +71,12 @@ __all__ = [
 
 log = logging.getLogger("sluice.http")
 
-Handler = Callable[[Exchange], Awaitable[None]]
-
-
-@runtime_checkable
-class FastPath(Protocol):
-    """A handler's optional task-free entry (see "The fast path" above)."""
-
-    def fast(self, ex: Exchange) -> bool: ...
-
-
-class ConnState(enum.IntEnum):
-    """Where a client connection is in its life (see the module docstring).
-
-    An ``IntEnum``: a plain ``Enum`` hashes its members in Python, which the transition
-    check would pay several times per request.
-    """
-
-    IDLE = 0
-    HEAD = 1
-    BUSY = 2
-    LAST = 3
-    TUNNEL = 4
-    CLOSED = 5
-
-
 # Module names for the members: a global load per use instead of an attribute lookup.
 _IDLE, _HEAD, _BUSY, _LAST, _TUNNEL, _CLOSED = ConnState
 
-#: Which state may follow which; ``HttpServerProtocol._to`` refuses anything else. Every
-#: state may close; none follows CLOSED.
-TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
-    _IDLE: frozenset({_HEAD, _BUSY, _LAST, _CLOSED}),
-    _HEAD: frozenset({_HEAD, _BUSY, _LAST, _CLOSED}),
-    _BUSY: frozenset({_IDLE, _HEAD, _BUSY, _LAST, _TUNNEL, _CLOSED}),
-    _LAST: frozenset({_LAST, _TUNNEL, _CLOSED}),
-    _TUNNEL: frozenset({_CLOSED}),
-    _CLOSED: frozenset(),
-}
-#: Whether ``_to`` refuses a transition ``TRANSITIONS`` does not allow. Off in service: the
-#: check measured about 1 % of a proxied request's instructions (three transitions each);
-#: the tests turn it on (``tests/conftest.py``), so every test exercises the table.
+#: Whether ``_to`` refuses a transition ``TRANSITIONS`` does not allow. Off in service,
+#: where it would cost every request three more table lookups; the tests turn it on
+#: (``tests/conftest.py``), so every test exercises the table.
 CHECK_TRANSITIONS = False
 #: ``TRANSITIONS`` as a table indexed by state, then by next state: what ``_to`` checks.
 _ALLOWED = tuple(tuple(nxt in TRANSITIONS[state] for nxt in ConnState) for state in ConnState)
@@ -140,31 +87,6 @@ def parser_is_compiled() -> bool:
     module = type(httptools.HttpRequestParser(object())).__module__
     origin = getattr(__import__(module, fromlist=["_"]), "__file__", "") or ""
     return origin.endswith((".so", ".pyd"))
-
-
-class FlowListener(Protocol):
-    """Who is told when writes to the client pause (``flow(True)``) and resume."""
-
-    def flow(self, paused: bool) -> None: ...
-
-
-class ServerContext:
-    """What all connections of one listening server share."""
-
-    __slots__ = ("closing", "connections", "fast", "handler", "limits", "loop")
-
-    def __init__(
-        self, handler: Handler, limits: ServerLimits, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self.handler = handler
-        #: The handler's task-free entry, if it has one (``FastPath``).
-        self.fast: Callable[[Exchange], bool] | None = (
-            handler.fast if isinstance(handler, FastPath) else None
-        )
-        self.limits = limits
-        self.loop = loop
-        self.connections: set[HttpServerProtocol] = set()
-        self.closing = False
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -312,7 +234,8 @@ class HttpServerProtocol(asyncio.Protocol):
             cause = exc.__context__
             self._protocol_error(cause if isinstance(cause, ProxyError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
-            self._protocol_error(BadRequest(_parser_message(exc)))
+            text = str(exc).strip() or type(exc).__name__
+            self._protocol_error(BadRequest(f"malformed request: {text}"))
         else:
             if self._head_bytes > self._cap:
                 # Bytes that never make progress: a head that never ends, or (once the head
@@ -565,7 +488,7 @@ class HttpServerProtocol(asyncio.Protocol):
             if now - self.state_since > limits.keepalive_timeout or self.ctx.closing:
                 self.close()
         elif self.state is _HEAD and now - self.state_since > limits.head_timeout:
-            self._protocol_error(_HeadTimeout("request head read timeout"))
+            self._protocol_error(RequestTimeout("request head read timeout"))
 
     @property
     def idle(self) -> bool:
@@ -575,13 +498,3 @@ class HttpServerProtocol(asyncio.Protocol):
     def tunnelled(self) -> bool:
         """Whether the connection was switched to a byte tunnel (websocket) by a 101."""
         return self.state is _TUNNEL
-
-
-class _HeadTimeout(ProxyError):
-    status = 408
-    close = True
-
-
-def _parser_message(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"malformed request: {text}"

@@ -11,9 +11,9 @@ import asyncio
 import signal
 import sys
 
-from proxy.client import UpstreamPool
 from proxy.forward import NO_REWRITE, Forwarding, forward
 from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
 

@@ -27,7 +27,6 @@ import asyncio
 import html
 from dataclasses import dataclass
 
-from proxy.client import UpstreamPool
 from proxy.dataplane.breaker import Breaker
 from proxy.dataplane.concurrency import RequestStats
 from proxy.dataplane.deadline import Deadline
@@ -35,6 +34,7 @@ from proxy.dataplane.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
 from proxy.exchange import Exchange
 from proxy.forward import Forwarding, Rewrite, forward
+from proxy.pool import UpstreamPool
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
 from queueproxy.metrics_otel import OtelRequestMetrics

@@ -30,13 +30,13 @@ import sys
 import time
 from collections.abc import Mapping
 
-from proxy.client import UpstreamPool
 from proxy.dataplane.autoscaler_stat import Stat, encode_stat
 from proxy.dataplane.breaker import Breaker
 from proxy.dataplane.concurrency import RequestStats
 from proxy.dataplane.deadline import Deadline
 from proxy.dataplane.drain import Drainer
 from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
 from queueproxy.config import Config, ConfigError, load_config

@@ -20,10 +20,10 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from proxy.client import UpstreamPool
 from proxy.forward import NO_REWRITE, Rewrite, forward
 from proxy.http1 import Exchange, Handler
 from proxy.limits import ServerLimits
+from proxy.pool import UpstreamPool
 from proxy.server import HttpServer
 
 HOST = "127.0.0.1"

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.client import UpstreamPool
 from proxy.http1 import Exchange
 from proxy.passthrough import Passthrough
+from proxy.pool import UpstreamPool
 from proxy.server import HttpServer
 from tests.component.engine_harness import (
     HOST,

@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from proxy.client import UpstreamClosed, UpstreamConnection, UpstreamPool
+from proxy.client import UpstreamClosed, UpstreamConnection
 from proxy.errors import BadGateway
 from proxy.headers import HeaderList
+from proxy.pool import UpstreamPool
 from tests.unit.engine_fakes import FakeTransport
 
 KEY = ("10.0.0.1", 80)
