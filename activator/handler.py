@@ -41,7 +41,7 @@ from activator.stats import ConcurrencyReporter
 from activator.throttler import Admission, Retired, RevisionThrottler
 from proxy.errors import NotFound, ProxyError
 from proxy.exchange import Exchange
-from proxy.forward import Forwarding, Rewrite, forward
+from proxy.forward import NO_REWRITE, Forwarding, Rewrite
 from proxy.headers import Header
 from proxy.pool import UpstreamPool
 
@@ -140,24 +140,33 @@ def _revision_from_host(host: str, cluster_domain: str) -> RevisionKey | None:
     return parts[1], parts[0]
 
 
-class _Request:
-    """One routed request in the activator, from ``begin`` to ``finish``."""
+class _Request(Forwarding):
+    """One routed request in the activator, from ``begin`` to ``finish``: its state, and its
+    forwarding to the pod (one object per request; the task path sets the pod once the
+    throttler has chosen it)."""
 
-    __slots__ = ("admission", "ex", "handler", "release", "revision", "started")
+    __slots__ = ("admission", "handler", "release", "revision")
 
-    def __init__(self, handler: ActivatorHandler, ex: Exchange, revision: Revision) -> None:
+    def __init__(
+        self,
+        handler: ActivatorHandler,
+        ex: Exchange,
+        revision: Revision,
+        host: str = "",
+        port: int = 0,
+        rewrite: Rewrite = NO_REWRITE,
+    ) -> None:
+        Forwarding.__init__(self, ex, handler.pool, host, port, rewrite)
         self.handler = handler
-        self.ex = ex
         self.revision = revision
-        self.started = ex.started_at
         #: The admission and pod slot taken on the task-free path, given back by ``finish``.
         self.admission: Admission | None = None
         self.release: Callable[[], None] | None = None
 
-    def forwarded(self, ex: Exchange, status: int) -> None:
-        """The forwarding's ``on_done``: account for the request, then free the exchange."""
+    def done(self, status: int) -> None:
+        """Forwarded from callbacks: account for the request, then free the exchange."""
         self.handler.finish(self)
-        ex.complete()
+        self.ex.complete()
 
 
 class ActivatorHandler:
@@ -247,7 +256,7 @@ class ActivatorHandler:
         """Steps 3-5 on entry: concurrency "in" (the first request of an idle revision
         pokes the scaler), the revision's timeouts."""
         revision = req.revision
-        poke = self.reporter.request_in(revision.key, req.started)
+        poke = self.reporter.request_in(revision.key, req.ex.started_at)
         if poke is not None:
             self.scaler.poke(poke)
         revision.deadline.watch(req.ex)
@@ -271,7 +280,7 @@ class ActivatorHandler:
         now = loop.time()
         self.reporter.request_out(revision.key, now)
         if ex.status:
-            self.metrics.record_request(revision, ex.status, now - req.started)
+            self.metrics.record_request(revision, ex.status, now - ex.started_at)
 
     # ------------------------------------------------------- task-free path
 
@@ -300,13 +309,13 @@ class ActivatorHandler:
         host, port, host_header = _dest(tracker.dest)
         if self.passthrough:
             set_headers, host_header = _passthrough(revision, set_headers)
-        req = _Request(self, ex, revision)
+        req = _Request(
+            self, ex, revision, host, port, _rewrite(set_headers, original_host, host_header)
+        )
         req.admission = admission
         req.release = release
         self.begin(req)
-        rewrite = _rewrite(set_headers, original_host, host_header)
-        pool = self.pool
-        Forwarding(ex, pool, host, port, rewrite, req.forwarded).start(pool.take_idle(host, port))
+        req.start(self.pool.take_idle(host, port))
         return True
 
     # ------------------------------------------------------------- task path
@@ -320,7 +329,7 @@ class ActivatorHandler:
         req = _Request(self, ex, revision)
         self.begin(req)
         try:
-            await self._throttled(ex, revision.key, set_headers, original_host)
+            await self._throttled(req, revision.key, set_headers, original_host)
         except ProxyError as exc:
             ex.fail(exc)
         finally:
@@ -328,21 +337,22 @@ class ActivatorHandler:
 
     async def _throttled(
         self,
-        ex: Exchange,
+        req: _Request,
         key: RevisionKey,
         set_headers: tuple[tuple[str, str], ...],
         original_host: bytes | None,
     ) -> None:
         """Step 6: wait for the revision's throttler, then forward to the pod it chose."""
-        pool = self.pool
 
         async def send(dest: str) -> int:
             host, port, host_header = _dest(dest)
             extra = set_headers
             if self.passthrough:
                 extra, host_header = _passthrough(self.snapshot.table.lookup_revision(*key), extra)
-            rewrite = _rewrite(extra, original_host, host_header)
-            return await forward(ex, pool, host, port, rewrite)
+            req.host = host
+            req.port = port
+            req.rewrite = _rewrite(extra, original_host, host_header)
+            return await req.run(self.pool.take_idle(host, port))
 
         while True:
             admission: Admission | None = self.snapshot.throttlers.get(key)

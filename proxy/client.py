@@ -36,7 +36,6 @@ _OWN = HOP_BY_HOP | {b"content-length"}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 
-
 class ResponseSink(Protocol):
     """Where an upstream response goes, one call per event, in order.
 

@@ -120,11 +120,17 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
 OnDone = Callable[[Exchange, int], None]
 
 
+def _no_callback(ex: Exchange, status: int) -> None:
+    """The ``on_done`` of a forwarding that overrides ``done`` or is awaited (``run``)."""
+
+
 class Forwarding:
     """One exchange proxied to one upstream; the sink the upstream response flows into.
 
     ``Forwarding(ex, pool, host, port, rewrite, on_done).start(conn)`` proxies ``ex`` to
-    ``host:port``; ``on_done(ex, status)`` reports the end, exactly once. ``conn`` is an idle
+    ``host:port``; ``done(status)`` reports the end, exactly once: it calls
+    ``on_done(ex, status)``, or a subclass overrides it (a component's per-request state
+    can be its forwarding: one object per request), or ``run`` awaits it. ``conn`` is an idle
     connection the caller took from ``pool`` (``take_idle``); with None one is dialed. By
     the time ``on_done`` runs the client has its answer: the upstream's response, the error
     that ended the exchange (502 when the upstream failed before a response head, the
@@ -148,6 +154,7 @@ class Forwarding:
         "rewrite",
         "task",
         "tunnel",
+        "waiter",
     )
 
     def __init__(
@@ -157,7 +164,7 @@ class Forwarding:
         host: str,
         port: int,
         rewrite: Rewrite,
-        on_done: OnDone,
+        on_done: OnDone = _no_callback,
     ) -> None:
         self.ex = ex
         self.pool = pool
@@ -171,6 +178,8 @@ class Forwarding:
         #: Set once a 101 switched to a tunnel; the outcome is reported when it closes.
         self.tunnel = False
         self.cancelled = False
+        #: What ``run`` awaits; None for a forwarding reporting through ``done``.
+        self.waiter: asyncio.Future[int] | None = None
         # ``error`` (what ended the exchange early, answered already; ``forward`` raises
         # it again) is set only then: one store less per request.
 
@@ -248,7 +257,10 @@ class Forwarding:
             ex.canceller = None
             self.pool.release(conn)
             ex.end()
-            self.on_done(ex, ex.status)
+            if self.waiter is None:
+                self.done(ex.status)
+            else:
+                self._report(ex.status)
             return
         self._release(conn)
         if self.cancelled:
@@ -290,7 +302,33 @@ class Forwarding:
         self._report(status)
 
     def _report(self, status: int) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            self.done(status)
+        elif not waiter.done():
+            waiter.set_result(status)
+
+    def done(self, status: int) -> None:
+        """The exchange is over, its answer given: ``on_done(ex, status)``, unless a
+        subclass says otherwise. Called once, from an event-loop callback."""
         self.on_done(self.ex, status)
+
+    async def run(self, conn: UpstreamConnection | None) -> int:
+        """``start(conn)``, then wait for the end: the ``async`` form. Returns the final
+        status, or raises the error that ended the exchange early (answered already);
+        cancelling the caller cancels the forwarding."""
+        waiter: asyncio.Future[int] = self.ex.conn.ctx.loop.create_future()
+        self.waiter = waiter
+        self.start(conn)
+        try:
+            status = await waiter
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        error: BaseException | None = getattr(self, "error", None)
+        if error is not None:
+            raise error
+        return status
 
     def _tunnel_closed(self) -> None:
         if self.tunnel:
@@ -415,23 +453,8 @@ async def forward(
     ``fresh`` a new connection is dialed instead of reusing an idle one. Cancelling the
     caller cancels the forwarding.
     """
-    done: asyncio.Future[int] = ex.conn.ctx.loop.create_future()
-
-    def on_done(_: Exchange, status: int) -> None:
-        if not done.done():
-            done.set_result(status)
-
-    forwarding = Forwarding(ex, pool, host, port, rewrite, on_done)
-    forwarding.start(None if fresh else pool.take_idle(host, port))
-    try:
-        status = await done
-    except asyncio.CancelledError:
-        forwarding.cancel()
-        raise
-    error: BaseException | None = getattr(forwarding, "error", None)
-    if error is not None:
-        raise error
-    return status
+    forwarding = Forwarding(ex, pool, host, port, rewrite)
+    return await forwarding.run(None if fresh else pool.take_idle(host, port))
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})

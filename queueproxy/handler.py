@@ -17,8 +17,8 @@ The handler chain is composed here, once, in execution order (knative-dataplane.
 Headers the chain needs are read in one pass over the request's header list. Steps 2-6 and
 the end-of-request accounting are written once, in ``begin`` and ``finish``: the task-free
 path (``fast``: admission through ``Breaker.take``, forwarding with callbacks) and the task
-path (``__call__``: ``await breaker.acquire()`` and ``await forward(...)``) both go through
-them. A request's state between the two is one ``_Request``.
+path (``__call__``: ``await breaker.acquire()``, then the same forwarding awaited) both go
+through them. A request is one ``_Request``: its state and its ``Forwarding`` in one object.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from proxy.dataplane.deadline import Deadline
 from proxy.dataplane.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
 from proxy.exchange import Exchange
-from proxy.forward import Forwarding, Rewrite, forward
+from proxy.forward import Forwarding, Rewrite
 from proxy.pool import UpstreamPool
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
@@ -107,10 +107,11 @@ class QueueProxyState:
     deadline: Deadline
 
 
-class _Request:
-    """One proxied request in the queue-proxy, from ``begin`` to ``finish``."""
+class _Request(Forwarding):
+    """One proxied request in the queue-proxy, from ``begin`` to ``finish``: its state, and
+    its forwarding to the user container (one object per request)."""
 
-    __slots__ = ("app_started", "ex", "h", "handler", "holds_slot", "proxied", "rewrite")
+    __slots__ = ("app_started", "h", "handler", "holds_slot", "proxied")
 
     #: A ``K-Network-Probe`` other than ``probe``: served, but not measured (``_Probe``).
     is_probe = False
@@ -123,23 +124,23 @@ class _Request:
         proxied: bool,
         rewrite: Rewrite,
     ) -> None:
+        s = handler.s
+        Forwarding.__init__(self, ex, s.pool, s.user_host, s.user_port, rewrite)
         self.handler = handler
-        self.ex = ex
         #: The headers the chain looks at (``_scan``), by lower-case name.
         self.h = h
         #: Sent by the activator (``K-Proxy-Request``): counted as proxied in the stats.
         self.proxied = proxied
-        self.rewrite = rewrite
         #: When the request entered the app (its breaker slot was granted); it arrived at
         #: ``ex.started_at``.
         self.app_started = ex.started_at
         #: Whether it holds a breaker slot (``finish`` gives it back).
         self.holds_slot = False
 
-    def forwarded(self, ex: Exchange, status: int) -> None:
-        """The forwarding's ``on_done``: account for the request, then free the exchange."""
+    def done(self, status: int) -> None:
+        """Forwarded from callbacks: account for the request, then free the exchange."""
         self.handler.finish(self, status)
-        ex.complete()
+        self.ex.complete()
 
 
 class _Probe(_Request):
@@ -269,7 +270,7 @@ class QueueProxyHandler:
             ex.canceller = ticket.leave
             return True
         self.begin(req, True)
-        Forwarding(ex, pool, s.user_host, s.user_port, req.rewrite, req.forwarded).start(conn)
+        req.start(conn)
         return True
 
     def _granted(self, req: _Request) -> None:
@@ -280,9 +281,7 @@ class QueueProxyHandler:
         req.app_started = self._loop.time()
         assert s.breaker is not None
         self._entered_app(req, s.breaker)
-        conn = s.pool.take_idle(s.user_host, s.user_port)  # none: the forwarding dials
-        forwarding = Forwarding(ex, s.pool, s.user_host, s.user_port, req.rewrite, req.forwarded)
-        forwarding.start(conn)
+        req.start(s.pool.take_idle(s.user_host, s.user_port))  # none: it dials
 
     def _leave_queue(self, req: _Request) -> None:
         """A queued request's client left or its timeout answered (its ticket has given
@@ -320,7 +319,7 @@ class QueueProxyHandler:
                 req.app_started = self._loop.time()
                 self._entered_app(req, breaker)
             app_status = 500
-            app_status = await forward(ex, s.pool, s.user_host, s.user_port, req.rewrite)
+            app_status = await req.run(s.pool.take_idle(s.user_host, s.user_port))
         except ProxyError as error:
             if app_status is not None:
                 app_status = error.status

@@ -135,7 +135,7 @@ def test_engine_refuses_to_run_without_compiled_parser() -> None:
 
     from proxy import http1
 
-    assert http1.httptools is httptools
+    assert vars(http1)["httptools"] is httptools
     # httptools ships only a compiled llhttp parser; a pure-Python fallback would be a
     # different (and, for aiohttp, a divergent) parser. The engine checks at import time.
     assert hasattr(httptools.HttpRequestParser, "feed_data")

@@ -20,13 +20,13 @@ import pytest
 
 import queueproxy.handler as qp_handler
 import queueproxy.main as qp_main
+from proxy.client import UpstreamConnection
 from proxy.dataplane.autoscaler_stat import Stat, encode_stat
 from proxy.dataplane.autoscaler_stat_pb import decode_stat
 from proxy.dataplane.breaker import Breaker
 from proxy.dataplane.concurrency import RequestStats
 from proxy.dataplane.deadline import Deadline
 from proxy.forward import Forwarding
-from proxy.http1 import Exchange
 from queueproxy.config import Config
 from queueproxy.main import QueueProxy, StatsReporter
 from queueproxy.readiness import parse_probe
@@ -215,18 +215,17 @@ take the handler's task-free fast path; ``cold``: it is the first and takes the 
 
 @pytest.fixture
 def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Targets of the requests forwarded from callbacks (a ``Forwarding`` made by the
-    handler; the task path's ``forward`` makes its own in ``proxy.forward``)."""
+    """Targets of the requests forwarded from callbacks (``start`` without ``run``, which
+    the task path awaits)."""
     calls: list[bytes] = []
+    real = qp_handler._Request.start
 
-    class Spy(Forwarding):
-        __slots__ = ()
+    def spy(self: Forwarding, conn: UpstreamConnection | None) -> None:
+        if self.waiter is None:
+            calls.append(self.ex.target)
+        real(self, conn)
 
-        def __init__(self, ex: Exchange, *args: Any) -> None:
-            calls.append(ex.target)
-            super().__init__(ex, *args)
-
-    monkeypatch.setattr(qp_handler, "Forwarding", Spy)
+    monkeypatch.setattr(qp_handler._Request, "start", spy)
     return calls
 
 

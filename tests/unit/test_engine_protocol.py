@@ -621,7 +621,8 @@ async def test_version_and_keep_alive_of_each_request(
 
 
 def test_the_transition_table_is_enforced_in_tests() -> None:
-    from proxy.http1 import CHECK_TRANSITIONS, TRANSITIONS, ConnState
+    from proxy.http1 import CHECK_TRANSITIONS
+    from proxy.states import TRANSITIONS, ConnState
 
     assert CHECK_TRANSITIONS
     assert TRANSITIONS[ConnState.CLOSED] == frozenset()
