@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -42,16 +43,29 @@ def queue_proxy_from_env() -> QueueProxy:
     raise pytest.UsageError(f"SLUICE_KUBE_QUEUE_PROXY={choice!r}: expected 'go' or 'sluice'")
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # pytest stops the session, runs finalizers
+
+
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    # A SIGTERM (CI cancelling the job) would end pytest without finalizers or atexit, and
+    # the control plane runs in its own sessions: make it an interrupt so both run.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        cluster = KubeCluster.up(tmp_path_factory.mktemp("kube"))
-    except PeersMissing as err:
-        pytest.fail(str(err), pytrace=False)
-    try:
-        yield cluster
+        try:
+            cluster = KubeCluster.up(tmp_path_factory.mktemp("kube"))
+        except PeersMissing as err:
+            pytest.fail(str(err), pytrace=False)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
