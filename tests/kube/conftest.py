@@ -16,6 +16,7 @@ its report.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -85,7 +86,9 @@ def fake_node(kube_cluster: KubeCluster) -> Iterator[FakeNode]:
 @pytest.fixture
 def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> str:
     """A namespace of its own for one test (never deleted: no namespace controller runs)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:50].strip("-")
+    # Readable prefix + hash of the full test id: two long test names never share one.
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
     api = kube_cluster.api
     if api.get_or_none("Namespace", None, name) is None:
         api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
