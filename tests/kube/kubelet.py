@@ -379,27 +379,39 @@ class FakeNode:
                 self._ips_in_use.discard(pod.ip)
 
     def _reconcile(self) -> None:
+        # One object's failure (a 422, a bad env reference) must not stall the others: each
+        # step is guarded, and the error is kept for the failing test's report.
         for key, deployment in list(self._deployments.items()):
-            self._sync_deployment(key, deployment)
+            self._guard(f"deployment {key}", self._sync_deployment, key, deployment)
         for pod in list(self._pods.values()):
             if pod.owner not in self._deployments and not pod.terminating:
-                self._terminate(pod)
+                self._guard(f"pod {pod.name}", self._terminate, pod)
         for pod in list(self._pods.values()):
             if not pod.terminating:
                 self._tend(pod)
         views = [p.view() for p in self._pods.values()]
         for pod in list(self._pods.values()):
-            self._write_pod_status(pod)
+            self._guard(f"pod {pod.name} status", self._write_pod_status, pod)
         for key, deployment in list(self._deployments.items()):
-            self._write_deployment_status(key, deployment, views)
+            self._guard(
+                f"deployment {key} status", self._write_deployment_status, key, deployment, views
+            )
         for key, service in list(self._services.items()):
             if service["spec"].get("selector"):
                 subsets = endpoints_subsets(service, views)
                 labels = dict(service["metadata"].get("labels", {}))
-                self._put_endpoints(key[0], key[1], labels, subsets)
+                self._guard(
+                    f"endpoints {key}", self._put_endpoints, key[0], key[1], labels, subsets
+                )
         with self._changed:
             self._snapshot = tuple(views)
             self._changed.notify_all()
+
+    def _guard(self, what: str, step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except (ApiError, OSError, ValueError, KeyError) as err:
+            self._note(f"{what}: {type(err).__name__}: {err}")
 
     # -- deployments and pods -------------------------------------------------------------
 
@@ -463,10 +475,17 @@ class FakeNode:
         view = pod.view()
         qp = self._queue_proxies.get(pod.namespace, self.queue_proxy)
         for spec in created["spec"].get("containers", []):
-            env = container_env(spec, view, pod.annotations)
-            env["SLUICE_POD_IP"] = ip
             argv: tuple[str, ...] | None
-            if spec["name"] == QUEUE_CONTAINER:
+            try:
+                env = container_env(spec, view, pod.annotations)
+            except ValueError as err:  # kubelet: CreateContainerConfigError
+                env, config_error = {}, str(err)
+            else:
+                config_error = ""
+            env["SLUICE_POD_IP"] = ip
+            if config_error:
+                argv = None
+            elif spec["name"] == QUEUE_CONTAINER:
                 argv = qp.argv
                 env.update(SLUICE_BIND_HOST=ip, SLUICE_USER_HOST=ip, **qp.extra_env)
             else:
@@ -478,7 +497,10 @@ class FakeNode:
             container = _Container(
                 spec["name"], spec.get("image", ""), argv, env, spec.get("readinessProbe"), ports
             )
-            if argv is None:
+            if config_error:
+                container.waiting = "CreateContainerConfigError"
+                container.waiting_message = config_error
+            elif argv is None:
                 container.waiting = "ErrImagePull"
                 container.waiting_message = (
                     f"fake node has no command for image {container.image!r}"
