@@ -243,3 +243,19 @@ def test_fake_node_scales_a_deployment_and_keeps_endpoints(
         10,
     )["status"]
     assert condition({"status": status}, "Available") == "True"
+
+
+def test_activator_endpoints_helper_writes_knatives_activator_service(
+    kube_cluster: KubeCluster, fake_node: FakeNode
+) -> None:
+    fake_node.set_activator_endpoints(["127.0.0.77"])
+    try:
+        endpoints = kube_cluster.api.get("Endpoints", "knative-serving", "activator-service")
+        (subset,) = endpoints["subsets"]
+        assert [a["ip"] for a in subset["addresses"]] == ["127.0.0.77"]
+        assert {p["name"]: p["port"] for p in subset["ports"]}["http"] == 8012
+    finally:
+        fake_node.set_activator_endpoints([])
+    assert not kube_cluster.api.get("Endpoints", "knative-serving", "activator-service").get(
+        "subsets"
+    )
