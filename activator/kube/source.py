@@ -207,6 +207,7 @@ class KubeSource:
         self._services: dict[tuple[str, str], ServiceInfo] = {}
         self._owners: dict[tuple[str, str], RevisionKey] = {}
         self._sent_health: SourceHealth | None = None
+        self._configmaps_seen: set[tuple[str, str]] = set()
         opts = dict(reflector_options or {})
         self.reflectors: list[Reflector[Any]] = [
             Reflector(client, REVISIONS, decode_revision, self._on_revision, **opts),
@@ -465,7 +466,9 @@ class KubeSource:
             elif level is not None:
                 self._set_log_level(level)
         elif cm.name in (self.env.config_observability_name, "config-network"):
-            log.info("ConfigMap %s/%s changed", cm.namespace, cm.name)
+            if cm.key in self._configmaps_seen:
+                log.info("ConfigMap %s/%s changed (read at start-up only)", cm.namespace, cm.name)
+            self._configmaps_seen.add(cm.key)
 
     def __repr__(self) -> str:
         return (
