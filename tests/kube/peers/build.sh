@@ -23,6 +23,7 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 # Prints the generated modfile's path.
 patched_kubernetes_modfile() {
   local moddir="$1" orig copy gen src
+  (cd "$moddir" && go mod download k8s.io/kubernetes) >&2 || die "go mod download k8s.io/kubernetes failed"
   orig="$(cd "$moddir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)" || die "cannot locate k8s.io/kubernetes"
   [[ -n $orig && -d $orig ]] || die "k8s.io/kubernetes is not in the module cache (go mod download failed?)"
   copy="$bin/.kubernetes-src"
