@@ -22,6 +22,7 @@ from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
 from proxy.http1 import ClientDisconnected, Exchange
 
 # Headers the proxy writes itself on the upstream request.
+_NONE: frozenset[bytes] = frozenset()
 _REQUEST_OWN = frozenset({b"host", b"x-forwarded-for", b"content-length", b"expect"})
 
 
@@ -76,8 +77,11 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
     else:
         parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
         skip = rewrite.skip
-        if b"connection" in names:
-            skip = skip | connection_tokens(headers)
+        # Fields the client names in Connection are gone before the proxy adds its own: a
+        # named X-Forwarded-For must not survive as the prefix of the one appended below.
+        named = connection_tokens(headers) if b"connection" in names else _NONE
+        if named:
+            skip = skip | named
         # Indexed, not zip(): zip(strict=True) costs ~50 ns per header here.
         for i, low in enumerate(names):
             name, value = headers[i]
@@ -85,7 +89,7 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
                 if low == b"host":
                     if host is None:
                         host = value
-                elif low == b"x-forwarded-for":
+                elif low == b"x-forwarded-for" and low not in named:
                     xff.append(value)
                 continue
             parts += (name, b": ", value, b"\r\n")

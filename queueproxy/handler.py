@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.breaker import Breaker
@@ -29,6 +30,7 @@ from proxy.deadline import Deadline
 from proxy.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
 from proxy.forward import Rewrite, forward, forward_fast, forward_reporting
+from proxy.headers import Header, connection_tokens
 from proxy.http1 import Exchange
 from proxy.stats import RequestStats
 from queueproxy.forwarded import forwarded_value
@@ -59,6 +61,7 @@ _WANTED = frozenset(
     }
 )
 _SHUTTING_DOWN = b"shutting down\n"
+_SNIFFED_TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 _HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" header\n'
 
 
@@ -263,7 +266,8 @@ class QueueProxyHandler:
             ex.send(400, f"unexpected probe header value: {text}\n".encode())
             return
         if await self.s.prober.check():
-            ex.send(200, b"queue")
+            # Go writes the body without http.Error: sniffed type, no nosniff header.
+            ex.send(200, b"queue", headers=[_SNIFFED_TEXT], content_type=None)
         else:
             ex.send(503)
 
@@ -353,10 +357,19 @@ def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
     """The upstream edits for one request: host restore and the Forwarded shim."""
     original_host = h.get(b"k-original-host")
     shim = None
+    headers: Sequence[Header] = ex.headers
+    if b"connection" in ex.names:
+        # Issue 17: what the client names in Connection is dropped before the proxy adds
+        # its own fields, so it can neither suppress Forwarded nor forge it (Go's shim
+        # reads such fields before its reverse proxy drops them).
+        named = connection_tokens(headers)
+        if not named.isdisjoint(_SHIM_INPUTS):
+            headers = [kv for kv in headers if kv[0].lower() not in named]
+            h = {k: v for k, v in h.items() if k not in named}
     if b"forwarded" not in h and (
         b"x-forwarded-for" in h or b"x-forwarded-proto" in h or b"x-forwarded-host" in h
     ):
-        shim = forwarded_value(ex.headers)
+        shim = forwarded_value(headers)
     if not original_host and shim is None:
         return _REWRITE
     return Rewrite(
@@ -366,6 +379,9 @@ def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
     )
 
 
+_SHIM_INPUTS = frozenset(
+    {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
 _TAG_HEADERS = frozenset({b"knative-serving-tag", b"knative-serving-default-route"})
 
 
