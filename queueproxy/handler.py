@@ -20,7 +20,6 @@ Headers the chain needs are read in one pass over the request's header list.
 from __future__ import annotations
 
 import asyncio
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -262,8 +261,8 @@ class QueueProxyHandler:
             ex.send(503, _SHUTTING_DOWN)
             return
         if probe != b"queue":
-            text = html.escape(probe.decode("latin-1"), quote=False)
-            ex.send(400, f"unexpected probe header value: {text}\n".encode())
+            # Verbatim, as Go's http.Error writes it (text/plain with nosniff; no escaping).
+            ex.send(400, b"unexpected probe header value: " + probe + b"\n")
             return
         if await self.s.prober.check():
             # Go writes the body without http.Error: sniffed type, no nosniff header.
