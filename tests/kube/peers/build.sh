@@ -5,7 +5,7 @@
 # Uses the default Go module and build caches, so a second run costs seconds. Builds with
 # -mod=mod (go.sum may gain lines for the build's own needs, never versions) and -buildvcs=false.
 # The modules' go.mod/go.sum are the pinning; nothing here picks a version.
-# Cold build on a 2-core machine: see tests/kube/README.md.
+# Cold build (empty caches, 2 cores): about 14 minutes; see tests/kube/README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
