@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activator.kube.source import NetworkError, network_settings
+from activator.kube.startup import NetworkError, network_settings
 from activator.model import MeshMode, NetworkChanged
 
 
