@@ -49,7 +49,7 @@ CONNECTIONS_C50 = 50
 #: hey workers x per-worker rate = the fixed ~1000 req/s load point.
 HEY_WORKERS, HEY_QPS = 10, 100
 #: Targets that also get the 50-connection latency point.
-C50_TARGETS = frozenset({"queue-proxy-cc10"})
+C50_TARGETS = frozenset({"queue-proxy-cc10", "go-queue-proxy-cc10"})
 
 
 @dataclass(frozen=True, slots=True)

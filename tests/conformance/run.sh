@@ -15,5 +15,11 @@ if [[ ! -x tests/kube/peers/bin/queue || ! -x tests/kube/peers/bin/queue-v1.10 ]
 fi
 CONFORMANCE_HOST_NETNS="$(stat -L -c %i /proc/self/ns/net)"
 export CONFORMANCE_HOST_NETNS
-exec unshare --net --fork sh -c 'ip link set lo up && exec "$0" "$@"' \
+# A private mount namespace too: Go reads its TLS certificate from the fixed directory
+# /var/lib/knative/certs, so /var/lib is a fresh tmpfs for this run only (the TLS cases write
+# a certificate there and remove it again).
+CONFORMANCE_PRIVATE_VAR_LIB=1
+export CONFORMANCE_PRIVATE_VAR_LIB
+exec unshare --net --mount --fork sh -c \
+  'ip link set lo up && mount -t tmpfs tmpfs /var/lib && exec "$0" "$@"' \
   .venv/bin/pytest tests/conformance -m conformance -o markers=conformance -p no:cacheprovider "$@"
