@@ -84,8 +84,13 @@ def fake_node(kube_cluster: KubeCluster) -> Iterator[FakeNode]:
 
 
 @pytest.fixture
-def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> str:
-    """A namespace of its own for one test (never deleted: no namespace controller runs)."""
+def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of its own for one test.
+
+    At the end the fake node (if the test used it) stops the namespace's pods and ignores it
+    from then on, so no test's pods, addresses or ports outlive it. The namespace and its
+    objects stay (no namespace controller or garbage collector runs).
+    """
     # Readable prefix + hash of the full test id: two long test names never share one.
     slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
@@ -99,7 +104,25 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
                 "metadata": {"name": "default", "namespace": name},
             }
         )
-    return name
+    yield name
+    if "fake_node" in request.fixturenames:
+        node = request.getfixturevalue("fake_node")
+        assert isinstance(node, FakeNode)
+        node.evict_namespace(name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run this directory's infrastructure tests (test_cluster.py) before its other tests.
+
+    A broken fixture then shows first, and the Go-queue-proxy test runs while nothing else
+    listens on 8012/8022/9090/9091: Knative's Go queue binds those on every address, so it
+    cannot start next to a session-long listener such as another module's activator. Only
+    the positions of this directory's tests are permuted; other tests keep their places.
+    """
+    slots = [i for i, item in enumerate(items) if item.path.parent == HERE]
+    ours = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_cluster.py")
+    for slot, item in zip(slots, ours, strict=True):
+        items[slot] = item
 
 
 @pytest.hookimpl(wrapper=True)

@@ -218,6 +218,7 @@ class FakeNode:
         self._snapshot: tuple[PodView, ...] = ()
         self.errors: list[str] = []
         self._queue_proxies: dict[str, QueueProxy] = {}
+        self._evicted: set[str] = set()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -247,6 +248,21 @@ class FakeNode:
     def set_queue_proxy(self, namespace: str, queue_proxy: QueueProxy) -> None:
         """Pods created from now on in ``namespace`` run ``queue_proxy``."""
         self._queue_proxies[namespace] = queue_proxy
+
+    def evict_namespace(self, namespace: str, grace: float = 2.0, timeout: float = 30.0) -> None:
+        """Stop running ``namespace``'s pods (SIGTERM, SIGKILL after ``grace`` s), wait until
+        they are gone, and ignore its Deployments from now on.
+
+        There is no garbage collector to delete a finished test's Deployments, and a pod left
+        running would hold its ports (Go's queue-proxy binds every address) for the rest of
+        the session; ``kube_namespace`` calls this when a test that used the node ends.
+        """
+        self._events.put(("evict", (namespace, grace)))
+        self.wait_for_pods(
+            lambda ps: not any(p.namespace == namespace for p in ps),
+            timeout,
+            f"namespace {namespace} evicted",
+        )
 
     def register_app(self, image: str, argv: Sequence[str]) -> None:
         """Run containers whose image is ``image`` as ``argv`` (cwd: the repository root)."""
@@ -371,6 +387,12 @@ class FakeNode:
                 target.pop(_key(obj), None)
             else:
                 target[_key(obj)] = obj
+        elif kind == "evict":
+            namespace, grace = payload
+            self._evicted.add(namespace)
+            for running in list(self._pods.values()):
+                if running.namespace == namespace and not running.terminating:
+                    self._terminate(running, grace)
         elif kind == "gone":
             pod = self._pods.pop(payload, None)
             if pod is not None:
@@ -416,6 +438,8 @@ class FakeNode:
     # -- deployments and pods -------------------------------------------------------------
 
     def _sync_deployment(self, key: tuple[str, str], deployment: Obj) -> None:
+        if key[0] in self._evicted:
+            return
         hash_ = template_hash(deployment["spec"]["template"])
         wanted = make_replicaset(deployment, hash_)
         name = wanted["metadata"]["name"]
@@ -577,9 +601,9 @@ class FakeNode:
             if c.failures >= threshold:
                 c.ready = False
 
-    def _terminate(self, pod: _Pod) -> None:
+    def _terminate(self, pod: _Pod, grace_cap: float = MAX_GRACE_SECONDS) -> None:
         pod.terminating = True
-        grace = min(float(pod.spec.get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
+        grace = min(float(pod.spec.get("terminationGracePeriodSeconds", 30)), grace_cap)
         with contextlib.suppress(ApiError):
             self.api.delete("Pod", pod.namespace, pod.name, grace=int(grace))
         procs = [c.proc for c in pod.containers if c.proc is not None]
