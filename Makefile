@@ -36,9 +36,10 @@ test: lint typecheck
 peers:
 	tests/kube/peers/build.sh
 
-## The kube tier: the real API server and Knative control plane on loopback (tests/kube).
-test-kube: $(STAMP) peers
-	$(VENV)/bin/pytest -q -p no:cacheprovider -m kube tests/kube
+## The kube tier: the real API server and Knative control plane on loopback (tests/kube), in a
+## network namespace of its own where possible (tests/kube/run.sh).
+test-kube: $(STAMP)
+	tests/kube/run.sh -q
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

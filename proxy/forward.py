@@ -29,6 +29,7 @@ from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
 from proxy.pool import UpstreamPool
 
 # Headers the proxy writes itself on the upstream request.
+_NONE: frozenset[bytes] = frozenset()
 _REQUEST_OWN = frozenset({b"host", b"x-forwarded-for", b"content-length", b"expect"})
 
 
@@ -69,22 +70,49 @@ def _skip_sets(
 NO_REWRITE = Rewrite()
 
 
+_ABSOLUTE = (b"http://", b"https:/")
+
+
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """An absolute-form target as (origin-form target, authority), as Go's server reads it.
+
+    RFC 9112 section 3.2.2: the target's authority replaces the Host header, and the app
+    gets the origin form (``http://a.example/p?q`` becomes ``/p?q`` with Host ``a.example``).
+    """
+    rest = target.split(b"//", 1)[1]
+    end = len(rest)
+    for sep in (b"/", b"?"):
+        at = rest.find(sep)
+        if 0 <= at < end:
+            end = at
+    authority, path = rest[:end], rest[end:]
+    return (path if path[:1] == b"/" else b"/" + path), authority
+
+
 def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
     """The upstream request head for ``ex`` (HTTP/1.1)."""
     headers = ex.headers
     names = ex.names
     host = rewrite.host
+    target = ex.target
+    if target[:1] != b"/" and target[:7].lower() in _ABSOLUTE:
+        target, authority = _origin_form(target)
+        if host is None:
+            host = authority
     xff: list[bytes] = []
     if host is None and rewrite.edits.isdisjoint(names) and b"host" in names:
         # Nothing to drop or replace (the common case): the client's fields go as they
         # came, Host in its place, joined in C rather than a Python loop per header.
         head = b"\r\n".join(map(b": ".join, headers))
-        parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n", head, b"\r\n"]
+        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n", head, b"\r\n"]
     else:
-        parts = [ex.method, b" ", ex.target, b" HTTP/1.1\r\n"]
+        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
         skip = rewrite.skip
-        if b"connection" in names:
-            skip = skip | connection_tokens(headers)
+        # Fields the client names in Connection are gone before the proxy adds its own: a
+        # named X-Forwarded-For must not survive as the prefix of the one appended below.
+        named = connection_tokens(headers) if b"connection" in names else _NONE
+        if named:
+            skip = skip | named
         # Indexed, not zip(): zip(strict=True) costs ~50 ns per header here.
         for i, low in enumerate(names):
             name, value = headers[i]
@@ -92,7 +120,7 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
                 if low == b"host":
                     if host is None:
                         host = value
-                elif low == b"x-forwarded-for":
+                elif low == b"x-forwarded-for" and low not in named:
                     xff.append(value)
                 continue
             parts += (name, b": ", value, b"\r\n")

@@ -24,7 +24,7 @@ through them. A request is one ``_Request``: its state and its ``Forwarding`` in
 from __future__ import annotations
 
 import asyncio
-import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy.dataplane.breaker import Breaker
@@ -34,6 +34,7 @@ from proxy.dataplane.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
 from proxy.exchange import Exchange
 from proxy.forward import Forwarding, Rewrite
+from proxy.headers import Header, connection_tokens
 from proxy.pool import UpstreamPool
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
@@ -63,6 +64,7 @@ _WANTED = frozenset(
     }
 )
 _SHUTTING_DOWN = b"shutting down\n"
+_SNIFFED_TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
 _HASH_MISSING = b'a probe request must contain a non-empty "K-Network-Hash" header\n'
 
 
@@ -334,11 +336,12 @@ class QueueProxyHandler:
             ex.send(503, _SHUTTING_DOWN)
             return
         if probe != b"queue":
-            text = html.escape(probe.decode("latin-1"), quote=False)
-            ex.send(400, f"unexpected probe header value: {text}\n".encode())
+            # Verbatim, as Go's http.Error writes it (text/plain with nosniff; no escaping).
+            ex.send(400, b"unexpected probe header value: " + probe + b"\n")
             return
         if await self.s.prober.check():
-            ex.send(200, b"queue")
+            # Go writes the body without http.Error: sniffed type, no nosniff header.
+            ex.send(200, b"queue", headers=[_SNIFFED_TEXT], content_type=None)
         else:
             ex.send(503)
 
@@ -381,10 +384,19 @@ def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
     """The upstream edits for one request: host restore and the Forwarded shim."""
     original_host = h.get(b"k-original-host")
     shim = None
+    headers: Sequence[Header] = ex.headers
+    if b"connection" in ex.names:
+        # Issue 17: what the client names in Connection is dropped before the proxy adds
+        # its own fields, so it can neither suppress Forwarded nor forge it (Go's shim
+        # reads such fields before its reverse proxy drops them).
+        named = connection_tokens(headers)
+        if not named.isdisjoint(_SHIM_INPUTS):
+            headers = [kv for kv in headers if kv[0].lower() not in named]
+            h = {k: v for k, v in h.items() if k not in named}
     if b"forwarded" not in h and (
         b"x-forwarded-for" in h or b"x-forwarded-proto" in h or b"x-forwarded-host" in h
     ):
-        shim = forwarded_value(ex.headers)
+        shim = forwarded_value(headers)
     if not original_host and shim is None:
         return _REWRITE
     return Rewrite(
@@ -394,6 +406,9 @@ def _rewrite(ex: Exchange, h: dict[bytes, bytes]) -> Rewrite:
     )
 
 
+_SHIM_INPUTS = frozenset(
+    {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
 _TAG_HEADERS = frozenset({b"knative-serving-tag", b"knative-serving-default-route"})
 
 

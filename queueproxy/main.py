@@ -249,6 +249,9 @@ def tls_context(certs_dir: str, settings: TlsSettings = LEGACY) -> ssl.SSLContex
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     settings.apply(context)
     context.load_cert_chain(cert, key)
+    # Go's server confirms "http/1.1" when a client offers it; a client that insists on
+    # ALPN would otherwise drop the connection. h2 is not offered: HTTP/1.1 only.
+    context.set_alpn_protocols(["http/1.1"])
     return context
 
 

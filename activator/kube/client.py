@@ -255,6 +255,10 @@ class KubeClient:
     async def _get_json(self, verb: str, path: str, params: dict[str, str], resource: str) -> Any:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         resp = await self._send(verb, path, params, resource, timeout)
+        return await self._json_body(resp, verb, resource)
+
+    async def _json_body(self, resp: aiohttp.ClientResponse, verb: str, resource: str) -> Any:
+        """The whole answer (bounded by ``max_body``) decoded as JSON; releases ``resp``."""
         try:
             body = bytearray()
             async for chunk in resp.content.iter_any():
@@ -288,16 +292,7 @@ class KubeClient:
             body=json.dumps(patch).encode(),
             content_type="application/merge-patch+json",
         )
-        try:
-            raw = await resp.content.read(self.max_body)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"patch {what}: answer cut short: {_why(exc)}") from exc
-        finally:
-            resp.release()
-        try:
-            obj = json.loads(raw)
-        except ValueError as exc:
-            raise TransportError(f"patch {what}: answer is not JSON: {exc}") from exc
+        obj = await self._json_body(resp, "patch", what)
         if not isinstance(obj, dict):
             raise TransportError(f"patch {what}: expected a JSON object")
         return obj

@@ -18,11 +18,8 @@ and nothing beyond Knative's ``knative-serving-activator`` ClusterRole and Role 
   ``CONFIG_LOGGING_NAME``); ``config-network`` and ``CONFIG_OBSERVABILITY_NAME`` changes are
   logged (Knative reads ``config-network`` once, at start-up).
 
-Before any watch, the source does what Knative's activator does at start-up, but never gives
-up (it is not ready meanwhile, with the reason as its health): it polls the API server's
-``/version`` with back-off, logging one line with the URL, then reads ``config-network`` once
-(``NetworkChanged``; a missing, unreadable or unsupported one is retried with back-off and
-named in the health).
+Before any watch, the source runs Knative's start-up steps (``activator.kube.startup``):
+``/version`` and ``config-network``, retried until they work, never given up on.
 
 Each event touches one revision. An Endpoints or Service event that arrives before its
 Revision is kept and replayed when the Revision arrives (its protocol names the port).
@@ -46,7 +43,6 @@ from activator.kube.client import (
     ENDPOINTS,
     REVISIONS,
     SERVICES,
-    ApiError,
     KubeError,
     Resource,
 )
@@ -67,6 +63,7 @@ from activator.kube.objects import (
     private_service_name,
 )
 from activator.kube.reflector import Backoff, Deleted, ListWatcher, Reflector, Upserted
+from activator.kube.startup import start_up
 from activator.kubeenv import KubeEnv
 from activator.model import (
     ActivatorsChanged,
@@ -74,8 +71,6 @@ from activator.model import (
     IncrementalUpdate,
     IngressChanged,
     IngressRemoved,
-    MeshMode,
-    NetworkChanged,
     PodsChanged,
     PodsRemoved,
     Revision,
@@ -85,16 +80,7 @@ from activator.model import (
 )
 from activator.source import SourceHealth
 
-__all__ = [
-    "CONFIG_NETWORK",
-    "HEALTH_INTERVAL",
-    "NOT_SYNCED",
-    "ApiClient",
-    "KubeSource",
-    "NetworkError",
-    "network_settings",
-    "to_revision",
-]
+__all__ = ["HEALTH_INTERVAL", "NOT_SYNCED", "ApiClient", "KubeSource", "to_revision"]
 
 log = logging.getLogger("sluice.activator.kube")
 
@@ -114,10 +100,6 @@ _LOG_LEVELS = {
     "fatal": logging.CRITICAL,
 }
 
-CONFIG_NETWORK = "config-network"
-_TRUE = frozenset({"1", "t", "true"})
-_FALSE = frozenset({"", "0", "f", "false"})
-
 Update = IncrementalUpdate | SourceHealth
 
 
@@ -129,33 +111,6 @@ class ApiClient(ListWatcher, Protocol):
     async def patch_status(
         self, resource: Resource, name: str, patch: dict[str, Any]
     ) -> dict[str, Any]: ...
-
-
-class NetworkError(ValueError):
-    """``config-network`` holds a value the activator cannot use; one line naming the key."""
-
-
-def network_settings(data: Mapping[str, str]) -> NetworkChanged:
-    """Parse ``config-network`` data (Knative's defaults for absent keys)."""
-    where = CONFIG_NETWORK
-    raw = data.get("enable-mesh-pod-addressability", "false").strip().lower()
-    if raw not in _TRUE | _FALSE:
-        raise NetworkError(f'{where}: enable-mesh-pod-addressability: invalid value "{raw}"')
-    mode = data.get("mesh-compatibility-mode", "auto").strip().lower() or "auto"
-    try:
-        mesh = MeshMode(mode)
-    except ValueError:
-        raise NetworkError(
-            f'{where}: mesh-compatibility-mode: invalid value "{mode}" (auto, enabled or disabled)'
-        ) from None
-    tls = data.get("system-internal-tls", "").strip().lower()
-    legacy = data.get("internal-encryption", "false").strip().lower()
-    if tls == "enabled" or legacy in _TRUE:
-        raise NetworkError(
-            f"{where}: system-internal-tls is enabled; Sluice's activator does not speak TLS "
-            "to pods yet (see docs/kubernetes.md)"
-        )
-    return NetworkChanged(mesh, raw in _TRUE)
 
 
 def to_revision(info: RevisionInfo) -> Revision:
@@ -207,6 +162,7 @@ class KubeSource:
         self._services: dict[tuple[str, str], ServiceInfo] = {}
         self._owners: dict[tuple[str, str], RevisionKey] = {}
         self._sent_health: SourceHealth | None = None
+        self._configmaps_seen: set[tuple[str, str]] = set()
         opts = dict(reflector_options or {})
         self.reflectors: list[Reflector[Any]] = [
             Reflector(client, REVISIONS, decode_revision, self._on_revision, **opts),
@@ -250,7 +206,11 @@ class KubeSource:
 
     async def updates(self) -> AsyncIterator[Update]:
         """Start up, run the watches and yield updates until the consumer stops iterating."""
-        async for update in self._start_up():
+        async for update in start_up(
+            self._client, self._api_url, self.env.system_namespace, self._backoff
+        ):
+            if isinstance(update, SourceHealth):
+                self._sent_health = update
             yield update
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(r.run(), name=f"watch {r.name}") for r in self.reflectors]
@@ -266,50 +226,6 @@ class KubeSource:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    async def _start_up(self) -> AsyncIterator[Update]:
-        """``/version`` then ``config-network``, each retried with back-off until it works."""
-        waiting = SourceHealth(f"waiting for the Kubernetes API at {self._api_url}")
-        yield waiting
-        self._sent_health = waiting
-        logged: str | None = None
-        while True:
-            try:
-                await self._client.get("/version")
-                break
-            except KubeError as exc:
-                if logged is None:
-                    log.warning(
-                        "Kubernetes API at %s not answering (%s); retrying", self._api_url, exc
-                    )
-                logged = str(exc)
-            await asyncio.sleep(self._backoff.delay())
-        self._backoff.reset()
-        path = f"/api/v1/namespaces/{self.env.system_namespace}/configmaps/{CONFIG_NETWORK}"
-        while True:
-            try:
-                cm = await self._client.get(path)
-                data = cm.get("data") or {}
-                if not isinstance(data, dict):
-                    raise NetworkError(f"{CONFIG_NETWORK}: data: expected a mapping")
-                network = network_settings({str(k): str(v) for k, v in data.items()})
-                break
-            except (KubeError, NetworkError) as exc:
-                reason = str(exc)
-                if isinstance(exc, ApiError):
-                    reason = f"reading ConfigMap {CONFIG_NETWORK}: {exc}"
-                if reason != logged:
-                    log.error("%s; retrying", reason)
-                    logged = reason
-                    self._sent_health = SourceHealth(reason)
-                    yield self._sent_health
-            await asyncio.sleep(self._backoff.delay())
-        log.info(
-            "config-network: mesh-compatibility-mode %s, pod addressability %s",
-            network.mesh_mode.value,
-            network.passthrough,
-        )
-        yield network
 
     def health(self) -> SourceHealth:
         """Ready once every first list is done and while every watch reaches the server; the
@@ -465,7 +381,9 @@ class KubeSource:
             elif level is not None:
                 self._set_log_level(level)
         elif cm.name in (self.env.config_observability_name, "config-network"):
-            log.info("ConfigMap %s/%s changed", cm.namespace, cm.name)
+            if cm.key in self._configmaps_seen:
+                log.info("ConfigMap %s/%s changed (read at start-up only)", cm.namespace, cm.name)
+            self._configmaps_seen.add(cm.key)
 
     def __repr__(self) -> str:
         return (

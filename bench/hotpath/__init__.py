@@ -11,7 +11,12 @@ One invocation, all on 127.0.0.1:
    (no proxy; the backend's CPU, for context only), ``nginx`` (a second nginx doing
    ``proxy_pass`` with an upstream keep-alive pool: the baseline), ``haproxy`` (if installed),
    ``sluice-engine`` (``python -m proxy.passthrough``), ``queue-proxy-cc0`` / ``-cc10``
-   (``python -m queueproxy`` with only Knative's environment) and ``activator-cc0``. A target
+   (``python -m queueproxy`` with only Knative's environment), ``activator-cc0`` and
+   ``go-queue-proxy-cc0``: Knative's own Go sidecar v1.23.0 (``tests/kube/peers/bin/queue``,
+   built by ``tests/kube/peers/build.sh``) under the environment v1.23.0's controller sets,
+   request metrics as Knative ships them (``none``). It binds ports 8022 and 9090 whatever its
+   environment says, so ``--netns`` runs the whole benchmark on a private loopback, and only
+   one Go target runs at a time (``go-queue-proxy-cc10`` on request, instead of cc0). A target
    whose module is missing or that is not ready in time is skipped with a note.
 3. A 1 s warm-up per target, then ``--runs`` rounds of wrk (``-t1 -c32 --latency``) at
    saturation and ``--runs`` rounds of hey at a fixed 1000 req/s (``-c 10 -q 100``); each round
@@ -20,7 +25,8 @@ One invocation, all on 127.0.0.1:
    run with 50 connections in every round, for its p99 (the median of the rounds' p99). CPU per
    request is the target process tree's utime+stime delta (``/proc/<pid>/stat``) over a run
    divided by the requests the tool reports. Each figure is the median over runs; ratios divide
-   by nginx's figure at the same load point. At saturation the best round (each target's lowest
+   by nginx's figure at the same load point, and for ``queue-proxy-ccN`` also by
+``go-queue-proxy-ccN``'s (its own table). At saturation the best round (each target's lowest
    CPU per request, and its ratio to nginx's lowest) is shown beside the medians: interference
    on a shared host only adds CPU time, so the lowest run is the least disturbed one. Idle RSS
    (VmRSS after readiness, before traffic) and start-up time (exec to the first successful

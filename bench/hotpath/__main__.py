@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ from bench.hotpath.report import (
     to_json,
     with_ratios,
 )
-from bench.hotpath.targets import TARGETS, Running, Skip, start_target
+from bench.hotpath.targets import DEFAULT_TARGETS, TARGETS, Running, Skip, start_target
 
 REPO = Path(__file__).resolve().parents[2]
 WARMUP_S = 1.0
@@ -48,7 +49,7 @@ CONNECTIONS_C50 = 50
 #: hey workers x per-worker rate = the fixed ~1000 req/s load point.
 HEY_WORKERS, HEY_QPS = 10, 100
 #: Targets that also get the 50-connection latency point.
-C50_TARGETS = frozenset({"queue-proxy-cc10"})
+C50_TARGETS = frozenset({"queue-proxy-cc10", "go-queue-proxy-cc10"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +232,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
-        help=f"comma list from: {', '.join(TARGETS)} (default all)",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma list from: {', '.join(TARGETS)} (default all but go-queue-proxy-cc10)",
+    )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="run in a private network namespace (unshare --net, as root): Go's queue-proxy "
+        "binds fixed ports that other Go sidecars on the machine may hold",
     )
     parser.add_argument("--quick", action="store_true", help="1 run of 2 s (CI smoke)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -248,8 +255,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+#: Set in the re-executed child of ``--netns``, so it does not unshare again.
+_IN_NETNS = "SLUICE_HOTPATH_NETNS"
+
+
+def _rerun_in_netns(argv: Sequence[str] | None) -> int:
+    """``python -m bench.hotpath`` again, alone on a fresh loopback (``--netns``)."""
+    for tool in ("unshare", "ip"):
+        if not have(tool):
+            print(f"bench.hotpath: --netns needs {tool}", file=sys.stderr)
+            return 2
+    args = list(sys.argv[1:] if argv is None else argv)
+    cmd = ["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+    cmd += [sys.executable, "-m", "bench.hotpath", *args]
+    return subprocess.call(cmd, env={**os.environ, _IN_NETNS: "1"}, cwd=REPO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.netns and not os.environ.get(_IN_NETNS):
+        return _rerun_in_netns(argv)
     for tool in ("wrk", "hey"):
         if not have(tool):
             print(f"bench.hotpath: {tool} is not installed", file=sys.stderr)

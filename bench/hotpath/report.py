@@ -1,4 +1,5 @@
-"""Pure summarising and rendering: runs -> medians -> ratios to nginx -> JSON and Markdown.
+"""Pure summarising and rendering: runs -> medians -> ratios to nginx (and, for Sluice's
+queue-proxy, to Knative's Go queue-proxy) -> JSON and Markdown.
 
 Nothing here measures or does I/O, so it is unit-tested on hand-made values.
 
@@ -16,6 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 BASELINE = "nginx"
+#: Knative's Go sidecar: Sluice's queue-proxy targets are also divided by the Go target of
+#: the same containerConcurrency (``queue-proxy-cc10`` by ``go-queue-proxy-cc10``).
+GO_PREFIX = "go-"
+SLUICE_QP_PREFIX = "queue-proxy-cc"
 #: Load points, in the order they are measured and reported.
 SATURATION = "saturation_c32"
 FIXED_RATE = "rate_1000"
@@ -55,6 +60,9 @@ class Point:
     #: the baseline's lowest.
     best_cpu_us_per_req: float | None = None
     best_ratio_to_nginx: float | None = None
+    #: Sluice's queue-proxy targets only: the same two ratios to Knative's Go sidecar.
+    ratio_to_go: float | None = None
+    best_ratio_to_go: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +134,29 @@ def with_ratios(results: Sequence[TargetResult], baseline: str = BASELINE) -> li
                 ),
                 best_ratio_to_nginx=ratio(
                     pt.best_cpu_us_per_req, base_pt.best_cpu_us_per_req if base_pt else None
+                ),
+            )
+        out.append(replace(res, points=points))
+    return _with_go_ratios(out)
+
+
+def _with_go_ratios(results: list[TargetResult]) -> list[TargetResult]:
+    """Fill ``ratio_to_go`` for ``queue-proxy-ccN`` from ``go-queue-proxy-ccN``'s points."""
+    go = {r.name: r for r in results if r.name.startswith(GO_PREFIX) and r.status == "ok"}
+    out: list[TargetResult] = []
+    for res in results:
+        twin = go.get(GO_PREFIX + res.name) if res.name.startswith(SLUICE_QP_PREFIX) else None
+        if twin is None:
+            out.append(res)
+            continue
+        points = {}
+        for key, pt in res.points.items():
+            go_pt = twin.points.get(key)
+            points[key] = replace(
+                pt,
+                ratio_to_go=ratio(pt.cpu_us_per_req, go_pt.cpu_us_per_req if go_pt else None),
+                best_ratio_to_go=ratio(
+                    pt.best_cpu_us_per_req, go_pt.best_cpu_us_per_req if go_pt else None
                 ),
             )
         out.append(replace(res, points=points))
@@ -201,7 +232,31 @@ def render_markdown(results: Sequence[TargetResult], environment: Mapping[str, A
                 f"| {r.name} | {pt.rps:,.0f} | {_num(pt.latency_ms.get('p50'), '.2f')} | "
                 f"{_num(pt.latency_ms.get('p99'), '.2f')} |"
             )
-    qp = [r for r in ok if r.name.startswith("queue-proxy")]
+    go_rows = [
+        (r, key, pt)
+        for r in ok
+        for key in (SATURATION, FIXED_RATE)
+        if (pt := r.points.get(key)) is not None and pt.ratio_to_go is not None
+    ]
+    if go_rows:
+        lines += [
+            "",
+            "## Sluice's queue-proxy against Knative's Go queue-proxy (same CC)",
+            "",
+            "| target | load | Sluice µs/req | Go µs/req | \u00d7 Go | \u00d7 nginx "
+            "| best round \u00d7 Go |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        by_name = {r.name: r for r in ok}
+        for r, key, pt in go_rows:
+            go_pt = by_name[GO_PREFIX + r.name].points[key]
+            load = "saturation" if key == SATURATION else "~1000 req/s"
+            lines.append(
+                f"| {r.name} | {load} | {_num(pt.cpu_us_per_req, '.1f')} | "
+                f"{_num(go_pt.cpu_us_per_req, '.1f')} | {_num(pt.ratio_to_go, '.2f')} | "
+                f"{_num(pt.ratio_to_nginx, '.2f')} | {_num(pt.best_ratio_to_go, '.2f')} |"
+            )
+    qp = [r for r in ok if "queue-proxy" in r.name]
     if qp:
         lines += [
             "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,27 @@ TARGETS = (
     "queue-proxy-cc0",
     "queue-proxy-cc10",
     "activator-cc0",
+    "go-queue-proxy-cc0",
+    "go-queue-proxy-cc10",
+)
+#: What runs without ``--targets``: Go's sidecar binds fixed ports (below), so only one of
+#: its two targets can run in one network namespace; CC 0 is Knative's default.
+DEFAULT_TARGETS = tuple(t for t in TARGETS if t != "go-queue-proxy-cc10")
+#: Knative's Go queue-proxy v1.23.0 (``knative.dev/serving`` v0.50.0 ``cmd/queue``), built as
+#: a test peer by ``tests/kube/peers/build.sh``; never committed.
+GO_QUEUE_PROXY = Path("tests/kube/peers/bin/queue")
+#: Ports Go's sidecar binds on every address whatever its environment says (admin, stats).
+GO_FIXED_PORTS = (8022, 9090)
+#: ``OBSERVABILITY_CONFIG`` as v1.23.0's controller writes it for Knative's released
+#: ``config-observability`` (every key under ``_example``: request metrics ``none``).
+GO_OBSERVABILITY = json.dumps(
+    {
+        "tracing": {"protocol": "none"},
+        "metrics": {"protocol": "none"},
+        "runtime": {"profiling": "disabled", "exportInterval": 15_000_000_000},
+        "requestMetrics": {"protocol": "none"},
+    },
+    separators=(",", ":"),
 )
 #: Seconds a target gets from exec to answering its readiness probe.
 READY_TIMEOUT_S = 20.0
@@ -105,6 +127,47 @@ def queue_proxy_env(
         SLUICE_METRICS_PORT=str(metrics_port),
     )
     return env
+
+
+def go_queue_proxy_env(
+    *, backend_port: int, serving_port: int, tls_port: int, container_concurrency: int
+) -> dict[str, str]:
+    """The environment Knative v1.23.0's controller sets on its own sidecar (queue.go)."""
+    probe = {"tcpSocket": {"port": backend_port, "host": "127.0.0.1"}, "successThreshold": 1}
+    return {
+        "SERVING_NAMESPACE": "default",
+        "SERVING_SERVICE": "hello",
+        "SERVING_CONFIGURATION": "hello",
+        "SERVING_REVISION": "hello-00001",
+        "QUEUE_SERVING_PORT": str(serving_port),
+        "QUEUE_SERVING_TLS_PORT": str(tls_port),
+        "CONTAINER_CONCURRENCY": str(container_concurrency),
+        "REVISION_TIMEOUT_SECONDS": "300",
+        "REVISION_RESPONSE_START_TIMEOUT_SECONDS": "0",
+        "REVISION_IDLE_TIMEOUT_SECONDS": "0",
+        "SERVING_POD": "hello-pod",
+        "SERVING_POD_IP": "127.0.0.1",
+        "SERVING_LOGGING_CONFIG": "",
+        "SERVING_LOGGING_LEVEL": "",
+        "USER_PORT": str(backend_port),
+        "SYSTEM_NAMESPACE": "knative-serving",
+        "SERVING_READINESS_PROBE": json.dumps(probe, separators=(",", ":")),
+        "HOST_IP": "127.0.0.1",
+        "ENABLE_HTTP2_AUTO_DETECTION": "false",
+        "ENABLE_HTTP_FULL_DUPLEX": "false",
+        "ROOT_CA": "",
+        "ENABLE_MULTI_CONTAINER_PROBES": "false",
+        "OBSERVABILITY_CONFIG": GO_OBSERVABILITY,
+    }
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))  # Go binds every address
+        except OSError:
+            return True
+    return False
 
 
 def activator_config(backend_port: int, container_concurrency: int = 0) -> str:
@@ -202,4 +265,22 @@ def start_target(
         proc = group.spawn(name, argv, cpu=cpu, cwd=repo)
         headers = {"Host": ACTIVATOR_HOST, "K-Network-Probe": "activator"}
         return _await_ready(name, proc, port, headers, b"activator", "proxy")
+    if name.startswith("go-queue-proxy-cc"):
+        binary = repo / GO_QUEUE_PROXY
+        if not os.access(binary, os.X_OK):
+            raise Skip(f"{GO_QUEUE_PROXY} is missing; build it with tests/kube/peers/build.sh")
+        taken = [str(p) for p in GO_FIXED_PORTS if _port_taken(p)]
+        if taken:
+            raise Skip(
+                f"port(s) {', '.join(taken)} in use (another Go queue-proxy?); "
+                "run with --netns for a private network namespace"
+            )
+        env = go_queue_proxy_env(
+            backend_port=backend.port,
+            serving_port=port,
+            tls_port=free_port(),
+            container_concurrency=int(name.removeprefix("go-queue-proxy-cc")),
+        )
+        proc = group.spawn(name, [str(binary)], cpu=cpu, env=env, cwd=repo)
+        return _await_ready(name, proc, port, _KUBE_PROBE, b"queue", "proxy")
     raise Skip(f"unknown target (known: {', '.join(TARGETS)})")

@@ -16,8 +16,10 @@ its report.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import signal
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -42,16 +44,29 @@ def queue_proxy_from_env() -> QueueProxy:
     raise pytest.UsageError(f"SLUICE_KUBE_QUEUE_PROXY={choice!r}: expected 'go' or 'sluice'")
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # pytest stops the session, runs finalizers
+
+
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    # A SIGTERM (CI cancelling the job) would end pytest without finalizers or atexit, and
+    # the control plane runs in its own sessions: make it an interrupt so both run.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        cluster = KubeCluster.up(tmp_path_factory.mktemp("kube"))
-    except PeersMissing as err:
-        pytest.fail(str(err), pytrace=False)
-    try:
-        yield cluster
+        try:
+            cluster = KubeCluster.up(tmp_path_factory.mktemp("kube"))
+        except PeersMissing as err:
+            pytest.fail(str(err), pytrace=False)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
     finally:
-        cluster.stop()
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +84,16 @@ def fake_node(kube_cluster: KubeCluster) -> Iterator[FakeNode]:
 
 
 @pytest.fixture
-def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> str:
-    """A namespace of its own for one test (never deleted: no namespace controller runs)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:50].strip("-")
+def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of its own for one test.
+
+    At the end the fake node (if the test used it) stops the namespace's pods and ignores it
+    from then on, so no test's pods, addresses or ports outlive it. The namespace and its
+    objects stay (no namespace controller or garbage collector runs).
+    """
+    # Readable prefix + hash of the full test id: two long test names never share one.
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:8]}"
     api = kube_cluster.api
     if api.get_or_none("Namespace", None, name) is None:
         api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
@@ -82,7 +104,25 @@ def kube_namespace(kube_cluster: KubeCluster, request: pytest.FixtureRequest) ->
                 "metadata": {"name": "default", "namespace": name},
             }
         )
-    return name
+    yield name
+    if "fake_node" in request.fixturenames:
+        node = request.getfixturevalue("fake_node")
+        assert isinstance(node, FakeNode)
+        node.evict_namespace(name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run this directory's infrastructure tests (test_cluster.py) before its other tests.
+
+    A broken fixture then shows first, and the Go-queue-proxy test runs while nothing else
+    listens on 8012/8022/9090/9091: Knative's Go queue binds those on every address, so it
+    cannot start next to a session-long listener such as another module's activator. Only
+    the positions of this directory's tests are permuted; other tests keep their places.
+    """
+    slots = [i for i, item in enumerate(items) if item.path.parent == HERE]
+    ours = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_cluster.py")
+    for slot, item in zip(slots, ours, strict=True):
+        items[slot] = item
 
 
 @pytest.hookimpl(wrapper=True)

@@ -218,6 +218,7 @@ class FakeNode:
         self._snapshot: tuple[PodView, ...] = ()
         self.errors: list[str] = []
         self._queue_proxies: dict[str, QueueProxy] = {}
+        self._evicted: set[str] = set()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -247,6 +248,21 @@ class FakeNode:
     def set_queue_proxy(self, namespace: str, queue_proxy: QueueProxy) -> None:
         """Pods created from now on in ``namespace`` run ``queue_proxy``."""
         self._queue_proxies[namespace] = queue_proxy
+
+    def evict_namespace(self, namespace: str, grace: float = 2.0, timeout: float = 30.0) -> None:
+        """Stop running ``namespace``'s pods (SIGTERM, SIGKILL after ``grace`` s), wait until
+        they are gone, and ignore its Deployments from now on.
+
+        There is no garbage collector to delete a finished test's Deployments, and a pod left
+        running would hold its ports (Go's queue-proxy binds every address) for the rest of
+        the session; ``kube_namespace`` calls this when a test that used the node ends.
+        """
+        self._events.put(("evict", (namespace, grace)))
+        self.wait_for_pods(
+            lambda ps: not any(p.namespace == namespace for p in ps),
+            timeout,
+            f"namespace {namespace} evicted",
+        )
 
     def register_app(self, image: str, argv: Sequence[str]) -> None:
         """Run containers whose image is ``image`` as ``argv`` (cwd: the repository root)."""
@@ -371,6 +387,12 @@ class FakeNode:
                 target.pop(_key(obj), None)
             else:
                 target[_key(obj)] = obj
+        elif kind == "evict":
+            namespace, grace = payload
+            self._evicted.add(namespace)
+            for running in list(self._pods.values()):
+                if running.namespace == namespace and not running.terminating:
+                    self._terminate(running, grace)
         elif kind == "gone":
             pod = self._pods.pop(payload, None)
             if pod is not None:
@@ -379,31 +401,45 @@ class FakeNode:
                 self._ips_in_use.discard(pod.ip)
 
     def _reconcile(self) -> None:
+        # One object's failure (a 422, a bad env reference) must not stall the others: each
+        # step is guarded, and the error is kept for the failing test's report.
         for key, deployment in list(self._deployments.items()):
-            self._sync_deployment(key, deployment)
+            self._guard(f"deployment {key}", self._sync_deployment, key, deployment)
         for pod in list(self._pods.values()):
             if pod.owner not in self._deployments and not pod.terminating:
-                self._terminate(pod)
+                self._guard(f"pod {pod.name}", self._terminate, pod)
         for pod in list(self._pods.values()):
             if not pod.terminating:
                 self._tend(pod)
         views = [p.view() for p in self._pods.values()]
         for pod in list(self._pods.values()):
-            self._write_pod_status(pod)
+            self._guard(f"pod {pod.name} status", self._write_pod_status, pod)
         for key, deployment in list(self._deployments.items()):
-            self._write_deployment_status(key, deployment, views)
+            self._guard(
+                f"deployment {key} status", self._write_deployment_status, key, deployment, views
+            )
         for key, service in list(self._services.items()):
             if service["spec"].get("selector"):
                 subsets = endpoints_subsets(service, views)
                 labels = dict(service["metadata"].get("labels", {}))
-                self._put_endpoints(key[0], key[1], labels, subsets)
+                self._guard(
+                    f"endpoints {key}", self._put_endpoints, key[0], key[1], labels, subsets
+                )
         with self._changed:
             self._snapshot = tuple(views)
             self._changed.notify_all()
 
+    def _guard(self, what: str, step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except (ApiError, OSError, ValueError, KeyError) as err:
+            self._note(f"{what}: {type(err).__name__}: {err}")
+
     # -- deployments and pods -------------------------------------------------------------
 
     def _sync_deployment(self, key: tuple[str, str], deployment: Obj) -> None:
+        if key[0] in self._evicted:
+            return
         hash_ = template_hash(deployment["spec"]["template"])
         wanted = make_replicaset(deployment, hash_)
         name = wanted["metadata"]["name"]
@@ -463,10 +499,17 @@ class FakeNode:
         view = pod.view()
         qp = self._queue_proxies.get(pod.namespace, self.queue_proxy)
         for spec in created["spec"].get("containers", []):
-            env = container_env(spec, view, pod.annotations)
-            env["SLUICE_POD_IP"] = ip
             argv: tuple[str, ...] | None
-            if spec["name"] == QUEUE_CONTAINER:
+            try:
+                env = container_env(spec, view, pod.annotations)
+            except ValueError as err:  # kubelet: CreateContainerConfigError
+                env, config_error = {}, str(err)
+            else:
+                config_error = ""
+            env["SLUICE_POD_IP"] = ip
+            if config_error:
+                argv = None
+            elif spec["name"] == QUEUE_CONTAINER:
                 argv = qp.argv
                 env.update(SLUICE_BIND_HOST=ip, SLUICE_USER_HOST=ip, **qp.extra_env)
             else:
@@ -478,7 +521,10 @@ class FakeNode:
             container = _Container(
                 spec["name"], spec.get("image", ""), argv, env, spec.get("readinessProbe"), ports
             )
-            if argv is None:
+            if config_error:
+                container.waiting = "CreateContainerConfigError"
+                container.waiting_message = config_error
+            elif argv is None:
                 container.waiting = "ErrImagePull"
                 container.waiting_message = (
                     f"fake node has no command for image {container.image!r}"
@@ -555,9 +601,9 @@ class FakeNode:
             if c.failures >= threshold:
                 c.ready = False
 
-    def _terminate(self, pod: _Pod) -> None:
+    def _terminate(self, pod: _Pod, grace_cap: float = MAX_GRACE_SECONDS) -> None:
         pod.terminating = True
-        grace = min(float(pod.spec.get("terminationGracePeriodSeconds", 30)), MAX_GRACE_SECONDS)
+        grace = min(float(pod.spec.get("terminationGracePeriodSeconds", 30)), grace_cap)
         with contextlib.suppress(ApiError):
             self.api.delete("Pod", pod.namespace, pod.name, grace=int(grace))
         procs = [c.proc for c in pod.containers if c.proc is not None]

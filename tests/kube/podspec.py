@@ -229,7 +229,6 @@ def pod_status(pod: PodView, now: str) -> Obj:
         "podIP": pod.ip,
         "podIPs": [{"ip": pod.ip}],
         "startTime": pod.created_at,
-        "qosClass": "Burstable",
         "conditions": [
             _condition("PodScheduled", True, pod.created_at),
             _condition("Initialized", True, pod.created_at),

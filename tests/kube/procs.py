@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Proc", "Supervisor", "tail"]
+__all__ = ["Proc", "Supervisor", "base_env", "tail"]
 
 # Go binaries (etcd, kube-apiserver, Knative's) exit within a second of SIGTERM; a queue-proxy
 # drains first. Anything still alive after this is killed so teardown stays bounded.
@@ -43,6 +43,9 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -107,10 +110,20 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, tuple(argv), dict(env), cwd)
         with self._lock:
             self.procs.append(proc)
         return proc
+
+    def restart(
+        self, proc: Proc, down_seconds: float = 0.0, grace: float = DEFAULT_STOP_SECONDS
+    ) -> Proc:
+        """Stop ``proc``, stay down ``down_seconds`` (the outage a test asks for), start it
+        again with the same argv, env and cwd, appending to the same log."""
+        proc.stop(grace)
+        self.forget(proc)
+        time.sleep(down_seconds)
+        return self.start(proc.name, proc.argv, proc.env, proc.cwd, log_name=proc.log.stem)
 
     def forget(self, proc: Proc) -> None:
         """Drop a process that has been stopped by its owner."""
@@ -119,11 +132,16 @@ class Supervisor:
                 self.procs.remove(proc)
 
     def stop_all(self, grace: float = DEFAULT_STOP_SECONDS) -> None:
-        with self._lock:
-            procs, self.procs = self.procs, []
+        """Stop every process, last started first. Each leaves the list only once stopped,
+        so if this is interrupted (a second signal) the atexit pass stops the rest."""
         deadline = time.monotonic() + grace
-        for proc in reversed(procs):
+        while True:
+            with self._lock:
+                if not self.procs:
+                    return
+                proc = self.procs[-1]
             proc.stop(max(0.1, deadline - time.monotonic()))
+            self.forget(proc)
 
 
 def base_env(**extra: str) -> dict[str, str]:

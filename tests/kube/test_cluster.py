@@ -16,7 +16,8 @@ import pytest
 from tests.kube.api import ApiError
 from tests.kube.cluster import KubeCluster
 from tests.kube.conftest import TEST_APP_IMAGE
-from tests.kube.kubelet import FakeNode
+from tests.kube.kubelet import FakeNode, QueueProxy
+from tests.kube.podspec import PodView
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(300)]
 
@@ -153,4 +154,108 @@ def test_service_revision_becomes_ready_and_pod_answers_through_queue_proxy(
     assert ready == [pod.ip]
     assert (
         endpoints["metadata"]["labels"]["networking.internal.knative.dev/serviceType"] == "Private"
+    )
+
+
+def test_fake_node_scales_a_deployment_and_keeps_endpoints(
+    kube_cluster: KubeCluster, fake_node: FakeNode, kube_namespace: str
+) -> None:
+    """The node alone (no Knative reconciler involved): pods follow ``spec.replicas``, each
+    on its own loopback address, and the Service's Endpoints follow the pods' readiness."""
+    api, ns = kube_cluster.api, kube_namespace
+    fake_node.set_queue_proxy(ns, QueueProxy.sluice())  # apps bind their pod's address
+    labels = {"app": "manual", "serving.knative.dev/revision": "manual"}
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "manual", "namespace": ns, "labels": {"tier": "kube"}},
+            "spec": {
+                "selector": {"app": "manual"},
+                "ports": [{"name": "http", "port": 80, "targetPort": "web"}],
+            },
+        }
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "manual", "namespace": ns, "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "manual"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": TEST_APP_IMAGE,
+                            "env": [
+                                {"name": "PORT", "value": str(APP_PORT)},
+                                {"name": "K_REVISION", "value": "manual"},
+                            ],
+                            "ports": [{"name": "web", "containerPort": APP_PORT}],
+                            "readinessProbe": {"tcpSocket": {"port": "web"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    api.create(deployment)
+
+    def mine(pods: list[PodView]) -> list[PodView]:
+        return [p for p in pods if p.namespace == ns and not p.terminating]
+
+    pods = mine(
+        fake_node.wait_for_pods(lambda ps: sum(p.ready for p in mine(ps)) == 2, 30, "2 ready")
+    )
+    assert len({p.ip for p in pods}) == 2
+    for pod in pods:
+        with urllib.request.urlopen(f"http://{pod.ip}:{APP_PORT}/", timeout=5) as resp:
+            assert resp.read().decode() == f"hello from manual in {pod.ip}\n"
+    kube_cluster.wait_for(
+        "Deployment", ns, "manual", lambda d: d.get("status", {}).get("readyReplicas") == 2, 10
+    )
+    endpoints = kube_cluster.wait_for(
+        "Endpoints",
+        ns,
+        "manual",
+        lambda e: len(e.get("subsets", [{}])[0].get("addresses", [])) == 2,
+        10,
+    )
+    assert endpoints["metadata"]["labels"] == {"tier": "kube"}
+    assert endpoints["subsets"][0]["ports"] == [
+        {"name": "http", "port": APP_PORT, "protocol": "TCP"}
+    ]
+
+    api.patch("Deployment", ns, "manual", {"spec": {"replicas": 0}})
+    fake_node.wait_for_pods(lambda ps: not [p for p in ps if p.namespace == ns], 30, "no pods")
+    for pod in pods:
+        assert api.get_or_none("Pod", ns, pod.name) is None
+    kube_cluster.wait_for("Endpoints", ns, "manual", lambda e: not e.get("subsets"), 10)
+    status = kube_cluster.wait_for(
+        "Deployment",
+        ns,
+        "manual",
+        lambda d: d["status"].get("observedGeneration") == 2 and not d["status"].get("replicas"),
+        10,
+    )["status"]
+    assert condition({"status": status}, "Available") == "True"
+
+
+def test_activator_endpoints_helper_writes_knatives_activator_service(
+    kube_cluster: KubeCluster, fake_node: FakeNode
+) -> None:
+    fake_node.set_activator_endpoints(["127.0.0.77"])
+    try:
+        endpoints = kube_cluster.api.get("Endpoints", "knative-serving", "activator-service")
+        (subset,) = endpoints["subsets"]
+        assert [a["ip"] for a in subset["addresses"]] == ["127.0.0.77"]
+        assert {p["name"]: p["port"] for p in subset["ports"]}["http"] == 8012
+    finally:
+        fake_node.set_activator_endpoints([])
+    assert not kube_cluster.api.get("Endpoints", "knative-serving", "activator-service").get(
+        "subsets"
     )

@@ -5,7 +5,7 @@
 # Uses the default Go module and build caches, so a second run costs seconds. Builds with
 # -mod=mod (go.sum may gain lines for the build's own needs, never versions) and -buildvcs=false.
 # The modules' go.mod/go.sum are the pinning; nothing here picks a version.
-# Cold build on a 2-core machine: see tests/kube/README.md.
+# Cold build (empty caches, 2 cores): about 14 minutes; see tests/kube/README.md.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +23,7 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 # Prints the generated modfile's path.
 patched_kubernetes_modfile() {
   local moddir="$1" orig copy gen src
+  (cd "$moddir" && go mod download k8s.io/kubernetes) >&2 || die "go mod download k8s.io/kubernetes failed"
   orig="$(cd "$moddir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)" || die "cannot locate k8s.io/kubernetes"
   [[ -n $orig && -d $orig ]] || die "k8s.io/kubernetes is not in the module cache (go mod download failed?)"
   copy="$bin/.kubernetes-src"
