@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TRANSITIONS", "ConnState"]
+__all__ = ["TRANSITIONS", "UPSTREAM_TRANSITIONS", "ConnState", "UpstreamState"]
 
 
 class ConnState(enum.IntEnum):
@@ -43,4 +43,36 @@ TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
     _LAST: frozenset({_LAST, _TUNNEL, _CLOSED}),
     _TUNNEL: frozenset({_CLOSED}),
     _CLOSED: frozenset(),
+}
+
+
+class UpstreamState(enum.IntEnum):
+    """Where an upstream connection is in the exchange it carries (ordered: a state from
+    BODY on means the response head was passed on).
+
+    IDLE between exchanges (pooled, or just dialed); WAITING once a request was sent, until
+    the final response head; INTERIM while a 1xx interim response is parsed; SWITCHING from
+    a 101 until the upgrade is taken; BODY from the final head to the end of the response;
+    TUNNEL once a 101 made the connection a byte tunnel (it never carries an exchange again).
+    Whether the transport is closed is the connection's ``closed``, beside the state.
+    """
+
+    IDLE = 0
+    WAITING = 1
+    INTERIM = 2
+    SWITCHING = 3
+    BODY = 4
+    TUNNEL = 5
+
+
+_U_IDLE, _U_WAITING, _U_INTERIM, _U_SWITCHING, _U_BODY, _U_TUNNEL = UpstreamState
+
+#: Which state may follow which (``UpstreamConnection._to``).
+UPSTREAM_TRANSITIONS: dict[UpstreamState, frozenset[UpstreamState]] = {
+    _U_IDLE: frozenset({_U_WAITING}),
+    _U_WAITING: frozenset({_U_INTERIM, _U_SWITCHING, _U_BODY}),
+    _U_INTERIM: frozenset({_U_WAITING}),
+    _U_SWITCHING: frozenset({_U_TUNNEL}),
+    _U_BODY: frozenset({_U_IDLE}),
+    _U_TUNNEL: frozenset(),
 }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from proxy import http1
+from proxy import client, http1
 
-# Every in-process test runs the engine with its connection-state table enforced: a
-# transition ``proxy.http1.TRANSITIONS`` does not allow raises instead of passing silently.
+# Every in-process test runs the engine with its state tables enforced (``proxy.states``): a
+# transition the table does not allow raises instead of passing silently.
 http1.CHECK_TRANSITIONS = True
+client.CHECK_TRANSITIONS = True
