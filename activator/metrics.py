@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from activator.model import Revision
+from activator.model import Revision, RevisionKey
 from proxy.dataplane.procmetrics import render_process_metrics
 from proxy.dataplane.promtext import (
     CONTENT_TYPE,
@@ -43,7 +43,6 @@ from proxy.dataplane.promtext import (
 __all__ = ["CONTAINER_NAME", "CONTENT_TYPE", "ActivatorMetrics"]
 
 CONTAINER_NAME = "activator"
-Key = tuple[str, str]
 
 
 class ActivatorMetrics:
@@ -56,9 +55,9 @@ class ActivatorMetrics:
         dropped: Callable[[], int] | None = None,
     ) -> None:
         self.pod_name = pod_name
-        self._requests: dict[tuple[Key, int], Series] = {}
-        self._resource: dict[Key, dict[str, str]] = {}
-        self._concurrency: dict[Key, float] = {}
+        self._requests: dict[tuple[RevisionKey, int], Series] = {}
+        self._resource: dict[RevisionKey, dict[str, str]] = {}
+        self._concurrency: dict[RevisionKey, float] = {}
         self._queue_depth: Callable[[], Iterable[tuple[Revision, int]]] | None = None
         self._dropped = dropped
         self._reachable: Callable[[], int] | None = None
