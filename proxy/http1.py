@@ -229,13 +229,13 @@ class HttpServerProtocol(asyncio.Protocol):
             # The parser is past the upgrade point: no request can follow this one.
             self._to(_LAST)
         except ProxyError as exc:
-            self._protocol_error(exc)
+            self._reject(exc)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._protocol_error(cause if isinstance(cause, ProxyError) else BadRequest(str(exc)))
+            self._reject(cause if isinstance(cause, ProxyError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
             text = str(exc).strip() or type(exc).__name__
-            self._protocol_error(BadRequest(f"malformed request: {text}"))
+            self._reject(BadRequest(f"malformed request: {text}"))
         else:
             if self._head_bytes > self._cap:
                 # Bytes that never make progress: a head that never ends, or (once the head
@@ -243,11 +243,11 @@ class HttpServerProtocol(asyncio.Protocol):
                 # section. llhttp would buffer either without bound.
                 parsing = self._parsing
                 if parsing is not None and parsing.started_at != 0:
-                    self._protocol_error(BadRequest("chunk framing or trailer section too long"))
+                    self._reject(BadRequest("chunk framing or trailer section too long"))
                 elif len(self._url) > self.ctx.limits.max_request_line:
-                    self._protocol_error(UriTooLong("request line too long"))
+                    self._reject(UriTooLong("request line too long"))
                 else:
-                    self._protocol_error(HeadersTooLarge("request header fields too large"))
+                    self._reject(HeadersTooLarge("request header fields too large"))
 
     # -------------------------------------------------------------- parser callbacks
 
@@ -411,7 +411,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if state <= _HEAD:  # the sweeper times an idle connection and a head from here
             self.state_since = self.ctx.loop.time()
 
-    def _protocol_error(self, error: ProxyError) -> None:
+    def _reject(self, error: ProxyError) -> None:
         """Answer a parse or validation error after earlier responses, then close."""
         self._to(_LAST)
         self.pause_reading()
@@ -488,7 +488,7 @@ class HttpServerProtocol(asyncio.Protocol):
             if now - self.state_since > limits.keepalive_timeout or self.ctx.closing:
                 self.close()
         elif self.state is _HEAD and now - self.state_since > limits.head_timeout:
-            self._protocol_error(RequestTimeout("request head read timeout"))
+            self._reject(RequestTimeout("request head read timeout"))
 
     @property
     def idle(self) -> bool:

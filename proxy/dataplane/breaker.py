@@ -220,7 +220,7 @@ class Breaker:
         "_max_concurrency",
         "_ready",
         "_run_scheduled",
-        "_sem",
+        "_slots",
         "_total_slots",
         "in_flight",
     )
@@ -244,12 +244,12 @@ class Breaker:
         #: Admitted requests, waiting plus executing (read-only outside this module; a plain
         #: attribute because the request path reads it).
         self.in_flight = 0
-        self._sem = Semaphore(initial_capacity)
+        self._slots = Semaphore(initial_capacity)
 
     @property
     def capacity(self) -> int:
         """Current execution capacity."""
-        return self._sem.capacity
+        return self._slots.capacity
 
     @property
     def max_concurrency(self) -> int:
@@ -265,7 +265,7 @@ class Breaker:
         if self.in_flight >= self._total_slots:
             raise QueueFull()
         self.in_flight += 1
-        sem = self._sem
+        sem = self._slots
         if sem.try_acquire():
             return
         try:
@@ -276,7 +276,7 @@ class Breaker:
 
     def release(self) -> None:
         """Free the execution slot, then the admission slot, of one ``acquire``."""
-        self._sem.release()
+        self._slots.release()
         self.in_flight -= 1
 
     def take(
@@ -295,7 +295,7 @@ class Breaker:
         if self.in_flight >= self._total_slots:
             raise QueueFull()
         self.in_flight += 1
-        sem = self._sem
+        sem = self._slots
         if sem.try_acquire():
             return None
         ticket = Ticket(self, on_grant, arg, on_leave)
@@ -324,7 +324,7 @@ class Breaker:
 
     def leave(self, ticket: Ticket[Any]) -> None:
         """A waiting ``ticket`` leaves the queue: its admission slot is freed (``Ticket``)."""
-        self._sem.leave(ticket)
+        self._slots.leave(ticket)
         self.in_flight -= 1
 
     def granted(self, ticket: Ticket[Any]) -> None:
@@ -359,7 +359,7 @@ class Breaker:
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""
-        if self.in_flight >= self._total_slots or not self._sem.try_acquire():
+        if self.in_flight >= self._total_slots or not self._slots.try_acquire():
             return False
         self.in_flight += 1
         return True
@@ -370,7 +370,7 @@ class Breaker:
         Returns a release callback (calling it more than once has no further effect), or
         None when either slot is unavailable, in which case nothing is held.
         """
-        if self.in_flight >= self._total_slots or not self._sem.try_acquire():
+        if self.in_flight >= self._total_slots or not self._slots.try_acquire():
             return None
         self.in_flight += 1
         released = False
@@ -385,10 +385,10 @@ class Breaker:
 
     def update_concurrency(self, n: int) -> None:
         """Set the execution capacity; see ``Semaphore.update_capacity``."""
-        self._sem.update_capacity(n)
+        self._slots.update_capacity(n)
 
     def __repr__(self) -> str:
         return (
             f"Breaker(in_flight={self.in_flight}, total_slots={self._total_slots}, "
-            f"capacity={self._sem.capacity}, executing={self._sem.in_use})"
+            f"capacity={self._slots.capacity}, executing={self._slots.in_use})"
         )

@@ -16,6 +16,7 @@ HOT = [
     "proxy/headrules.py",
     "proxy/client.py",
     "proxy/forward.py",
+    "proxy/request_head.py",
     "proxy/dataplane/breaker.py",
     "proxy/dataplane/deadline.py",
     "proxy/dataplane/concurrency.py",
