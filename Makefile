@@ -22,7 +22,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-## The quick loop while working (under a minute on two cores): lint, strict types, then the
+## The quick loop while working (about a minute on two cores): lint, strict types, then the
 ## unit, component and layering tests (no end-to-end processes, no benchmark smoke runs).
 check: lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit tests/component tests/test_layering.py

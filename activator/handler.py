@@ -147,21 +147,13 @@ class _Request(Forwarding):
 
     __slots__ = ("admission", "handler", "release", "revision")
 
-    def __init__(
-        self,
-        handler: ActivatorHandler,
-        ex: Exchange,
-        revision: Revision,
-        host: str = "",
-        port: int = 0,
-        rewrite: Rewrite = NO_REWRITE,
-    ) -> None:
-        Forwarding.__init__(self, ex, handler.pool, host, port, rewrite)
-        self.handler = handler
-        self.revision = revision
-        #: The admission and pod slot taken on the task-free path, given back by ``finish``.
-        self.admission: Admission | None = None
-        self.release: Callable[[], None] | None = None
+    # Set by ``ActivatorHandler.begin`` (no ``__init__`` of its own: a second Python frame
+    # per request, measured). ``admission`` and ``release``: the slots taken on the
+    # task-free path, given back by ``finish``.
+    handler: ActivatorHandler
+    revision: Revision
+    admission: Admission | None
+    release: Callable[[], None] | None
 
     def done(self, status: int) -> None:
         """Forwarded from callbacks: account for the request, then free the exchange."""
@@ -252,10 +244,19 @@ class ActivatorHandler:
 
     # ------------------------------------------------------------ the one chain
 
-    def begin(self, req: _Request) -> None:
+    def begin(
+        self,
+        req: _Request,
+        revision: Revision,
+        admission: Admission | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         """Steps 3-5 on entry: concurrency "in" (the first request of an idle revision
-        pokes the scaler), the revision's timeouts."""
-        revision = req.revision
+        pokes the scaler), the revision's timeouts. ``req`` gets the rest of its state."""
+        req.handler = self
+        req.revision = revision
+        req.admission = admission
+        req.release = release
         poke = self.reporter.request_in(revision.key, req.ex.started_at)
         if poke is not None:
             self.scaler.poke(poke)
@@ -309,12 +310,9 @@ class ActivatorHandler:
         host, port, host_header = _dest(tracker.dest)
         if self.passthrough:
             set_headers, host_header = _passthrough(revision, set_headers)
-        req = _Request(
-            self, ex, revision, host, port, _rewrite(set_headers, original_host, host_header)
-        )
-        req.admission = admission
-        req.release = release
-        self.begin(req)
+        rewrite = _rewrite(set_headers, original_host, host_header)
+        req = _Request(ex, self.pool, host, port, rewrite)
+        self.begin(req, revision, admission, release)
         req.start(self.pool.take_idle(host, port))
         return True
 
@@ -326,8 +324,8 @@ class ActivatorHandler:
             ex.send(resolved.status, resolved.body, list(resolved.headers))
             return
         revision, set_headers, original_host = resolved
-        req = _Request(self, ex, revision)
-        self.begin(req)
+        req = _Request(ex, self.pool, "", 0, NO_REWRITE)  # the pod: once the throttler chose it
+        self.begin(req, revision)
         try:
             await self._throttled(req, revision.key, set_headers, original_host)
         except ProxyError as exc:

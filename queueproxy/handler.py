@@ -111,33 +111,26 @@ class QueueProxyState:
 
 class _Request(Forwarding):
     """One proxied request in the queue-proxy, from ``begin`` to ``finish``: its state, and
-    its forwarding to the user container (one object per request)."""
+    its forwarding to the user container (one object per request).
+
+    Made as a ``Forwarding`` to the user container; ``QueueProxyHandler.begin`` sets the rest
+    (no ``__init__`` of its own: a second Python frame per request, measured):
+    ``handler``; ``h``, the headers the chain looks at (``_scan``) by lower-case name;
+    ``proxied``, sent by the activator (``K-Proxy-Request``, counted apart in the stats);
+    ``app_started``, when it entered the app (its arrival is ``ex.started_at``); and
+    ``holds_slot``, whether it holds a breaker slot (``finish`` gives it back).
+    """
 
     __slots__ = ("app_started", "h", "handler", "holds_slot", "proxied")
 
+    handler: QueueProxyHandler
+    h: dict[bytes, bytes]
+    proxied: bool
+    app_started: float
+    holds_slot: bool
+
     #: A ``K-Network-Probe`` other than ``probe``: served, but not measured (``_Probe``).
     is_probe = False
-
-    def __init__(
-        self,
-        handler: QueueProxyHandler,
-        ex: Exchange,
-        h: dict[bytes, bytes],
-        proxied: bool,
-        rewrite: Rewrite,
-    ) -> None:
-        s = handler.s
-        Forwarding.__init__(self, ex, s.pool, s.user_host, s.user_port, rewrite)
-        self.handler = handler
-        #: The headers the chain looks at (``_scan``), by lower-case name.
-        self.h = h
-        #: Sent by the activator (``K-Proxy-Request``): counted as proxied in the stats.
-        self.proxied = proxied
-        #: When the request entered the app (its breaker slot was granted); it arrived at
-        #: ``ex.started_at``.
-        self.app_started = ex.started_at
-        #: Whether it holds a breaker slot (``finish`` gives it back).
-        self.holds_slot = False
 
     def done(self, status: int) -> None:
         """Forwarded from callbacks: account for the request, then free the exchange."""
@@ -165,15 +158,20 @@ class QueueProxyHandler:
 
     # ------------------------------------------------------------ the one chain
 
-    def begin(self, req: _Request, slot: bool) -> None:
+    def begin(self, req: _Request, h: dict[bytes, bytes], proxied: bool, slot: bool) -> None:
         """Steps 2-5 on entry: drain timer, stats "in" (before the breaker, so queued time
         counts as concurrency), the timeouts; with ``slot``, the breaker slot is already
-        held (``_entered_app``)."""
+        held (``_entered_app``). ``req`` gets the rest of its state here."""
         s = self.s
         ex = req.ex
+        req.handler = self
+        req.h = h
+        req.proxied = proxied
+        req.app_started = ex.started_at
+        req.holds_slot = False
         if s.drainer.draining:
             s.drainer.on_request()
-        s.stats.req_in(ex.started_at, req.proxied)
+        s.stats.req_in(ex.started_at, proxied)
         s.deadline.watch(ex)
         if slot and s.breaker is not None:
             self._entered_app(req, s.breaker)
@@ -239,7 +237,9 @@ class QueueProxyHandler:
                 _PROBE_UA_PREFIXES
             ):
                 return False
-            req = _Request(self, ex, _PLAIN, False, _REWRITE)
+            h = _PLAIN
+            proxied = False
+            req = _Request(ex, s.pool, s.user_host, s.user_port, _REWRITE)
         else:
             h = _scan(ex)
             if (
@@ -249,7 +249,7 @@ class QueueProxyHandler:
             ):
                 return False
             proxied = h.get(b"k-proxy-request") == b"activator"
-            req = _Request(self, ex, h, proxied, _rewrite(ex, h))
+            req = _Request(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, h))
         pool = s.pool
         breaker = s.breaker
         ticket = None
@@ -268,10 +268,10 @@ class QueueProxyHandler:
         if ticket is not None:
             # Waiting in the breaker's queue as a callback, not a task (knative §1.5: the
             # stats in ``begin`` count the queued time as concurrency).
-            self.begin(req, False)
+            self.begin(req, h, proxied, False)
             ex.canceller = ticket.leave
             return True
-        self.begin(req, True)
+        self.begin(req, h, proxied, True)
         req.start(conn)
         return True
 
@@ -311,8 +311,8 @@ class QueueProxyHandler:
                 self._log(ex, h, self._loop.time())
             return
         proxied = h.get(b"k-proxy-request") == b"activator"
-        req = (_Probe if probe else _Request)(self, ex, h, proxied, _rewrite(ex, h))
-        self.begin(req, False)
+        req = (_Probe if probe else _Request)(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, h))
+        self.begin(req, h, proxied, False)
         app_status: int | None = None
         try:
             breaker = s.breaker
