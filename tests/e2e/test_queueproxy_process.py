@@ -45,6 +45,9 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()  # a pipe left open is a ResourceWarning, and warnings fail tests
 
 
 def vm_rss_kib(pid: int) -> int:
