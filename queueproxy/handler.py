@@ -103,6 +103,10 @@ class QueueProxyState:
     log_probes: bool
     #: The revision, response-start and idle timeouts of every proxied request.
     deadline: Deadline
+    #: Whether a non-empty ``K-Kubelet-Probe`` alone makes a health check: v1.10.2's
+    #: drainer (knative.dev/pkg of 2023) says yes; v1.23.0's checks the User-Agent only, and
+    #: such a request goes on to the app, past the breaker and the stats.
+    kubelet_header_probes: bool = True
 
 
 class QueueProxyHandler:
@@ -141,7 +145,7 @@ class QueueProxyHandler:
             ex.user = h  # reused by ``__call__`` if this path declines
             if (
                 b"k-network-probe" in h
-                or h.get(b"k-kubelet-probe")
+                or b"k-kubelet-probe" in h
                 or h.get(b"user-agent", b"").startswith(_PROBE_UA_PREFIXES)
             ):
                 return False
@@ -239,7 +243,8 @@ class QueueProxyHandler:
         h = ex.user if isinstance(ex.user, dict) else _scan(ex)
         ua = h.get(b"user-agent", b"")
         probe = h.get(b"k-network-probe", b"")
-        if h.get(b"k-kubelet-probe") or ua.startswith(_PROBE_UA_PREFIXES):
+        kubelet = bool(h.get(b"k-kubelet-probe"))
+        if (kubelet and s.kubelet_header_probes) or ua.startswith(_PROBE_UA_PREFIXES):
             started = self._loop.time()
             await self._health(ex, probe)
             if s.log_probes and s.request_log is not None:
@@ -252,7 +257,7 @@ class QueueProxyHandler:
                 self._log(ex, h, self._loop.time())
             return
         s.drainer.on_request()
-        await self._serve(ex, h, is_probe=bool(probe))
+        await self._serve(ex, h, is_probe=bool(probe) or kubelet, kubelet=kubelet)
 
     # ------------------------------------------------------------------ probes
 
@@ -282,7 +287,9 @@ class QueueProxyHandler:
 
     # ------------------------------------------------------------------ traffic
 
-    async def _serve(self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool) -> None:
+    async def _serve(
+        self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool, kubelet: bool = False
+    ) -> None:
         """Steps 2-7 of the chain in one frame: every ``await`` here is one frame deep."""
         s = self.s
         loop = self._loop
@@ -290,11 +297,14 @@ class QueueProxyHandler:
         deadline = s.deadline
         deadline.watch(ex)
         proxied = h.get(b"k-proxy-request") == b"activator"
-        stats = s.stats
-        stats.req_in(started, proxied)
+        # A kubelet probe that gets this far (v1.23.0, K-Kubelet-Probe without the kube-probe
+        # User-Agent) skips the breaker and the stats, as Go's queue.ProxyHandler does.
+        stats = None if kubelet else s.stats
+        if stats is not None:
+            stats.req_in(started, proxied)
         rewrite = _rewrite(ex, h)
         metrics = None if is_probe else s.metrics
-        breaker = s.breaker
+        breaker = None if kubelet else s.breaker
         app_status = 0
         app_started = 0.0
         try:
@@ -319,7 +329,8 @@ class QueueProxyHandler:
             ex.fail(error)
         finally:
             now = loop.time()
-            stats.req_out(now, proxied)
+            if stats is not None:
+                stats.req_out(now, proxied)
             deadline.forget(ex)
             status = ex.status if ex.response_started else 500
             if metrics is not None:

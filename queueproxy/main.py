@@ -39,7 +39,7 @@ from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
 from proxy.stat import Stat, encode_stat
 from proxy.stats import RequestStats
-from queueproxy.config import Config, ConfigError, load_config
+from queueproxy.config import CONTRACT_V1_10, Config, ConfigError, load_config
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.metrics_otel import OtelRequestMetrics
@@ -147,6 +147,7 @@ class QueueProxy:
             metrics=metrics,
             request_log=request_log,
             log_probes=cfg.enable_probe_request_log,
+            kubelet_header_probes=cfg.contract == CONTRACT_V1_10,
             deadline=Deadline(
                 float(cfg.revision_timeout_seconds),
                 float(cfg.response_start_timeout_seconds),
