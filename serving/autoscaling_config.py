@@ -26,6 +26,7 @@ WINDOW_MAX_SECONDS = 3600.0
 #: Knative's stats bucket: one aggregated value per second.
 BUCKET_SECONDS = 1.0
 
+
 def parse_duration(text: str) -> float:
     """A Go duration (``proxy.goduration``) in seconds; negative ones are refused, as every
     autoscaler setting written as a duration must be >= 0."""

@@ -28,8 +28,6 @@ def test_mesh_settings_are_read() -> None:
         ({"internal-encryption": "true"}, "system-internal-tls is enabled"),
     ],
 )
-def test_bad_or_unsupported_values_are_one_line_errors(
-    data: dict[str, str], message: str
-) -> None:
+def test_bad_or_unsupported_values_are_one_line_errors(data: dict[str, str], message: str) -> None:
     with pytest.raises(NetworkError, match=message):
         network_settings(data)
