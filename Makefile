@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup check test test-kube peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
+.PHONY: setup check test test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ peers:
 ## network namespace of its own where possible (tests/kube/run.sh).
 test-kube: $(STAMP)
 	tests/kube/run.sh -q
+
+## Differential conformance: Knative's Go queue-proxy and Sluice's side by side, case by case
+## (tests/conformance/run.sh: in a private network namespace, peers built when missing).
+test-conformance: $(STAMP)
+	tests/conformance/run.sh -q
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

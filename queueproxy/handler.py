@@ -107,6 +107,10 @@ class QueueProxyState:
     log_probes: bool
     #: The revision, response-start and idle timeouts of every proxied request.
     deadline: Deadline
+    #: Whether a non-empty ``K-Kubelet-Probe`` alone makes a health check: v1.10.2's
+    #: drainer (knative.dev/pkg of 2023) says yes; v1.23.0's checks the User-Agent only, and
+    #: such a request goes on to the app, past the breaker and the stats.
+    kubelet_header_probes: bool = True
 
 
 class _Request(Forwarding):
@@ -131,6 +135,8 @@ class _Request(Forwarding):
 
     #: A ``K-Network-Probe`` other than ``probe``: served, but not measured (``_Probe``).
     is_probe = False
+    #: Counted in the stats and held to the breaker (not a kubelet probe: ``_Kubelet``).
+    counted = True
 
     def done(self, status: int) -> None:
         """Forwarded from callbacks: account for the request, then free the exchange."""
@@ -143,6 +149,14 @@ class _Probe(_Request):
 
     __slots__ = ()
     is_probe = True
+
+
+class _Kubelet(_Probe):
+    """A ``K-Kubelet-Probe`` that is no health check (v1.23.0 without the kube-probe
+    User-Agent): served past the breaker and the stats, as Go's ``queue.ProxyHandler``."""
+
+    __slots__ = ()
+    counted = False
 
 
 class QueueProxyHandler:
@@ -171,7 +185,8 @@ class QueueProxyHandler:
         req.holds_slot = False
         if s.drainer.draining:
             s.drainer.on_request()
-        s.stats.req_in(ex.started_at, proxied)
+        if req.counted:
+            s.stats.req_in(ex.started_at, proxied)
         s.deadline.watch(ex)
         if slot and s.breaker is not None:
             self._entered_app(req, s.breaker)
@@ -198,7 +213,8 @@ class QueueProxyHandler:
             # user container wakes once for several of them (granting each one here, at
             # once, measured three times as many backend wakeups and more CPU on both sides).
             s.breaker.release()
-        s.stats.req_out(now, req.proxied)
+        if req.counted:
+            s.stats.req_out(now, req.proxied)
         s.deadline.forget(ex)
         metrics = s.metrics
         if metrics is not None and not req.is_probe:
@@ -244,7 +260,7 @@ class QueueProxyHandler:
             h = _scan(ex)
             if (
                 b"k-network-probe" in h
-                or h.get(b"k-kubelet-probe")
+                or b"k-kubelet-probe" in h
                 or h.get(b"user-agent", b"").startswith(_PROBE_UA_PREFIXES)
             ):
                 return False
@@ -298,7 +314,8 @@ class QueueProxyHandler:
         h = _scan(ex)
         ua = h.get(b"user-agent", b"")
         probe = h.get(b"k-network-probe", b"")
-        if h.get(b"k-kubelet-probe") or ua.startswith(_PROBE_UA_PREFIXES):
+        kubelet = bool(h.get(b"k-kubelet-probe"))
+        if (kubelet and s.kubelet_header_probes) or ua.startswith(_PROBE_UA_PREFIXES):
             started = self._loop.time()
             await self._health(ex, probe)
             if s.log_probes and s.request_log is not None:
@@ -311,11 +328,12 @@ class QueueProxyHandler:
                 self._log(ex, h, self._loop.time())
             return
         proxied = h.get(b"k-proxy-request") == b"activator"
-        req = (_Probe if probe else _Request)(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, h))
+        kind = _Kubelet if kubelet else _Probe if probe else _Request
+        req = kind(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, h))
         self.begin(req, h, proxied, False)
         app_status: int | None = None
         try:
-            breaker = s.breaker
+            breaker = s.breaker if req.counted else None
             if breaker is not None:
                 await breaker.acquire()  # QueueFull → 503 at once
                 req.app_started = self._loop.time()

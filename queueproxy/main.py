@@ -39,7 +39,8 @@ from proxy.http1 import Exchange
 from proxy.pool import UpstreamPool
 from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
-from queueproxy.config import Config, ConfigError, load_config
+from queueproxy.certs import CertReloader
+from queueproxy.config import CONTRACT_V1_10, Config, ConfigError, load_config
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.metrics_otel import OtelRequestMetrics
@@ -147,6 +148,7 @@ class QueueProxy:
             metrics=metrics,
             request_log=request_log,
             log_probes=cfg.enable_probe_request_log,
+            kubelet_header_probes=cfg.contract == CONTRACT_V1_10,
             deadline=Deadline(
                 float(cfg.revision_timeout_seconds),
                 float(cfg.response_start_timeout_seconds),
@@ -203,7 +205,9 @@ class QueueProxy:
         tls = tls_context(cfg.certs_dir, cfg.tls)
         if tls is not None:
             # Same handler on QUEUE_SERVING_TLS_PORT; the plain port stays up (knative §1.20).
-            await self.main.start(host, cfg.tls_port, ssl_context=tls)
+            # The admin port (8022) stays plain HTTP whatever is mounted (Knative #16163).
+            await self.main.start(host, cfg.tls_port, ssl_context=tls.context)
+            self._tasks.append(self.loop.create_task(tls.run()))
         await self.admin.start(host, cfg.admin_port)
         await self.stats_server.start(host, cfg.stats_port)
         if self.metrics_server is not None:
@@ -236,8 +240,10 @@ class QueueProxy:
         self.pool.close()
 
 
-def tls_context(certs_dir: str, settings: TlsSettings = LEGACY) -> ssl.SSLContext | None:
-    """A server context from ``tls.crt``/``tls.key`` in ``certs_dir``, or None if absent.
+def tls_context(certs_dir: str, settings: TlsSettings = LEGACY) -> CertReloader | None:
+    """The TLS port's certificate from ``tls.crt``/``tls.key`` in ``certs_dir``, kept fresh
+    by a ``CertReloader``; None if the files are absent. Raises ``ssl.SSLError`` if they do
+    not load.
 
     ``settings`` bounds the versions and ciphers (``QUEUE_PROXY_TLS_*`` under v1.23.0;
     v1.10.2: TLS 1.2 and up).
@@ -246,13 +252,17 @@ def tls_context(certs_dir: str, settings: TlsSettings = LEGACY) -> ssl.SSLContex
     key = os.path.join(certs_dir, "tls.key")
     if not (os.path.isfile(cert) and os.path.isfile(key)):
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    settings.apply(context)
-    context.load_cert_chain(cert, key)
-    # Go's server confirms "http/1.1" when a client offers it; a client that insists on
-    # ALPN would otherwise drop the connection. h2 is not offered: HTTP/1.1 only.
-    context.set_alpn_protocols(["http/1.1"])
-    return context
+
+    def build(cert: str, key: str) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        settings.apply(context)
+        context.load_cert_chain(cert, key)
+        # Go's server confirms "http/1.1" when a client offers it; a client that insists on
+        # ALPN would otherwise drop the connection. h2 is not offered: HTTP/1.1 only.
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    return CertReloader(cert, key, build)
 
 
 async def serve(cfg: Config) -> int:

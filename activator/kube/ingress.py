@@ -123,6 +123,12 @@ def _split(raw: object, where: str, default_ns: str) -> SplitInfo:
 
 def _path(raw: object, where: str, default_ns: str) -> PathInfo:
     path = _map(raw, where)
+    # What Sluice cannot honour is refused (the reflector warns and skips the Ingress, which
+    # then never turns Ready), never routed as if it were absent.
+    if path.get("path") not in (None, "", "/"):
+        raise DecodeError(f'{where}.path: only the whole host ("/") is supported')
+    if path.get("rewriteHost"):
+        raise DecodeError(f"{where}.rewriteHost: not supported (DomainMapping)")
     tag = None
     for name, match in _map(path.get("headers"), f"{where}.headers").items():
         exact = _map(match, f"{where}.headers.{name}").get("exact")

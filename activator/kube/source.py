@@ -51,6 +51,7 @@ from activator.kube.objects import (
     PRIVATE_ENDPOINTS_SELECTOR,
     PUBLIC_ENDPOINTS_SELECTOR,
     SERVICE_TYPE_LABEL,
+    SERVING_PORT_NAMES,
     ConfigMapInfo,
     EndpointsInfo,
     RevisionInfo,
@@ -164,12 +165,14 @@ class KubeSource:
         self._sent_health: SourceHealth | None = None
         self._configmaps_seen: set[tuple[str, str]] = set()
         opts = dict(reflector_options or {})
+        # Only the ports the activator sends to are kept: half the decoding, less memory.
+        serving_endpoints = functools.partial(decode_endpoints, port_names=SERVING_PORT_NAMES)
         self.reflectors: list[Reflector[Any]] = [
             Reflector(client, REVISIONS, decode_revision, self._on_revision, **opts),
             Reflector(
                 client,
                 ENDPOINTS,
-                decode_endpoints,
+                serving_endpoints,
                 self._on_private,
                 label_selector=PRIVATE_ENDPOINTS_SELECTOR,
                 **opts,
@@ -177,7 +180,7 @@ class KubeSource:
             Reflector(
                 client,
                 ENDPOINTS,
-                decode_endpoints,
+                serving_endpoints,
                 self._on_public,
                 label_selector=PUBLIC_ENDPOINTS_SELECTOR,
                 **opts,

@@ -275,6 +275,28 @@ class QueueProxy:
         return f"127.0.0.1:{self.server.port}"
 
 
+async def serve_revision(api: FakeApiServer, name: str) -> QueueProxy:
+    """A Revision in the API whose one ready pod is a loopback ``QueueProxy``."""
+    qp = QueueProxy()
+    await api.put(SERVING, "revisions", revision(name))
+    host, port = (await qp.start()).split(":")
+    eps = endpoints(f"{name}-private", name, "Private", [host], [], ("http", int(port)))
+    await api.put(CORE, "endpoints", eps)
+    return qp
+
+
+async def started(client: KubeClient, api: FakeApiServer, **options: Any) -> Activator:
+    """An activator on a ``KubeSource`` of ``api``, started and in step with it."""
+    settings = Settings(host="127.0.0.1", port=0, metrics_port=0, probe_interval=0.02)
+    source = KubeSource(
+        client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01, **options
+    )
+    act = Activator(settings, source, scaler=NullScaler())
+    await act.start(wait_for_config=False)
+    await act.wait_for(lambda: act.source_error is None)
+    return act
+
+
 async def test_a_revision_from_the_api_becomes_reachable_through_the_activator(
     api: FakeApiServer, client: KubeClient
 ) -> None:
@@ -450,31 +472,12 @@ def kingress(rev: str) -> dict[str, Any]:
 async def test_ingress_mode_routes_by_host_and_marks_the_ingress_ready(
     api: FakeApiServer, client: KubeClient
 ) -> None:
-    qp = QueueProxy()
-    dest = await qp.start()
-    host, port = dest.split(":")
-    await api.put(SERVING, "revisions", revision("hello-00001"))
-    await api.put(
-        CORE,
-        "endpoints",
-        endpoints("hello-00001-private", "hello-00001", "Private", [host], [], ("http", int(port))),
-    )
+    qp = await serve_revision(api, "hello-00001")
     await api.put(
         "apis/networking.internal.knative.dev/v1alpha1", "ingresses", kingress("hello-00001")
     )
-    settings = Settings(host="127.0.0.1", port=0, metrics_port=0, probe_interval=0.02)
-    source = KubeSource(
-        client,
-        ENV,
-        api_url=api.url,
-        reflector_options=FAST,
-        health_interval=0.01,
-        ingress_class="sluice",
-    )
-    act = Activator(settings, source, scaler=NullScaler())
-    await act.start(wait_for_config=False)
+    act = await started(client, api, ingress_class="sluice")
     try:
-        await act.wait_for(lambda: act.source_error is None)
         async with (
             aiohttp.ClientSession() as session,
             session.get(
@@ -541,21 +544,9 @@ async def test_mesh_pod_addressability_sends_the_private_host_and_passthrough_he
         "configmaps",
         {**CONFIG_NETWORK, "data": {"enable-mesh-pod-addressability": "true"}},
     )
-    qp = QueueProxy()
-    dest = await qp.start()
-    host, port = dest.split(":")
-    await api.put(SERVING, "revisions", revision("hello-00001"))
-    await api.put(
-        CORE,
-        "endpoints",
-        endpoints("hello-00001-private", "hello-00001", "Private", [host], [], ("http", int(port))),
-    )
-    settings = Settings(host="127.0.0.1", port=0, metrics_port=0, probe_interval=0.02)
-    source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
-    act = Activator(settings, source, scaler=NullScaler())
-    await act.start(wait_for_config=False)
+    qp = await serve_revision(api, "hello-00001")
+    act = await started(client, api)
     try:
-        await act.wait_for(lambda: act.source_error is None)
         status, _ = await get(act, revision_headers("default", "hello-00001"))
         assert status == 200
         # The probe and the request both name the private Service, as Knative's do.

@@ -4,9 +4,10 @@
 free 127.0.0.1 ports, data in ``workdir``), kube-apiserver (RBAC on, a throw-away PKI, an
 admin client certificate in ``system:masters``, service-account tokens signed by a key pair of
 ours), then applies Knative v1.23.0's namespace, CRDs, RBAC and ConfigMaps from
-``/work/shared/knative/v1.23.0`` with ``kubectl`` and patches the ConfigMaps for a fast,
-registry-free test (:data:`CONFIG_PATCHES`), creates the empty ``activator-service``
-Endpoints the SKS reconciler insists on, issues tokens for the ``controller`` and
+``../shared/knative/v1.23.0`` (beside the repository) with ``kubectl`` and patches the
+ConfigMaps for a fast, registry-free test (:data:`CONFIG_PATCHES`), creates the empty
+``activator-service`` Endpoints the SKS reconciler insists on, issues tokens for the
+``controller`` and
 ``activator`` service accounts, and starts Knative's ``controller`` and ``autoscaler``
 authenticated as the ``controller`` service account (Knative's own RBAC).
 
@@ -42,7 +43,8 @@ __all__ = ["CONFIG_PATCHES", "KNATIVE", "PEERS_BIN", "KubeCluster", "PeersMissin
 
 HERE = Path(__file__).resolve().parent
 PEERS_BIN = HERE / "peers" / "bin"
-KNATIVE = Path("/work/shared/knative/v1.23.0")
+#: Knative's release files, test data in the shared folder beside the repository.
+KNATIVE = HERE.parents[2] / "shared" / "knative" / "v1.23.0"
 SYSTEM_NAMESPACE = "knative-serving"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the ``kubernetes`` Service's ClusterIP: first of SERVICE_CIDR

@@ -439,3 +439,29 @@ def test_a_missing_permission_is_one_clear_line(kube_cluster: KubeCluster) -> No
         assert status == 500 and "cannot list endpoints" in reason, reason
     finally:
         denied.stop()
+
+
+# ------------------------------------------------------------------- the drop-in manifests
+
+
+def test_the_activator_patch_is_accepted_by_the_real_api_server(
+    kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """deploy/kubernetes/activator on Knative's own activator Deployment, applied to the API
+    server (server-side dry run: validated and admitted, not stored, so the fake node's
+    ``activator-service`` Endpoints stay as the tests set them)."""
+    for name in ("kustomization.yaml", "activator-patch.yaml"):
+        (tmp_path / name).write_text((ROOT / "deploy/kubernetes/activator" / name).read_text())
+    knative = ROOT.parent / "shared" / "knative" / "v1.23.0" / "deployments" / "activator.yaml"
+    (tmp_path / "serving-core.yaml").write_text(knative.read_text())
+    out = kube_cluster.kubectl(
+        "apply", "-k", str(tmp_path), "--server-side", "--dry-run=server", "-o", "json"
+    )
+    items = json.loads(out).get("items") or [json.loads(out)]
+    [deployment] = [i for i in items if i["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["command"] == ["python", "-m", "activator"]
+    assert spec["serviceAccountName"] == "activator"
+    assert {e["name"] for e in container["env"]} >= {"POD_NAME", "POD_IP", "SYSTEM_NAMESPACE"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True

@@ -166,6 +166,14 @@ def test_rules_change_in_place_and_go_away() -> None:
             "headers.X-User: only an exact Knative-Serving-Tag",
         ),
         (lambda o: o["spec"].update(rules={"a": 1}), "spec.rules: expected a list"),
+        (
+            lambda o: o["spec"]["rules"][0]["http"]["paths"][1].update(path="/api"),
+            r"paths\[1\]\.path: only the whole host",
+        ),
+        (
+            lambda o: o["spec"]["rules"][0]["http"]["paths"][1].update(rewriteHost="x.example"),
+            "rewriteHost: not supported",
+        ),
     ],
 )
 def test_malformed_ingress_names_the_field(mutate: Any, message: str) -> None:
