@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
+.PHONY: setup check test test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+## The quick loop while working (about a minute on two cores): lint, strict types, then the
+## unit, component and layering tests (no end-to-end processes, no benchmark smoke runs).
+check: lint typecheck
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit tests/component tests/test_layering.py
 
 ## The README's test command: lint, strict types, then every test tier.
 test: lint typecheck

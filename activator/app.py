@@ -62,8 +62,8 @@ from activator.settings import DRAIN_SECONDS, Settings
 from activator.source import Source, SourceHealth
 from activator.stats import ConcurrencyReporter
 from activator.throttler import RevisionThrottler
-from proxy.client import UpstreamPool
 from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 from proxy.runner import settle_gc
 from proxy.server import HttpServer
 
@@ -71,7 +71,6 @@ __all__ = ["DRAIN_SECONDS", "Activator", "Settings"]
 
 log = logging.getLogger("sluice.activator")
 
-Key = RevisionKey
 Update = RoutingConfig | BackendsUpdate | IncrementalUpdate | SourceHealth
 
 
@@ -114,9 +113,9 @@ class Activator:
         self.metrics_server = HttpServer(self._serve_metrics)
         self.mesh_mode = mesh_mode
         self.passthrough = passthrough
-        self._healthy: dict[Key, BackendsUpdate] = {}
+        self._healthy: dict[RevisionKey, BackendsUpdate] = {}
         #: (activators, index) per revision from its public Endpoints, before ``--workers``.
-        self._shares: dict[Key, tuple[int, int]] = {}
+        self._shares: dict[RevisionKey, tuple[int, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._applied = asyncio.Event()
         self._readiness = list(readiness)
@@ -284,7 +283,7 @@ class Activator:
         else:
             self.apply_config(update)
 
-    def _share(self, key: Key) -> tuple[int, int]:
+    def _share(self, key: RevisionKey) -> tuple[int, int]:
         """(activators, index) for a revision's throttler: its public Endpoints' count and
         our place among them, times ``--workers`` so that worker processes of one pod never
         over-commit the revision (each is one activator of ``count * workers``)."""
@@ -323,7 +322,7 @@ class Activator:
         if current is not None:
             current.retire()  # after publishing, so its waiters find the successor
 
-    def remove_revision(self, key: Key) -> None:
+    def remove_revision(self, key: RevisionKey) -> None:
         snapshot = self.handler.snapshot
         throttlers = snapshot.throttlers
         assert isinstance(throttlers, dict)
@@ -341,7 +340,7 @@ class Activator:
     def apply_config(self, cfg: RoutingConfig) -> None:
         """Make ``cfg`` the routing state (writer task only)."""
         old = self.handler.snapshot.throttlers
-        throttlers: dict[Key, RevisionThrottler] = {}
+        throttlers: dict[RevisionKey, RevisionThrottler] = {}
         retire: list[RevisionThrottler] = []
         for rev in cfg.revisions:
             current = old.get(rev.key)

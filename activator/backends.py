@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from activator.model import MeshMode, RevisionKey
-from proxy.prober import ProbeError, probe_http
+from proxy.dataplane.prober import ProbeError, probe_http
 
 __all__ = [
     "PROBE_HEADERS",

@@ -13,6 +13,12 @@ Order, outermost first, written once in ``ActivatorHandler.__call__``:
 6. the revision throttler, then ``forward`` to the chosen pod with the activator's header
    edits. An upstream failure is a 502 with the engine's one-line reason; never retried.
 
+Steps 3-5 and the end-of-request accounting are written once, in ``begin`` and ``finish``;
+the task-free path (``fast``: a free pod now, forwarding with callbacks) and the task path
+(``__call__``: waiting in the throttler, ``await forward(...)``) both go through them, with
+one ``_Request`` holding a request's state between the two. The handler sees a revision's
+throttler only as an ``Admission``.
+
 The handler only reads the routing ``Snapshot``; a single writer task publishes new ones.
 """
 
@@ -27,21 +33,23 @@ from dataclasses import dataclass, field
 from activator.backends import split_dest
 from activator.kube.objects import private_service_name
 from activator.metrics import ActivatorMetrics
-from activator.model import Revision, RoutingConfig
-from activator.probes import answer_probe
+from activator.model import Revision, RevisionKey, RoutingConfig
+from activator.probes import ProbeAnswer, answer_probe
 from activator.routing import RouteTable
 from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
-from activator.throttler import Retired, RevisionThrottler
-from proxy.client import UpstreamPool
+from activator.throttler import Admission, Retired, RevisionThrottler
 from proxy.errors import NotFound, ProxyError
-from proxy.forward import Rewrite, forward, forward_fast
+from proxy.exchange import Exchange
+from proxy.forward import NO_REWRITE, Forwarding, Rewrite
 from proxy.headers import Header
-from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 
 __all__ = ["ActivatorHandler", "Snapshot", "not_found"]
 
-Key = tuple[str, str]
+#: A routed request: its revision, the headers its route sets, and the Host to keep as
+#: ``K-Original-Host`` (None when the client sent one).
+_Resolved = tuple[Revision, tuple[tuple[str, str], ...], bytes | None]
 
 #: Client headers never passed to a pod: the split headers (the pod learns nothing from
 #: them and must not trust a client's) and the network-probe hash.
@@ -68,7 +76,7 @@ class Snapshot:
     """What requests read: the route table and the throttler of every known revision."""
 
     table: RouteTable
-    throttlers: Mapping[Key, RevisionThrottler] = field(default_factory=dict)
+    throttlers: Mapping[RevisionKey, RevisionThrottler] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> Snapshot:
@@ -122,14 +130,7 @@ def _always_ready() -> str | None:
     return None
 
 
-class _Answered(Exception):
-    """A probe was answered while resolving; nothing more to do."""
-
-
-_ANSWERED = object()
-
-
-def _revision_from_host(host: str, cluster_domain: str) -> Key | None:
+def _revision_from_host(host: str, cluster_domain: str) -> RevisionKey | None:
     """``<rev>.<ns>.svc.<cluster-domain>[:port]`` → (ns, rev), Knative's fallback."""
     parts = host.split(".", 3)
     if len(parts) != 4 or parts[2] != "svc":
@@ -137,6 +138,27 @@ def _revision_from_host(host: str, cluster_domain: str) -> Key | None:
     if parts[3].rsplit(":", 1)[0].lower().rstrip(".") != cluster_domain:
         return None
     return parts[1], parts[0]
+
+
+class _Request(Forwarding):
+    """One routed request in the activator, from ``begin`` to ``finish``: its state, and its
+    forwarding to the pod (one object per request; the task path sets the pod once the
+    throttler has chosen it)."""
+
+    __slots__ = ("admission", "handler", "release", "revision")
+
+    # Set by ``ActivatorHandler.begin`` (no ``__init__`` of its own: a second Python frame
+    # per request, measured). ``admission`` and ``release``: the slots taken on the
+    # task-free path, given back by ``finish``.
+    handler: ActivatorHandler
+    revision: Revision
+    admission: Admission | None
+    release: Callable[[], None] | None
+
+    def done(self, status: int) -> None:
+        """Forwarded from callbacks: account for the request, then free the exchange."""
+        self.handler.finish(self)
+        self.ex.complete()
 
 
 class ActivatorHandler:
@@ -163,8 +185,9 @@ class ActivatorHandler:
         self.health_check: Callable[[], str | None] = _always_ready
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _resolve(self, ex: Exchange) -> tuple[Revision, tuple[tuple[str, str], ...], bytes | None]:
-        """Steps 1-2: answer a probe (raises ``_Answered``) or find the revision (404s raise)."""
+    def _resolve(self, ex: Exchange) -> _Resolved | ProbeAnswer:
+        """Steps 1-2: a probe's answer, or the revision (a ``ProxyError`` when there is none:
+        404). Nothing is sent or held: the caller acts on the result."""
         ua = kubelet = nprobe = nhash = host = rev = ns = tag = orig = None
         headers = ex.headers
         for i, low in enumerate(ex.names):
@@ -192,8 +215,7 @@ class ActivatorHandler:
         if kubelet or nprobe or (ua is not None and ua.startswith(b"kube-probe/")):
             answer = answer_probe(ua, kubelet, nprobe, nhash, self.health_check())
             if answer is not None:
-                ex.send(answer.status, answer.body, list(answer.headers))
-                raise _Answered()
+                return answer
 
         table = self.snapshot.table
         set_headers: tuple[tuple[str, str], ...] = ()
@@ -220,127 +242,123 @@ class ActivatorHandler:
                     raise not_found(key[1])
         return revision, set_headers, host if orig is None else None
 
-    async def __call__(self, ex: Exchange) -> None:
-        if ex.user is _ANSWERED:
-            return
-        resolved = ex.user if isinstance(ex.user, tuple) else None
-        if resolved is None:
-            try:
-                resolved = self._resolve(ex)
-            except _Answered:
-                return
-        await self._serve(ex, *resolved)
+    # ------------------------------------------------------------ the one chain
+
+    def begin(
+        self,
+        req: _Request,
+        revision: Revision,
+        admission: Admission | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        """Steps 3-5 on entry: concurrency "in" (the first request of an idle revision
+        pokes the scaler), the revision's timeouts. ``req`` gets the rest of its state."""
+        req.handler = self
+        req.revision = revision
+        req.admission = admission
+        req.release = release
+        poke = self.reporter.request_in(revision.key, req.ex.started_at)
+        if poke is not None:
+            self.scaler.poke(poke)
+        revision.deadline.watch(req.ex)
+
+    def finish(self, req: _Request) -> None:
+        """Everything that ends a request: the slots of the task-free path, the timeouts,
+        concurrency "out", the request metric."""
+        admission = req.admission
+        if admission is not None:
+            release = req.release
+            assert release is not None
+            req.admission = req.release = None
+            admission.done(release)
+        revision = req.revision
+        ex = req.ex
+        revision.deadline.forget(ex)
+        loop = self._loop
+        if loop is None:
+            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.reporter.request_out(revision.key, now)
+        if ex.status:
+            self.metrics.record_request(revision, ex.status, now - ex.started_at)
+
+    # ------------------------------------------------------- task-free path
 
     def fast(self, ex: Exchange) -> bool:
-        """The task-free path: a bodyless request whose revision has a free pod right now.
+        """The task-free path: a routed bodyless request whose revision has a free pod now.
 
-        Probes, errors, bodies, upgrades, queueing and dialing all decline (return False) and
-        run ``__call__`` in a task; the routing decision made here is kept for it.
+        Probes, routing errors, bodies, upgrades and queueing return False, having changed
+        nothing, and take ``__call__`` in a task (which routes again).
         """
         if ex.has_body or ex.upgrade:
             return False
         try:
             resolved = self._resolve(ex)
-        except _Answered:
-            ex.user = _ANSWERED  # answered already; the task path only finishes the exchange
-            return False
         except ProxyError:
             return False  # the task path resolves again and answers the error
-        ex.user = resolved
-        revision, set_headers, original_host = resolved
-        key = revision.key
-        throttler = self.snapshot.throttlers.get(key)
-        if throttler is None:
+        if isinstance(resolved, ProbeAnswer):
             return False
-        taken = throttler.try_now()
+        revision, set_headers, original_host = resolved
+        admission: Admission | None = self.snapshot.throttlers.get(revision.key)
+        if admission is None:
+            return False
+        taken = admission.try_now()
         if taken is None:
             return False
         release, tracker = taken
         host, port, host_header = _dest(tracker.dest)
         if self.passthrough:
             set_headers, host_header = _passthrough(revision, set_headers)
-        conn = self.pool.take_idle(host, port)
-        if conn is None:
-            throttler.done(release)
-            return False
-        loop = self._loop
-        if loop is None:
-            # Looked up once: ``get_running_loop()`` costs a getpid() syscall per call.
-            loop = self._loop = asyncio.get_running_loop()
-        start = ex.started_at
-        poke = self.reporter.request_in(key, start)
-        if poke is not None:
-            self.scaler.poke(poke)
-        revision.deadline.watch(ex)
-        ex.user = (revision, start, throttler, release, loop)
-        forward_fast(
-            ex, self.pool, conn, _rewrite(set_headers, original_host, host_header), self._fast_done
-        )
+        rewrite = _rewrite(set_headers, original_host, host_header)
+        req = _Request(ex, self.pool, host, port, rewrite)
+        self.begin(req, revision, admission, release)
+        req.start(self.pool.take_idle(host, port))
         return True
 
-    def _fast_done(self, ex: Exchange, status: int) -> None:
-        revision, start, throttler, release, loop = ex.user
-        throttler.done(release)
-        revision.deadline.forget(ex)
-        now = loop.time()
-        self.reporter.request_out(revision.key, now)
-        if ex.status:
-            self.metrics.record_request(revision, ex.status, now - start)
-        ex.complete()
+    # ------------------------------------------------------------- task path
 
-    async def _serve(
-        self,
-        ex: Exchange,
-        revision: Revision,
-        set_headers: tuple[tuple[str, str], ...],
-        original_host: bytes | None,
-    ) -> None:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        start = ex.started_at
-        key = revision.key
-        poke = self.reporter.request_in(key, start)
-        if poke is not None:
-            self.scaler.poke(poke)
-        deadline = revision.deadline
-        deadline.watch(ex)
+    async def __call__(self, ex: Exchange) -> None:
+        resolved = self._resolve(ex)  # a ProxyError is answered by the engine
+        if isinstance(resolved, ProbeAnswer):
+            ex.send(resolved.status, resolved.body, list(resolved.headers))
+            return
+        revision, set_headers, original_host = resolved
+        req = _Request(ex, self.pool, "", 0, NO_REWRITE)  # the pod: once the throttler chose it
+        self.begin(req, revision)
         try:
-            try:
-                await self._throttled(ex, key, set_headers, original_host)
-            except ProxyError as exc:
-                ex.fail(exc)
+            await self._throttled(req, revision.key, set_headers, original_host)
+        except ProxyError as exc:
+            ex.fail(exc)
         finally:
-            deadline.forget(ex)
-            now = loop.time()
-            self.reporter.request_out(key, now)
-            if ex.status:
-                self.metrics.record_request(revision, ex.status, now - start)
+            self.finish(req)
 
     async def _throttled(
         self,
-        ex: Exchange,
-        key: Key,
+        req: _Request,
+        key: RevisionKey,
         set_headers: tuple[tuple[str, str], ...],
         original_host: bytes | None,
     ) -> None:
-        pool = self.pool
+        """Step 6: wait for the revision's throttler, then forward to the pod it chose."""
 
         async def send(dest: str) -> int:
             host, port, host_header = _dest(dest)
             extra = set_headers
             if self.passthrough:
                 extra, host_header = _passthrough(self.snapshot.table.lookup_revision(*key), extra)
-            rewrite = _rewrite(extra, original_host, host_header)
-            return await forward(ex, pool, host, port, rewrite)
+            req.host = host
+            req.port = port
+            req.rewrite = _rewrite(extra, original_host, host_header)
+            return await req.run(self.pool.take_idle(host, port))
 
         while True:
-            throttler = self.snapshot.throttlers.get(key)
-            if throttler is None:
+            admission: Admission | None = self.snapshot.throttlers.get(key)
+            if admission is None:
                 # The revision left the configuration while this request waited.
                 raise ProxyError(f'revision "{key[1]}" was removed while the request waited')
             try:
-                await throttler.try_(send)
+                await admission.try_(send)
                 return
             except Retired:
                 continue

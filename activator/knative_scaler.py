@@ -48,7 +48,7 @@ import aiohttp
 
 from activator.kubeenv import cluster_domain
 from activator.stats import StatBatch
-from proxy.statproto import encode_wire_stats
+from proxy.dataplane.autoscaler_stat_pb import encode_wire_stats
 
 __all__ = [
     "AUTOSCALER_PORT",

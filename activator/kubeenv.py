@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.goduration import parse_duration
+from proxy.dataplane.goduration import parse_duration
 
 __all__ = ["SLUICE_INGRESS_CLASS", "KubeEnv", "KubeEnvError", "cluster_domain", "load_kube_env"]
 

@@ -21,7 +21,7 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 
-from proxy.breaker import Breaker
+from proxy.dataplane.breaker import Breaker
 
 __all__ = [
     "POD_QUEUE_DEPTH",

@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from activator.app import DRAIN_SECONDS, Activator, Settings
-from activator.config import ConfigError
 from activator.kubeenv import SLUICE_INGRESS_CLASS, KubeEnv, KubeEnvError, load_kube_env
 from activator.source import StaticFileSource
+from activator.static_yaml import ConfigError
 from activator.workers import supervise
 from proxy.runner import run
 

@@ -2,8 +2,8 @@
 
 ``prometheus_client`` appends ``_total`` to every counter, but Knative's OpenCensus exporter
 writes ``activator_request_count`` bare, and dashboards read that name. So the request metrics
-live here as plain numbers, rendered by ``proxy.promtext`` in text format 0.0.4, with the
-``process_*`` basics from ``proxy.procmetrics``, exactly as the queue-proxy does.
+live here as plain numbers, rendered by ``proxy.dataplane.promtext`` in text format 0.0.4, with the
+``process_*`` basics from ``proxy.dataplane.procmetrics``, exactly as the queue-proxy does.
 
 Series, each carrying the revision's resource labels (``namespace_name``, ``service_name``
 (``unknown`` when empty), ``configuration_name``, ``revision_name``) plus ``pod_name`` and
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from activator.model import Revision
-from proxy.procmetrics import render_process_metrics
-from proxy.promtext import (
+from activator.model import Revision, RevisionKey
+from proxy.dataplane.procmetrics import render_process_metrics
+from proxy.dataplane.promtext import (
     CONTENT_TYPE,
     Series,
     escape,
@@ -43,7 +43,6 @@ from proxy.promtext import (
 __all__ = ["CONTAINER_NAME", "CONTENT_TYPE", "ActivatorMetrics"]
 
 CONTAINER_NAME = "activator"
-Key = tuple[str, str]
 
 
 class ActivatorMetrics:
@@ -56,9 +55,9 @@ class ActivatorMetrics:
         dropped: Callable[[], int] | None = None,
     ) -> None:
         self.pod_name = pod_name
-        self._requests: dict[tuple[Key, int], Series] = {}
-        self._resource: dict[Key, dict[str, str]] = {}
-        self._concurrency: dict[Key, float] = {}
+        self._requests: dict[tuple[RevisionKey, int], Series] = {}
+        self._resource: dict[RevisionKey, dict[str, str]] = {}
+        self._concurrency: dict[RevisionKey, float] = {}
         self._queue_depth: Callable[[], Iterable[tuple[Revision, int]]] | None = None
         self._dropped = dropped
         self._reachable: Callable[[], int] | None = None

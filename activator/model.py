@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy.deadline import Deadline
+from proxy.dataplane.deadline import Deadline
 
 #: ``(namespace, name)``: a revision's identity everywhere in the activator.
 RevisionKey = tuple[str, str]

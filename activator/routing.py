@@ -119,7 +119,7 @@ class RouteTable:
     def __init__(
         self,
         hosts: Mapping[str, _HostEntry],
-        revisions: Mapping[tuple[str, str], Revision],
+        revisions: Mapping[RevisionKey, Revision],
         *,
         domain: str,
         cluster_domain: str,

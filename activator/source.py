@@ -5,7 +5,7 @@ never a diff, so a source may coalesce: a consumer that falls behind skips to th
 snapshot rather than replaying every intermediate one. A source never yields an invalid
 snapshot; a bad input is reported by the source and the last good snapshot stays in force.
 
-* ``StaticFileSource`` watches a YAML file (``activator.config``): re-read when its mtime,
+* ``StaticFileSource`` watches a YAML file (``activator.static_yaml``): re-read when its mtime,
   size or inode change (polled every second) and when ``reload()`` is called (SIGHUP).
 * ``PushSource`` is fed in-process with ``update(cfg)``; the embedded control plane uses it.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from activator.config import ConfigError, load_config_file
 from activator.model import IncrementalUpdate, RoutingConfig
+from activator.static_yaml import ConfigError, load_config_file
 
 __all__ = ["POLL_INTERVAL", "PushSource", "Source", "SourceHealth", "StaticFileSource"]
 
@@ -58,6 +58,11 @@ class _Latest:
         self._version = 0
         self._changed = asyncio.Event()
 
+    @property
+    def version(self) -> int:
+        """How many values were put."""
+        return self._version
+
     def put(self, cfg: RoutingConfig) -> None:
         self._value = cfg
         self._version += 1
@@ -93,7 +98,7 @@ class PushSource:
         return self.snapshots()
 
     def __repr__(self) -> str:
-        return f"PushSource(version={self._latest._version})"
+        return f"PushSource(version={self._latest.version})"
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

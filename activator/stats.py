@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.statproto import Stat
-from proxy.stats import RequestStats
+from activator.model import RevisionKey
+from proxy.dataplane.autoscaler_stat_pb import Stat
+from proxy.dataplane.concurrency import RequestStats
 
 __all__ = ["ConcurrencyReporter", "StatBatch"]
 
-Key = tuple[str, str]
 #: (namespace, revision name, stat) triples, the autoscaler's ``WireStatMessages`` shape.
 StatBatch = list[tuple[str, str, Stat]]
 
@@ -43,9 +43,9 @@ class ConcurrencyReporter:
 
     def __init__(self, pod_name: str) -> None:
         self.pod_name = pod_name
-        self._entries: dict[Key, _Entry] = {}
+        self._entries: dict[RevisionKey, _Entry] = {}
 
-    def request_in(self, key: Key, now: float) -> StatBatch | None:
+    def request_in(self, key: RevisionKey, now: float) -> StatBatch | None:
         """Count an arrival; returns the poke batch when the revision had no entry."""
         entry = self._entries.get(key)
         poke: StatBatch | None = None
@@ -66,7 +66,7 @@ class ConcurrencyReporter:
         entry.stats.req_in(now, False)
         return poke
 
-    def request_out(self, key: Key, now: float) -> None:
+    def request_out(self, key: RevisionKey, now: float) -> None:
         """Count a departure of a request whose ``request_in`` was counted."""
         entry = self._entries.get(key)
         if entry is None:
@@ -96,7 +96,7 @@ class ConcurrencyReporter:
                 del self._entries[key]
         return batch
 
-    def concurrency(self, key: Key) -> int:
+    def concurrency(self, key: RevisionKey) -> int:
         entry = self._entries.get(key)
         return entry.stats.concurrency if entry is not None else 0
 

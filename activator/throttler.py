@@ -34,17 +34,33 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from activator.capacity import MAX_CAPACITY, assign_slice, calculate_capacity
 from activator.lb_policy import InfiniteBreaker, Picker, PodTracker, policy_for
 from activator.model import Revision
-from proxy.breaker import Breaker
+from proxy.dataplane.breaker import Breaker
 from proxy.errors import QueueFull
 
-__all__ = ["Retired", "RevisionThrottler"]
+__all__ = ["Admission", "Retired", "RevisionThrottler"]
 
 T = TypeVar("T")
+
+
+class Admission(Protocol):
+    """What the request path may do with a revision's throttler: the request side only."""
+
+    async def try_(self, fn: Callable[[str], Awaitable[T]]) -> T:
+        """Run ``fn(dest)`` once a revision slot and a pod slot are held (waiting for them)."""
+        ...
+
+    def try_now(self) -> tuple[Callable[[], None], PodTracker] | None:
+        """Both slots at once, without waiting, or None; give them back with ``done``."""
+        ...
+
+    def done(self, release: Callable[[], None]) -> None:
+        """Give back what ``try_now`` took."""
+        ...
 
 
 class Retired(Exception):

@@ -13,9 +13,8 @@ Targets: ``engine`` (``proxy.passthrough``'s handler), ``queue-proxy`` (CC 0),
 ``queue-proxy-cc10`` (CC 10, never full), ``queue-proxy-queued`` (CC 1, every second request
 waits in the breaker queue and is granted from the event loop) and ``queue-proxy-pair`` (the
 same two requests and loop turn at CC 2, so nothing waits: the difference to
-``queue-proxy-queued`` is what queueing costs). The activator needs a routing
-snapshot with probed pods, so it is not driven here: count it on a real process (the same
-valgrind over ``hey`` traffic, as the benchmarks page shows).
+``queue-proxy-queued`` is what queueing costs) and ``activator`` (CC 0, one route's Host, one
+pod already healthy: routing, throttler and forwarding, no probing).
 
 ``--driver TARGET N`` (used under valgrind) serves N requests after a warm-up and exits;
 ``--check`` serves a few hundred requests without valgrind and fails if any answer is wrong or
@@ -39,20 +38,34 @@ from typing import Any, cast
 
 import uvloop
 
-from proxy.breaker import Breaker
-from proxy.client import UpstreamConnection, UpstreamPool
-from proxy.deadline import Deadline
-from proxy.drain import Drainer
+from activator.handler import ActivatorHandler, Snapshot
+from activator.metrics import ActivatorMetrics
+from activator.model import Revision, Route, RoutingConfig, TrafficTarget
+from activator.routing import RouteTable
+from activator.stats import ConcurrencyReporter
+from activator.throttler import RevisionThrottler
+from proxy.client import UpstreamConnection
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
+from proxy.dataplane.drain import Drainer
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
 from proxy.passthrough import Passthrough
+from proxy.pool import UpstreamPool
 from proxy.runner import settle_gc
-from proxy.stats import RequestStats
 from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.readiness import ReadinessProber
 
-TARGETS = ("engine", "queue-proxy", "queue-proxy-cc10", "queue-proxy-queued", "queue-proxy-pair")
+TARGETS = (
+    "engine",
+    "queue-proxy",
+    "queue-proxy-cc10",
+    "queue-proxy-queued",
+    "queue-proxy-pair",
+    "activator",
+)
 #: Requests of the two measured runs; their difference cancels start-up and warm-up.
 SMALL_N, LARGE_N = 1000, 6000
 WARM_UP = 500
@@ -62,12 +75,15 @@ REQUEST = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8012\r\nUser-Agent: hey/0.0.1\r\n"
     b"Content-Type: text/html\r\nAccept-Encoding: gzip\r\n\r\n"
 )
+#: The same request to the activator, for a route's host.
+ACTIVATOR_REQUEST = REQUEST.replace(b"127.0.0.1:8012", b"hello.default.localhost")
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 08:30:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
     b"hello world\n"
 )
 _UPSTREAM = ("127.0.0.1", 8080)
+_DEST = "127.0.0.1:8080"
 
 
 class _Wire:
@@ -103,8 +119,15 @@ class _Wire:
 class Rig:
     """One client connection and two pooled upstream connections around ``handler``."""
 
-    def __init__(self, handler: Handler, pool: UpstreamPool, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        handler: Handler,
+        pool: UpstreamPool,
+        loop: asyncio.AbstractEventLoop,
+        request: bytes = REQUEST,
+    ) -> None:
         self.pool = pool
+        self.request = request
         self.down: list[bytes] = []
         self.up: list[bytes] = []
         self.upstreams = [UpstreamConnection(pool, _UPSTREAM, loop) for _ in range(2)]
@@ -124,13 +147,13 @@ class Rig:
 
     async def one(self) -> None:
         """One request answered from the fast path, start to finish inside callbacks."""
-        self.clients[0].data_received(REQUEST)
+        self.clients[0].data_received(self.request)
         self._busy().data_received(RESPONSE)
 
     async def queued_pair(self) -> None:
         """Two requests with CC 1: the second waits for the first's slot."""
-        self.clients[0].data_received(REQUEST)
-        self.clients[1].data_received(REQUEST)
+        self.clients[0].data_received(self.request)
+        self.clients[1].data_received(self.request)
         self._busy().data_received(RESPONSE)
         await asyncio.sleep(0)  # the grant runs from the event loop
         self._busy().data_received(RESPONSE)
@@ -168,6 +191,20 @@ def _queue_proxy(pool: UpstreamPool, loop: asyncio.AbstractEventLoop, cc: int) -
     return QueueProxyHandler(state)
 
 
+def _activator(pool: UpstreamPool) -> Handler:
+    """The activator with one CC 0 revision routed by Host, its one pod already healthy."""
+    revision = Revision(name="hello-00001", namespace="default", endpoints=(_DEST,))
+    route = Route(name="hello", namespace="default", traffic=(TrafficTarget("hello-00001", 100),))
+    table = RouteTable.build(RoutingConfig(routes=(route,), revisions=(revision,)))
+    throttler = RevisionThrottler(revision, 100)
+    throttler.apply([_DEST])
+    handler = ActivatorHandler(
+        pool, ConcurrencyReporter("activator-0"), ActivatorMetrics("activator-0", False)
+    )
+    handler.snapshot = Snapshot(table, {revision.key: throttler})
+    return handler
+
+
 Step = Callable[[], Awaitable[None]]
 
 
@@ -184,9 +221,11 @@ def build(target: str, loop: asyncio.AbstractEventLoop) -> tuple[Rig, Step, int]
         handler = _queue_proxy(pool, loop, 1)
     elif target == "queue-proxy-pair":
         handler = _queue_proxy(pool, loop, 2)
+    elif target == "activator":
+        handler = _activator(pool)
     else:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    rig = Rig(handler, pool, loop)
+    rig = Rig(handler, pool, loop, ACTIVATOR_REQUEST if target == "activator" else REQUEST)
     if target in ("queue-proxy-queued", "queue-proxy-pair"):
         return rig, rig.queued_pair, 2
     return rig, rig.one, 1

@@ -1,4 +1,4 @@
-"""The upstream side of the engine: keep-alive connections and a pool per destination.
+"""The upstream side of the engine: one keep-alive connection to an upstream.
 
 Theory of operation
 -------------------
@@ -6,27 +6,28 @@ An ``UpstreamConnection`` carries one request at a time. The caller writes the r
 and body itself, and the connection pushes the parsed response into a ``ResponseSink``
 synchronously from llhttp's callbacks: the head (so the client sees it in the same loop
 iteration), each body chunk, then completion. Back-pressure goes the other way through
-``pause_reading``/``resume_reading``.
+``pause_reading``/``resume_reading``. Where the exchange is is one ``UpstreamState``
+(``proxy.states``), changed only by ``_to``; the outcome goes to one callback, once.
 
-A connection goes back to the pool only when the exchange ended cleanly: the whole response
-was read, the server did not ask to close, the whole request body was sent and nothing
-failed. Anything else closes it. The pool decides synchronously (reuse the most recently
-used idle connection, or dial), then does I/O.
+A connection goes back to its pool (``proxy.pool``) only when the exchange ended cleanly: the
+whole response was read, the server did not ask to close, the whole request body was sent
+and nothing failed. Anything else closes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
-from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
 from proxy.errors import BadGateway
 from proxy.headers import HOP_BY_HOP, HeaderList, cached_lower, connection_tokens, lower_name
+from proxy.states import UPSTREAM_TRANSITIONS, UpstreamState
+
+if TYPE_CHECKING:
+    from proxy.pool import UpstreamPool
 
 #: Response heads larger than this are treated as malformed (502).
 MAX_RESPONSE_HEAD = 65536
@@ -35,11 +36,6 @@ MAX_RESPONSE_HEAD = 65536
 #: side redoes (its own Content-Length or chunking).
 _OWN = HOP_BY_HOP | {b"content-length"}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
-
-# Dial retry on timeouts only (connection refused is final): start at 50 ms, grow 1.4x.
-_DIAL_FIRST_TIMEOUT = 0.05
-_DIAL_BACKOFF = 1.4
-_DIAL_STEPS = 15
 
 
 class ResponseSink(Protocol):
@@ -55,6 +51,14 @@ class ResponseSink(Protocol):
     def on_body(self, data: bytes) -> None: ...
     def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None: ...
     def flush(self) -> None: ...
+
+
+# Module names for the members: a global load per use instead of an attribute lookup.
+_IDLE, _WAITING, _INTERIM, _SWITCHING, _BODY, _TUNNEL = UpstreamState
+
+#: Whether ``UpstreamConnection._to`` refuses a transition the table does not allow: off in
+#: service like ``proxy.http1.CHECK_TRANSITIONS``, on in the tests.
+CHECK_TRANSITIONS = False
 
 
 class UpstreamClosed(BadGateway):
@@ -81,8 +85,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        #: Where the current exchange is (``proxy.states``); changed only by ``_to``.
+        self.state = _IDLE
         self._sink: ResponseSink | None = None
-        self._done: asyncio.Future[None] | None = None
         self._callback: Callable[[BaseException | None], None] | None = None
         #: A completed exchange's callback, called once llhttp has returned (see
         #: ``data_received``): never from inside a parser callback.
@@ -94,11 +99,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunk_len = 0
         self._trailer_size = 0
         self._is_head = False
-        self._interim = False
         self._until_close = False
-        self._got_head = False
-        self._tunnel: bool = False
-        self._switching = False
         self._on_tunnel_close: Callable[[], None] | None = None
         self._tunnel_flow: Callable[[bool], None] | None = None
         self._write_paused = False
@@ -112,36 +113,37 @@ class UpstreamConnection(asyncio.Protocol):
         self,
         sink: ResponseSink,
         is_head: bool,
-        callback: Callable[[BaseException | None], None] | None = None,
+        callback: Callable[[BaseException | None], None],
     ) -> None:
         """Prepare for the next response; must precede writing the request head.
 
-        The outcome is reported through ``done`` (a future) or, when ``callback`` is given,
-        by calling it once with None (complete) or the error, and no future is made.
+        The outcome is reported by calling ``callback`` once, with None (the response is
+        whole) or the error; never from inside a parser callback.
         """
         self._sink = sink
         self._callback = callback
-        self._done = None if callback is not None else self._loop.create_future()
         self._headers = []
         self._own = []
         self._head_read = 0
         self._trailer_size = 0
         self._is_head = is_head
-        self._interim = False
         self._until_close = False
-        self._got_head = False
         self.reusable = False
         self.body_bytes = 0
         self.requests += 1
+        self._to(_WAITING)
 
-    @property
-    def done(self) -> asyncio.Future[None]:
-        assert self._done is not None
-        return self._done
+    def _to(self, state: UpstreamState) -> None:
+        """The one place the exchange's state changes (``UPSTREAM_TRANSITIONS`` lists
+        what may follow what; the tests check it, as for the client side)."""
+        if CHECK_TRANSITIONS and state not in UPSTREAM_TRANSITIONS[self.state]:
+            raise RuntimeError(f"upstream state {self.state.name} cannot become {state.name}")
+        self.state = state
 
     @property
     def got_head(self) -> bool:
-        return self._got_head
+        """Whether the current (or last) response's head was passed on."""
+        return self.state >= _BODY
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -193,7 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         ``flow(paused)`` is told when writes to the upstream pause and resume, so the other
         side of the tunnel can stop reading.
         """
-        self._tunnel = True
+        self._to(_TUNNEL)
         self._sink = sink
         self._on_tunnel_close = on_close
         self._tunnel_flow = flow
@@ -217,10 +219,10 @@ class UpstreamConnection(asyncio.Protocol):
             on_close()
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(UpstreamClosed("upstream closed the connection"))
-        if self._pending():
-            if self._until_close and self._got_head:
+        if self._callback is not None:  # an outcome not reported yet
+            if self._until_close and self.state is _BODY:
                 self._resolve(None)
-            elif self._got_head:
+            elif self.state >= _BODY:
                 self._resolve(UpstreamClosed("upstream response truncated"))
             else:
                 reason = f": {exc}" if exc else ""
@@ -239,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self._tunnel:
+        if self.state is _TUNNEL:
             assert self._sink is not None
             self._sink.on_body(data)
             return
@@ -264,7 +266,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(BadGateway(f"malformed response from upstream: {exc}"))
         else:
-            if not self._got_head:
+            if _IDLE < self.state < _BODY:
                 # All of this read belongs to a head not yet complete: bound it, since
                 # llhttp would buffer an endless header line without limit.
                 self._head_read += len(data)
@@ -288,23 +290,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _upgraded(self, rest: bytes) -> None:
         sink = self._sink
-        self._switching = False
         if self._parser.get_status_code() != 101 or sink is None:
             self._fail(BadGateway("upstream switched protocols without a 101"))
             return
         upgrade = next((value for low, value in self._own if low == b"upgrade"), b"websocket")
         sink.on_upgrade(self._forwarded(), upgrade, rest)
-        if not self._tunnel:
+        if self.state is not _TUNNEL:
             # The sink refused: the request did not ask to upgrade, or was answered already.
             self._fail(BadGateway("upstream switched protocols unasked"))
             return
-        self._got_head = True
         self._resolve(None)
 
     # ----------------------------------------------------------- parser callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._got_head:
+        if self.state is _BODY:
             # A trailer field: counted against the same bound, then dropped (the client's
             # response head is already out).
             self._trailer_size += len(name) + len(value) + 4
@@ -343,7 +343,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         assert sink is not None
         if status < 200 and status != 101:
-            self._interim = True
+            self._to(_INTERIM)
             sink.on_informational(status, self._forwarded())
             self._headers = []
             self._own = []
@@ -351,10 +351,9 @@ class UpstreamConnection(asyncio.Protocol):
         if status == 101:
             # llhttp reports the message complete, then raises HttpParserUpgrade; both are
             # handled in ``_upgraded``.
-            self._switching = True
+            self._to(_SWITCHING)
             return
-        self._interim = False
-        self._got_head = True
+        self._to(_BODY)
         length: int | None = None
         chunked = False
         plain = True  # no Connection header names headers to drop
@@ -379,30 +378,28 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete(keep_alive=not self._until_close and self._keep_alive_header())
 
     def on_body(self, body: bytes) -> None:
-        if self._interim:
+        if self.state is _INTERIM:
             return
         self.body_bytes += len(body)
         assert self._sink is not None
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+        state = self.state
+        if state is _INTERIM:
+            self._to(_WAITING)
             return
-        if self._switching:
+        if state is _SWITCHING:
             return
         callback = self._callback
         if callback is not None:
-            # ``_complete`` inlined for the callback path, once per proxied response: the
-            # calls measured ~1.5 % of the engine's instructions.
+            # ``_complete`` inlined, once per proxied response: the calls measured ~1.5 % of
+            # the engine's instructions.
             self.reusable = not self.closed and self._parser.should_keep_alive()
             self._sink = None
             self._callback = None
             self._finished = callback
-            return
-        if not self._pending():
-            return
-        self._complete(keep_alive=self._parser.should_keep_alive())
+            self._to(_IDLE)
 
     def _keep_alive_header(self) -> bool:
         for low, value in self._own:
@@ -418,124 +415,11 @@ class UpstreamConnection(asyncio.Protocol):
         if callback is not None:
             self._callback = None
             self._finished = callback  # called by ``data_received`` once llhttp returns
-        else:
-            self._resolve(None)
-
-    def _pending(self) -> bool:
-        """Whether an exchange's outcome has not been reported yet."""
-        if self._callback is not None:
-            return True
-        return self._done is not None and not self._done.done()
+        self._to(_IDLE)
 
     def _resolve(self, error: BaseException | None) -> None:
-        """Report the exchange's outcome once, to the callback or the future."""
+        """Report the exchange's outcome once, to its callback."""
         callback = self._callback
         if callback is not None:
             self._callback = None
             callback(error)
-            return
-        fut = self._done
-        if fut is not None and not fut.done():
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
-                fut.exception()  # retrieved here: the caller may already have given up
-
-
-class UpstreamPool:
-    """Keep-alive connections per ``(host, port)``, at most ``max_idle_per_host`` idle each."""
-
-    def __init__(self, *, max_idle_per_host: int = 100, idle_timeout: float = 90.0) -> None:
-        if max_idle_per_host < 0:
-            raise ValueError("max_idle_per_host must be >= 0")
-        self.max_idle_per_host = max_idle_per_host
-        self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
-        self._closed = False
-
-    def __repr__(self) -> str:
-        idle = sum(len(q) for q in self._idle.values())
-        return f"UpstreamPool(hosts={len(self._idle)}, idle={idle})"
-
-    def idle_count(self, host: str, port: int) -> int:
-        return len(self._idle.get((host, port), ()))
-
-    async def acquire(self, host: str, port: int) -> UpstreamConnection:
-        """A connection to ``host:port``: the freshest idle one, or a new one."""
-        return self.take_idle(host, port) or await self.connect(host, port)
-
-    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
-        """The most recently used live idle connection to ``host:port``, if any."""
-        idle = self._idle.get((host, port))
-        if idle:
-            now = idle[-1].clock()
-            while idle:
-                conn = idle.pop()
-                if not conn.closed and now - conn.idle_since < self.idle_timeout:
-                    return conn
-                conn.close()
-        return None
-
-    async def connect(self, host: str, port: int) -> UpstreamConnection:
-        """Dial a new connection, retrying only dial timeouts with growing limits."""
-        loop = asyncio.get_running_loop()
-        key = (host, port)
-        timeout = _DIAL_FIRST_TIMEOUT
-        started = loop.time()
-        for step in range(_DIAL_STEPS):
-            try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamConnection(self, key, loop), host, port),
-                    timeout,
-                )
-            except TimeoutError:
-                if step == _DIAL_STEPS - 1:
-                    break
-                timeout *= _DIAL_BACKOFF * (1 + random.random() * 0.1)
-                await asyncio.sleep(0.03 * (1 + random.random() * 0.1))
-                continue
-            except ConnectionRefusedError:
-                raise BadGateway(f"dial tcp {host}:{port}: connect: connection refused") from None
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise BadGateway(f"dial tcp {host}:{port}: {reason.lower()}") from None
-            sock = proto.transport.get_extra_info("socket") if proto.transport else None
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return proto
-        elapsed = loop.time() - started
-        raise BadGateway(f"timed out dialing {host}:{port} after {elapsed:.2f}s")
-
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return ``conn`` after an exchange: kept if it ended cleanly, else closed."""
-        if not conn.reusable or conn.closed or self._closed:
-            conn.close()
-            return
-        idle = self._idle.get(conn.key)
-        if idle is None:  # not setdefault(): that would build a deque on every call
-            idle = self._idle[conn.key] = deque()
-        if len(idle) >= self.max_idle_per_host:
-            conn.close()
-            return
-        if conn.reading_paused:
-            # A slow client paused it during the last read of the response: an idle
-            # connection must read, or it would hang the next request and miss a FIN.
-            conn.resume_reading()
-        conn.idle_since = conn.clock()
-        idle.append(conn)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle is not None:
-            try:
-                idle.remove(conn)
-            except ValueError:
-                pass
-
-    def close(self) -> None:
-        self._closed = True
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
-        self._idle.clear()

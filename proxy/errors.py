@@ -78,9 +78,11 @@ class QueueFull(ServiceUnavailable):
         super().__init__(reason)
 
 
-class ShuttingDown(ServiceUnavailable):
-    def __init__(self, reason: str = "shutting down") -> None:
-        super().__init__(reason)
+class RequestTimeout(ProxyError):
+    """The client took too long to send a request head."""
+
+    status = 408
+    close = True
 
 
 class GatewayTimeout(ProxyError):

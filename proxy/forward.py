@@ -1,9 +1,15 @@
 """Reverse-proxying one exchange to one upstream: the part both components share.
 
-``forward`` builds the upstream request head (hop-by-hop headers stripped, ``X-Forwarded-For``
-appended, the component's header edits applied, framing chosen by us), streams the body with
-back-pressure, and pipes the response into the client exchange as llhttp parses it. It never
-retries a request that may have reached the upstream; the one exception is Go's: an
+``Forwarding`` is the one implementation: it writes the upstream request head
+(``proxy.request_head``), takes an idle pooled connection or dials one, streams the body with
+back-pressure, pipes the response into the client exchange as llhttp parses it, splices a
+101 into a tunnel, and reports the outcome once through a callback. A bodyless request on an
+idle connection runs with no task at all; dialing and body streaming run in tasks of its own.
+``Forwarding.finished`` is the one place that decides what a failure means: the body was cut
+(abort the client too), the client's body broke (its error), a replay, or a 502. ``forward``
+is the ``async`` form, a thin adapter that awaits the callback.
+
+It never retries a request that may have reached the upstream; the one exception is Go's: an
 idempotent request with no body whose reused keep-alive connection turned out to be dead
 before any response byte is sent once more on a fresh connection.
 """
@@ -11,140 +17,243 @@ before any response byte is sent once more on a fresh connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from proxy.client import UpstreamConnection, UpstreamPool
+from proxy.client import UpstreamConnection
 from proxy.errors import BadGateway, ProxyError
-from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
-from proxy.http1 import ClientDisconnected, Exchange
+from proxy.exchange import ClientDisconnected, Exchange, answer_error
+from proxy.headers import HeaderList
+from proxy.pool import UpstreamPool
+from proxy.request_head import NO_REWRITE, Rewrite, build_request_head
 
-# Headers the proxy writes itself on the upstream request.
-_NONE: frozenset[bytes] = frozenset()
-_REQUEST_OWN = frozenset({b"host", b"x-forwarded-for", b"content-length", b"expect"})
+__all__ = ["NO_REWRITE", "Forwarding", "OnDone", "Rewrite", "build_request_head", "forward"]
 
 
-@dataclass(frozen=True, slots=True)
-class Rewrite:
-    """A component's edits to the upstream request, beyond the engine's own.
+#: How a forwarding reports its end: ``on_done(ex, status)``, exactly once, never from inside
+#: a parser callback (so it may start another request at once, on the same connection too).
+OnDone = Callable[[Exchange, int], None]
 
-    ``remove`` holds lower-case names dropped from the client's request; ``set`` headers are
-    written after it (replacing any client value, as Knative's ingress overwrites). ``host``
-    replaces the Host header when given.
+
+def _no_callback(ex: Exchange, status: int) -> None:
+    """The ``on_done`` of a forwarding that overrides ``done`` or is awaited (``run``)."""
+
+
+class Forwarding:
+    """One exchange proxied to one upstream; the sink the upstream response flows into.
+
+    ``Forwarding(ex, pool, host, port, rewrite, on_done).start(conn)`` proxies ``ex`` to
+    ``host:port``; ``done(status)`` reports the end, exactly once: it calls
+    ``on_done(ex, status)``, or a subclass overrides it (a component's per-request state
+    can be its forwarding: one object per request), or ``run`` awaits it. ``conn`` is an idle
+    connection the caller took from ``pool`` (``take_idle``); with None one is dialed. By
+    the time ``on_done`` runs the client has its answer: the upstream's response, the error
+    that ended the exchange (502 when the upstream failed before a response head, the
+    client body's own error), or a cut connection when the response had started. The
+    caller then calls ``ex.complete()`` (callback owners) or returns (task owners).
+    ``ex.cancel()`` stops it. ``forward`` is the same, awaited.
+
+    Its life: connect (the connection handed in, or a dial in a task), send the head (and
+    the body from a task), stream the response, maybe tunnel, then ``finished`` decides.
     """
 
-    remove: frozenset[bytes] = frozenset()
-    set: tuple[Header, ...] = ()
-    host: bytes | None = None
-    #: Every lower-case name ``build_request_head`` skips, computed once per rewrite.
-    skip: frozenset[bytes] = field(init=False, repr=False, compare=False)
-    #: ``skip`` but Host: a request with none of these names is copied as it came.
-    edits: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    __slots__ = (
+        "cancelled",
+        "conn",
+        "error",
+        "ex",
+        "host",
+        "on_done",
+        "pool",
+        "port",
+        "rewrite",
+        "task",
+        "tunnel",
+        "waiter",
+    )
 
-    def __post_init__(self) -> None:
-        names = frozenset(name.lower() for name, _ in self.set)
-        skip, edits = _skip_sets(self.remove, names)
-        object.__setattr__(self, "skip", skip)
-        object.__setattr__(self, "edits", edits)
-
-
-@functools.lru_cache(maxsize=256)
-def _skip_sets(
-    remove: frozenset[bytes], set_names: frozenset[bytes]
-) -> tuple[frozenset[bytes], frozenset[bytes]]:
-    # Components build a Rewrite per request when a header value varies (K-Original-Host);
-    # the names to skip do not vary, so the union is made once per combination.
-    skip = HOP_BY_HOP | remove | set_names | _REQUEST_OWN
-    return skip, skip - {b"host"}
-
-
-NO_REWRITE = Rewrite()
-
-
-_ABSOLUTE = (b"http://", b"https:/")
-
-
-def _origin_form(target: bytes) -> tuple[bytes, bytes]:
-    """An absolute-form target as (origin-form target, authority), as Go's server reads it.
-
-    RFC 9112 section 3.2.2: the target's authority replaces the Host header, and the app
-    gets the origin form (``http://a.example/p?q`` becomes ``/p?q`` with Host ``a.example``).
-    """
-    rest = target.split(b"//", 1)[1]
-    end = len(rest)
-    for sep in (b"/", b"?"):
-        at = rest.find(sep)
-        if 0 <= at < end:
-            end = at
-    authority, path = rest[:end], rest[end:]
-    return (path if path[:1] == b"/" else b"/" + path), authority
-
-
-def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
-    """The upstream request head for ``ex`` (HTTP/1.1)."""
-    headers = ex.headers
-    names = ex.names
-    host = rewrite.host
-    target = ex.target
-    if target[:1] != b"/" and target[:7].lower() in _ABSOLUTE:
-        target, authority = _origin_form(target)
-        if host is None:
-            host = authority
-    xff: list[bytes] = []
-    if host is None and rewrite.edits.isdisjoint(names) and b"host" in names:
-        # Nothing to drop or replace (the common case): the client's fields go as they
-        # came, Host in its place, joined in C rather than a Python loop per header.
-        head = b"\r\n".join(map(b": ".join, headers))
-        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n", head, b"\r\n"]
-    else:
-        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
-        skip = rewrite.skip
-        # Fields the client names in Connection are gone before the proxy adds its own: a
-        # named X-Forwarded-For must not survive as the prefix of the one appended below.
-        named = connection_tokens(headers) if b"connection" in names else _NONE
-        if named:
-            skip = skip | named
-        # Indexed, not zip(): zip(strict=True) costs ~50 ns per header here.
-        for i, low in enumerate(names):
-            name, value = headers[i]
-            if low in skip:
-                if low == b"host":
-                    if host is None:
-                        host = value
-                elif low == b"x-forwarded-for" and low not in named:
-                    xff.append(value)
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        parts += (b"Host: ", host if host is not None else default_host, b"\r\n")
-    for name, value in rewrite.set:
-        parts += (name, b": ", value, b"\r\n")
-    if ex.peer:
-        xff.append(ex.peer.encode())
-    if xff:
-        parts += (b"X-Forwarded-For: ", b", ".join(xff), b"\r\n")
-    if ex.chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif ex.content_length is not None:
-        parts.append(b"Content-Length: %d\r\n" % ex.content_length)
-    if ex.upgrade:
-        upgrade = ex.header(b"upgrade")
-        if upgrade is not None:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-class _Pipe:
-    """Sink that writes the upstream response straight into the client exchange."""
-
-    __slots__ = ("conn", "ex", "tunnel_done")
-
-    def __init__(self, ex: Exchange, conn: UpstreamConnection) -> None:
+    def __init__(
+        self,
+        ex: Exchange,
+        pool: UpstreamPool,
+        host: str,
+        port: int,
+        rewrite: Rewrite,
+        on_done: OnDone = _no_callback,
+    ) -> None:
         self.ex = ex
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.on_done = on_done
+        self.rewrite = rewrite
+        self.conn: UpstreamConnection | None = None
+        #: The dial (while ``conn`` is None), then the request body's pump, if any.
+        self.task: asyncio.Task[None] | None = None
+        #: Set once a 101 switched to a tunnel; the outcome is reported when it closes.
+        self.tunnel = False
+        self.cancelled = False
+        #: What ``run`` awaits; None for a forwarding reporting through ``done``.
+        self.waiter: asyncio.Future[int] | None = None
+        # ``error`` (what ended the exchange early, answered already; ``forward`` raises
+        # it again) is set only then: one store less per request.
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, conn: UpstreamConnection | None) -> None:
+        """Send on ``conn`` (an idle pooled one or one just dialed), else dial one now."""
+        ex = self.ex
+        ex.dispatched = True
+        ex.canceller = self.cancel
+        if conn is None:
+            self.task = ex.conn.ctx.loop.create_task(self._dial())
+            return
         self.conn = conn
-        self.tunnel_done: asyncio.Future[None] | None = None
+        conn.begin(self, ex.method == b"HEAD", self.finished)
+        ex.conn.flow_listener = self
+        conn.write(build_request_head(ex, self.rewrite, conn.authority))
+        if ex.chunked or ex.content_length:
+            self.task = pump = ex.conn.ctx.loop.create_task(_send_body(ex, conn))
+            pump.add_done_callback(_retrieved)
+
+    async def _dial(self) -> None:
+        try:
+            conn = await self.pool.connect(self.host, self.port)
+        except (Exception, asyncio.CancelledError) as exc:
+            self.task = None
+            self._end(exc)
+            return
+        self.task = None
+        if self.cancelled:
+            conn.close()
+            self._end(None)
+            return
+        self.start(conn)
+
+    def cancel(self) -> None:
+        """The exchange was answered or abandoned elsewhere (timeout, client gone): stop.
+        The outcome is still reported, once the upstream connection is let go."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self.conn is None:
+            if self.task is not None:
+                self.task.cancel()  # the dial
+        else:
+            self.conn.abort()
+
+    def finished(self, error: BaseException | None) -> None:
+        """The upstream exchange is over (None: the response is whole): the one place that
+        decides what the client gets."""
+        ex = self.ex
+        conn = self.conn
+        assert conn is not None
+        pump = self.task
+        failure = None  # what broke the client's body, if it did
+        if pump is not None:
+            if not pump.done():
+                # The upstream answered before taking the whole body (or we are giving
+                # up): neither connection can carry another request.
+                pump.cancel()
+                conn.reusable = False
+                ex.close_after = True
+            elif pump.cancelled():
+                conn.reusable = False
+            else:
+                failure = pump.exception()
+                if failure is not None:
+                    conn.reusable = False
+        if error is None:
+            if self.tunnel:
+                return  # reported when the tunnel closes (``_tunnel_closed``)
+            # ``_release`` inlined: this is every proxied response's way out (and nothing
+            # else can have become the client connection's flow listener yet).
+            ex.conn.flow_listener = None
+            ex.canceller = None
+            self.pool.release(conn)
+            ex.end()
+            if self.waiter is None:
+                self.done(ex.status)
+            else:
+                self._report(ex.status)
+            return
+        self._release(conn)
+        if self.cancelled:
+            self._report(ex.status if ex.response_started else 500)
+        elif conn.got_head:
+            # Headers went out: the body is cut, so cut the client too. Reported first: the
+            # cut closes the client connection, whose loss would otherwise reach a waiting
+            # ``forward`` as a cancellation before this outcome does.
+            self._report(ex.status)
+            ex.abort()
+        elif isinstance(failure, ProxyError | ClientDisconnected):
+            self._end(failure)  # the client's body broke: too large, malformed, gone
+        elif conn.requests > 1 and pump is None and not ex.response_started and _replayable(ex):
+            # A reused keep-alive connection that died before answering: the request most
+            # likely never reached the application; one fresh try of an idempotent request
+            # is safe (Go's ``Request.isReplayable``).
+            self.conn = self.task = None
+            self.start(None)
+        else:
+            self._end(error if isinstance(error, ProxyError) else BadGateway(str(error)))
+
+    def _release(self, conn: UpstreamConnection) -> None:
+        ex = self.ex
+        if ex.conn.flow_listener is self:
+            ex.conn.flow_listener = None
+        ex.canceller = None
+        self.pool.release(conn)
+
+    def _end(self, error: BaseException | None) -> None:
+        """Answer what ended the exchange early (unless cancelled), then report."""
+        ex = self.ex
+        ex.canceller = None
+        status = ex.status if ex.response_started else 500
+        if error is not None and not self.cancelled:
+            self.error = error
+            answer_error(ex, error)
+            if isinstance(error, ProxyError):
+                status = error.status
+        self._report(status)
+
+    def _report(self, status: int) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            self.done(status)
+        elif not waiter.done():
+            waiter.set_result(status)
+
+    def done(self, status: int) -> None:
+        """The exchange is over, its answer given: ``on_done(ex, status)``, unless a
+        subclass says otherwise. Called once, from an event-loop callback."""
+        self.on_done(self.ex, status)
+
+    async def run(self, conn: UpstreamConnection | None) -> int:
+        """``start(conn)``, then wait for the end: the ``async`` form. Returns the final
+        status, or raises the error that ended the exchange early (answered already);
+        cancelling the caller cancels the forwarding."""
+        waiter: asyncio.Future[int] = self.ex.conn.ctx.loop.create_future()
+        self.waiter = waiter
+        self.start(conn)
+        try:
+            status = await waiter
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        error: BaseException | None = getattr(self, "error", None)
+        if error is not None:
+            raise error
+        return status
+
+    def _tunnel_closed(self) -> None:
+        if self.tunnel:
+            self.tunnel = False
+            conn = self.conn
+            assert conn is not None
+            conn.close()
+            self._release(conn)
+            self._report(101)
+
+    # ------------------------------------------------------------- response sink
 
     def on_informational(self, status: int, headers: HeaderList) -> None:
         if status != 100:  # our own 100 Continue is the engine's business
@@ -156,10 +265,12 @@ class _Pipe:
         self.ex.start_response(status, headers, content_length)
 
     def flow(self, paused: bool) -> None:
-        if paused:
-            self.conn.pause_reading()
-        else:
-            self.conn.resume_reading()
+        conn = self.conn
+        if conn is not None:
+            if paused:
+                conn.pause_reading()
+            else:
+                conn.resume_reading()
 
     def flush(self) -> None:
         self.ex.flush()
@@ -168,24 +279,22 @@ class _Pipe:
         ex = self.ex
         ex.write(data)
         if ex.write_paused:
-            self.conn.pause_reading()
+            conn = self.conn
+            assert conn is not None
+            conn.pause_reading()
 
     def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
         ex = self.ex
         conn = self.conn
+        assert conn is not None
         if not ex.upgrade or ex.response_done:
             conn.abort()
             return
-        loop = asyncio.get_running_loop()
-        self.tunnel_done = done = loop.create_future()
-
-        def finish() -> None:
-            if not done.done():
-                done.set_result(None)
-
+        self.tunnel = True
+        finish = self._tunnel_closed
         out = [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
         to_client = ex.start_tunnel(out, conn.write, finish, conn.write_eof)
-        proto = ex._proto
+        proto = ex.conn
 
         def client_flow(paused: bool) -> None:
             # The upstream is not taking bytes as fast as the client sends them.
@@ -197,6 +306,13 @@ class _Pipe:
         conn.enter_tunnel(_TunnelSink(to_client, ex, conn, finish), finish, client_flow)
         if rest:
             to_client(rest)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    # A body pump's failure is read by ``Forwarding.finished``; when the exchange ended
+    # without looking (a cancel), it is read here so asyncio does not report it as lost.
+    if not task.cancelled():
+        task.exception()
 
 
 class _TunnelSink:
@@ -243,176 +359,16 @@ async def forward(
     *,
     fresh: bool = False,
 ) -> int:
-    """Proxy ``ex`` to ``host:port`` and stream the answer back. Returns the final status.
+    """``Forwarding`` awaited: proxy ``ex`` to ``host:port``; returns the final status.
 
-    Raises ``BadGateway`` (502) when the upstream fails before a response head arrived; after
-    that a failure aborts the client connection instead, since a status was already sent.
-    With ``fresh`` a new connection is dialed instead of reusing an idle one.
+    Raises the error that ended the exchange early (already answered: a 502 ``BadGateway``
+    when the upstream failed before a response head, the body's own error), so a caller's
+    accounting sees it; a failure after the head cut the client instead, and returns. With
+    ``fresh`` a new connection is dialed instead of reusing an idle one. Cancelling the
+    caller cancels the forwarding.
     """
-    head = build_request_head(ex, rewrite, f"{host}:{port}".encode())
-    ex.dispatched = True
-    conn = None if fresh else pool.take_idle(host, port)
-    reused = conn is not None
-    if conn is None:
-        conn = await pool.connect(host, port)
-    proto = ex._proto
-    try:
-        while True:
-            pipe = _Pipe(ex, conn)
-            conn.begin(pipe, ex.method == b"HEAD")
-            proto.flow_listener = pipe
-            conn.write(head)
-            pump = (
-                asyncio.get_running_loop().create_task(_send_body(ex, conn))
-                if ex.has_body
-                else None
-            )
-            try:
-                await conn.done
-            except BadGateway:
-                if conn.got_head:
-                    # Headers already went out: the body is cut, so cut the client too.
-                    ex.abort()
-                    return ex.status
-                if pump is not None and pump.done() and not pump.cancelled():
-                    failure = pump.exception()
-                    if isinstance(failure, ProxyError | ClientDisconnected):
-                        raise failure from None
-                if reused and pump is None and not ex.response_started and _replayable(ex):
-                    # A reused keep-alive connection that died before answering: the
-                    # request most likely never reached the application; one fresh try of
-                    # an idempotent request is safe (Go's ``Request.isReplayable``).
-                    conn.close()
-                    conn = await pool.connect(host, port)
-                    reused = False
-                    continue
-                raise
-            finally:
-                if pump is not None and not pump.done():
-                    # The upstream answered before taking the whole body (or we are
-                    # giving up): neither connection can carry another request.
-                    pump.cancel()
-                    conn.reusable = False
-                    ex.close_after = True
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await pump
-            if pipe.tunnel_done is not None:
-                await pipe.tunnel_done
-                conn.close()
-                return 101
-            if pump is not None and (pump.cancelled() or pump.exception() is not None):
-                conn.reusable = False
-            ex.end()
-            return ex.status
-    finally:
-        proto.flow_listener = None
-        pool.release(conn)
-
-
-class _FastForward(_Pipe):
-    """One bodyless exchange forwarded with callbacks only: no task, no future.
-
-    Created by ``forward_fast``; reports the outcome once through ``on_done(ex, status)``.
-    """
-
-    __slots__ = ("cancelled", "head", "host", "on_done", "pool", "port", "rewrite")
-
-    def __init__(
-        self,
-        ex: Exchange,
-        conn: UpstreamConnection,
-        pool: UpstreamPool,
-        rewrite: Rewrite,
-        on_done: Callable[[Exchange, int], None],
-    ) -> None:
-        self.ex = ex
-        self.conn = conn
-        self.tunnel_done = None
-        self.pool = pool
-        self.rewrite = rewrite
-        self.on_done = on_done
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        """The exchange was answered or abandoned elsewhere (timeout, client gone)."""
-        self.cancelled = True
-        self.conn.abort()
-
-    def finished(self, error: BaseException | None) -> None:
-        ex = self.ex
-        conn = self.conn
-        ex._proto.flow_listener = None
-        ex.canceller = None
-        self.pool.release(conn)
-        if error is None:
-            ex.end()
-        elif self.cancelled:
-            pass
-        elif conn.got_head:
-            ex.abort()  # headers went out: the body is cut, so cut the client too
-        elif not ex.response_started:
-            if _replayable(ex):
-                # A pooled keep-alive connection that died before answering: for a request
-                # that may be sent twice, one fresh try (Go's rule). Dialing needs a task.
-                ex.task = asyncio.get_running_loop().create_task(self._retry())
-                return
-            ex.fail(error if isinstance(error, ProxyError) else BadGateway(str(error)))
-        self.on_done(ex, ex.status if ex.response_started else 500)
-
-    async def _retry(self) -> None:
-        host, port = self.conn.key
-        await forward_reporting(ex=self.ex, pool=self.pool, host=host, port=port,
-                                rewrite=self.rewrite, on_done=self.on_done, fresh=True)  # fmt: skip
-
-
-async def forward_reporting(
-    ex: Exchange,
-    pool: UpstreamPool,
-    host: str,
-    port: int,
-    rewrite: Rewrite,
-    on_done: Callable[[Exchange, int], None],
-    *,
-    fresh: bool = False,
-) -> None:
-    """``forward`` in a task of the caller's, ending like ``forward_fast``: errors answered
-    here, and ``on_done(ex, status)`` called exactly once whatever happens."""
-    status = 500
-    try:
-        status = await forward(ex, pool, host, port, rewrite, fresh=fresh)
-    except ProxyError as error:
-        ex.fail(error)
-        status = error.status
-    except (asyncio.CancelledError, ClientDisconnected):
-        if not ex.response_done:
-            ex.abort()
-    finally:
-        on_done(ex, status)
-
-
-def forward_fast(
-    ex: Exchange,
-    pool: UpstreamPool,
-    conn: UpstreamConnection,
-    rewrite: Rewrite,
-    on_done: Callable[[Exchange, int], None],
-) -> None:
-    """Forward a bodyless, non-upgrade ``ex`` on the idle pooled ``conn``, without a task.
-
-    The caller checked ``ex`` (no body, no upgrade) and took ``conn`` from
-    ``pool.take_idle``. ``on_done(ex, status)`` is called exactly once, from a later
-    event-loop callback, when the exchange is over: answered in full, answered with an error
-    (502), or cut. It is never called inside a parser callback, so it may start another
-    request at once, on ``conn`` too (back in the pool by then). The caller then calls
-    ``ex.complete()``. ``ex.cancel()`` stops it.
-    """
-    head = build_request_head(ex, rewrite, conn.authority)
-    ex.dispatched = True
-    fast = _FastForward(ex, conn, pool, rewrite, on_done)
-    conn.begin(fast, ex.method == b"HEAD", fast.finished)
-    ex._proto.flow_listener = fast
-    ex.canceller = fast.cancel
-    conn.write(head)
+    forwarding = Forwarding(ex, pool, host, port, rewrite)
+    return await forwarding.run(None if fresh else pool.take_idle(host, port))
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})

@@ -7,7 +7,7 @@ on the hot path beyond one ``lower()`` of each name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 Header = tuple[bytes, bytes]
 HeaderList = list[Header]
@@ -59,18 +59,6 @@ def lower_name(name: bytes) -> bytes:
     return low
 
 
-def get(headers: Sequence[Header], name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case), or None."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def get_all(headers: Sequence[Header], name: bytes) -> list[bytes]:
-    return [value for key, value in headers if key.lower() == name]
-
-
 def connection_tokens(headers: Sequence[Header]) -> set[bytes]:
     """Lower-case tokens of every ``Connection`` header (``close``, ``upgrade``, names...)."""
     tokens: set[bytes] = set()
@@ -81,12 +69,3 @@ def connection_tokens(headers: Sequence[Header]) -> set[bytes]:
                 if token:
                     tokens.add(token)
     return tokens
-
-
-def encode_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
-    """Serialise a message head: the first line, each header, and the blank line."""
-    parts = [first_line, b"\r\n"]
-    for key, value in headers:
-        parts += (key, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)

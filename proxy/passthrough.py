@@ -11,9 +11,9 @@ import asyncio
 import signal
 import sys
 
-from proxy.client import UpstreamPool
-from proxy.forward import NO_REWRITE, forward, forward_fast
+from proxy.forward import NO_REWRITE, Forwarding, forward
 from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
 
@@ -26,7 +26,7 @@ def _address(text: str) -> tuple[str, int]:
 
 
 class Passthrough:
-    """Forward every request to one upstream; bodyless ones on the callback fast path."""
+    """Forward every request to one upstream, from the engine's callbacks (no task)."""
 
     def __init__(self, pool: UpstreamPool, host: str, port: int) -> None:
         self.pool = pool
@@ -37,12 +37,10 @@ class Passthrough:
         await forward(ex, self.pool, self.host, self.port)
 
     def fast(self, ex: Exchange) -> bool:
-        if ex.has_body or ex.upgrade:
-            return False
-        conn = self.pool.take_idle(self.host, self.port)
-        if conn is None:
-            return False
-        forward_fast(ex, self.pool, conn, NO_REWRITE, _complete)
+        pool = self.pool
+        host = self.host
+        port = self.port
+        Forwarding(ex, pool, host, port, NO_REWRITE, _complete).start(pool.take_idle(host, port))
         return True
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -19,11 +18,6 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         return await main()
 
     return uvloop.run(wrapper())
-
-
-def install_uvloop() -> None:
-    """Make new event loops uvloop ones (for code that creates its own loop)."""
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def settle_gc() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from proxy.prober import ProbeError
+from proxy.dataplane.prober import ProbeError
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 METHOD_PATH = b"/grpc.health.v1.Health/Check"

@@ -14,7 +14,11 @@ The handler chain is composed here, once, in execution order (knative-dataplane.
    the queue is full;
 7. app metrics, then the reverse proxy to the user container.
 
-Headers the chain needs are read in one pass over the request's header list.
+Headers the chain needs are read in one pass over the request's header list. Steps 2-6 and
+the end-of-request accounting are written once, in ``begin`` and ``finish``: the task-free
+path (``fast``: admission through ``Breaker.take``, forwarding with callbacks) and the task
+path (``__call__``: ``await breaker.acquire()``, then the same forwarding awaited) both go
+through them. A request is one ``_Request``: its state and its ``Forwarding`` in one object.
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.breaker import Breaker
-from proxy.client import UpstreamPool
-from proxy.deadline import Deadline
-from proxy.drain import Drainer
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
+from proxy.dataplane.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
-from proxy.forward import Rewrite, forward, forward_fast, forward_reporting
+from proxy.exchange import Exchange
+from proxy.forward import Forwarding, Rewrite
 from proxy.headers import Header, connection_tokens
-from proxy.http1 import Exchange
-from proxy.stats import RequestStats
+from proxy.pool import UpstreamPool
 from queueproxy.forwarded import forwarded_value
 from queueproxy.metrics import RequestMetrics, route_tag
 from queueproxy.metrics_otel import OtelRequestMetrics
@@ -109,21 +113,133 @@ class QueueProxyState:
     kubelet_header_probes: bool = True
 
 
+class _Request(Forwarding):
+    """One proxied request in the queue-proxy, from ``begin`` to ``finish``: its state, and
+    its forwarding to the user container (one object per request).
+
+    Made as a ``Forwarding`` to the user container; ``QueueProxyHandler.begin`` sets the rest
+    (no ``__init__`` of its own: a second Python frame per request, measured):
+    ``handler``; ``h``, the headers the chain looks at (``_scan``) by lower-case name;
+    ``proxied``, sent by the activator (``K-Proxy-Request``, counted apart in the stats);
+    ``app_started``, when it entered the app (its arrival is ``ex.started_at``); and
+    ``holds_slot``, whether it holds a breaker slot (``finish`` gives it back).
+    """
+
+    __slots__ = ("app_started", "h", "handler", "holds_slot", "proxied")
+
+    handler: QueueProxyHandler
+    h: dict[bytes, bytes]
+    proxied: bool
+    app_started: float
+    holds_slot: bool
+
+    #: A ``K-Network-Probe`` other than ``probe``: served, but not measured (``_Probe``).
+    is_probe = False
+    #: Counted in the stats and held to the breaker (not a kubelet probe: ``_Kubelet``).
+    counted = True
+
+    def done(self, status: int) -> None:
+        """Forwarded from callbacks: account for the request, then free the exchange."""
+        self.handler.finish(self, status)
+        self.ex.complete()
+
+
+class _Probe(_Request):
+    """A request with a ``K-Network-Probe`` header other than ``probe``."""
+
+    __slots__ = ()
+    is_probe = True
+
+
+class _Kubelet(_Probe):
+    """A ``K-Kubelet-Probe`` that is no health check (v1.23.0 without the kube-probe
+    User-Agent): served past the breaker and the stats, as Go's ``queue.ProxyHandler``."""
+
+    __slots__ = ()
+    counted = False
+
+
 class QueueProxyHandler:
-    """``await handler(ex)`` serves one exchange on the serving port."""
+    """``await handler(ex)`` serves one exchange on the serving port; ``fast(ex)`` first
+    offers to serve it from callbacks (see ``proxy.http1``)."""
 
     def __init__(self, state: QueueProxyState) -> None:
         self.s = state
         self._loop = asyncio.get_running_loop()
-        # Bound once: a queued request then costs no closure (``Breaker.enqueue``).
+        # Bound once: a request then costs no bound method for these (``Breaker.take``).
         self._on_grant = self._granted
         self._on_leave = self._leave_queue
 
+    # ------------------------------------------------------------ the one chain
+
+    def begin(self, req: _Request, h: dict[bytes, bytes], proxied: bool, slot: bool) -> None:
+        """Steps 2-5 on entry: drain timer, stats "in" (before the breaker, so queued time
+        counts as concurrency), the timeouts; with ``slot``, the breaker slot is already
+        held (``_entered_app``). ``req`` gets the rest of its state here."""
+        s = self.s
+        ex = req.ex
+        req.handler = self
+        req.h = h
+        req.proxied = proxied
+        req.app_started = ex.started_at
+        req.holds_slot = False
+        if s.drainer.draining:
+            s.drainer.on_request()
+        if req.counted:
+            s.stats.req_in(ex.started_at, proxied)
+        s.deadline.watch(ex)
+        if slot and s.breaker is not None:
+            self._entered_app(req, s.breaker)
+
+    def _entered_app(self, req: _Request, breaker: Breaker) -> None:
+        """Step 7 on entry: ``req`` holds a slot of ``breaker`` now."""
+        req.holds_slot = True
+        metrics = self.s.metrics
+        if metrics is not None:
+            metrics.set_queue_depth(breaker.in_flight)
+
+    def finish(self, req: _Request, app_status: int | None) -> None:
+        """Everything that ends a request, in reverse order: the breaker slot, stats "out",
+        the timeouts, metrics (``app_status`` None: it never reached the app), the log."""
+        s = self.s
+        ex = req.ex
+        now = self._loop.time()
+        started = ex.started_at
+        if req.holds_slot:
+            req.holds_slot = False
+            assert s.breaker is not None
+            # A queued request is granted the freed slot from the loop, with the others this
+            # loop iteration frees: their upstream requests then leave together, and the
+            # user container wakes once for several of them (granting each one here, at
+            # once, measured three times as many backend wakeups and more CPU on both sides).
+            s.breaker.release()
+        if req.counted:
+            s.stats.req_out(now, req.proxied)
+        s.deadline.forget(ex)
+        metrics = s.metrics
+        if metrics is not None and not req.is_probe:
+            final = ex.status if ex.response_started else 500
+            h = req.h
+            if app_status is None:
+                metrics.record_request(final, now - started, _tag(h))
+            elif final == app_status:
+                tag = "DISABLED" if _TAG_HEADERS.isdisjoint(h) else _tag(h)  # no call, mostly
+                metrics.record_both(final, now - started, tag, now - req.app_started)
+            else:
+                metrics.record_app_request(app_status, now - req.app_started)
+                metrics.record_request(final, now - started, _tag(h))
+        if s.request_log is not None and (not req.is_probe or s.log_probes):
+            self._log(ex, req.h, started, now)
+
+    # ------------------------------------------------------- task-free path
+
     def fast(self, ex: Exchange) -> bool:
-        """The task-free path: a plain bodyless request when a slot and a connection are free.
+        """The task-free path: a plain bodyless request when a breaker place (a slot, or a
+        place in its queue) and, for a slot, an idle upstream connection are free.
 
         Everything else (probes, bodies, upgrades, a full breaker, no idle upstream
-        connection, request logging) returns False and takes ``__call__`` in a task.
+        connection, request logging) returns False, having changed nothing, and takes
+        ``__call__`` in a task.
         """
         s = self.s
         if ex.chunked or ex.content_length or ex.upgrade or s.request_log is not None:
@@ -138,25 +254,24 @@ class QueueProxyHandler:
             ):
                 return False
             h = _PLAIN
-            rewrite = _REWRITE
             proxied = False
+            req = _Request(ex, s.pool, s.user_host, s.user_port, _REWRITE)
         else:
             h = _scan(ex)
-            ex.user = h  # reused by ``__call__`` if this path declines
             if (
                 b"k-network-probe" in h
                 or b"k-kubelet-probe" in h
                 or h.get(b"user-agent", b"").startswith(_PROBE_UA_PREFIXES)
             ):
                 return False
-            rewrite = _rewrite(ex, h)
             proxied = h.get(b"k-proxy-request") == b"activator"
+            req = _Request(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, h))
         pool = s.pool
         breaker = s.breaker
         ticket = None
         if breaker is not None:
             try:
-                ticket = breaker.take(self._on_grant, ex, self._on_leave)
+                ticket = breaker.take(self._on_grant, req, self._on_leave)
             except QueueFull:
                 return False  # the task path answers 503 and counts it
         conn = None
@@ -166,81 +281,37 @@ class QueueProxyHandler:
                 if breaker is not None:
                     breaker.release()
                 return False
-        if s.drainer.draining:
-            s.drainer.on_request()
-        started = ex.started_at
-        s.stats.req_in(started, proxied)
-        s.deadline.watch(ex)
-        # [headers, arrival, proxied, app start, rewrite]: a queued request's app time
-        # starts at its grant, which sets the app start.
-        ex.user = [h, started, proxied, started, rewrite]
         if ticket is not None:
             # Waiting in the breaker's queue as a callback, not a task (knative §1.5: the
-            # stats above count the queued time as concurrency).
+            # stats in ``begin`` count the queued time as concurrency).
+            self.begin(req, h, proxied, False)
             ex.canceller = ticket.leave
             return True
-        assert conn is not None
-        if s.metrics is not None and breaker is not None:
-            s.metrics.set_queue_depth(breaker.in_flight)
-        forward_fast(ex, pool, conn, rewrite, self._fast_done)
+        self.begin(req, h, proxied, True)
+        req.start(conn)
         return True
 
-    def _granted(self, ex: Exchange) -> None:
+    def _granted(self, req: _Request) -> None:
         """A queued request got its breaker slot: forward it now."""
         s = self.s
-        user = ex.user
-        user[3] = self._loop.time()
-        if s.metrics is not None and s.breaker is not None:
-            s.metrics.set_queue_depth(s.breaker.in_flight)
-        rewrite = user[4]
-        conn = s.pool.take_idle(s.user_host, s.user_port)
-        if conn is None:
-            # No idle upstream connection: dialing needs a task.
-            ex.canceller = None
-            ex.task = self._loop.create_task(
-                forward_reporting(ex, s.pool, s.user_host, s.user_port, rewrite, self._fast_done)
-            )
-            return
-        forward_fast(ex, s.pool, conn, rewrite, self._fast_done)
+        ex = req.ex
+        ex.canceller = None
+        req.app_started = self._loop.time()
+        assert s.breaker is not None
+        self._entered_app(req, s.breaker)
+        req.start(s.pool.take_idle(s.user_host, s.user_port))  # none: it dials
 
-    def _leave_queue(self, ex: Exchange) -> None:
+    def _leave_queue(self, req: _Request) -> None:
         """A queued request's client left or its timeout answered (its ticket has given
         back its place)."""
-        h, started, proxied, _, _ = ex.user
-        now = self._loop.time()
-        self.s.stats.req_out(now, proxied)
-        self.s.deadline.forget(ex)
-        if self.s.metrics is not None:
-            final = ex.status if ex.response_started else 500
-            self.s.metrics.record_request(final, now - started, _tag(h))
-        ex.complete()
+        self.finish(req, None)
+        req.ex.complete()
 
-    def _fast_done(self, ex: Exchange, status: int) -> None:
-        s = self.s
-        h, started, proxied, app_started, _ = ex.user
-        now = self._loop.time()
-        if s.breaker is not None:
-            # The next queued request is granted from the loop, with the others this loop
-            # iteration frees: their upstream requests then leave together, and the user
-            # container wakes once for several of them (granting each one here, at once,
-            # measured three times as many backend wakeups and more CPU on both sides).
-            s.breaker.release()
-        s.stats.req_out(now, proxied)
-        s.deadline.live.discard(ex)  # ``Deadline.forget``, without the call
-        metrics = s.metrics
-        if metrics is not None:
-            final = ex.status if ex.response_started else 500
-            if final == status:
-                tag = "DISABLED" if _TAG_HEADERS.isdisjoint(h) else _tag(h)  # no call, mostly
-                metrics.record_both(status, now - started, tag, now - app_started)
-            else:
-                metrics.record_app_request(status, now - app_started)
-                metrics.record_request(final, now - started, _tag(h))
-        ex.complete()
+    # ------------------------------------------------------------- task path
 
     async def __call__(self, ex: Exchange) -> None:
         s = self.s
-        h = ex.user if isinstance(ex.user, dict) else _scan(ex)
+        h = _scan(ex)
         ua = h.get(b"user-agent", b"")
         probe = h.get(b"k-network-probe", b"")
         kubelet = bool(h.get(b"k-kubelet-probe"))
@@ -256,8 +327,25 @@ class QueueProxyHandler:
             if s.log_probes and s.request_log is not None:
                 self._log(ex, h, self._loop.time())
             return
-        s.drainer.on_request()
-        await self._serve(ex, h, is_probe=bool(probe) or kubelet, kubelet=kubelet)
+        proxied = h.get(b"k-proxy-request") == b"activator"
+        kind = _Kubelet if kubelet else _Probe if probe else _Request
+        req = kind(ex, s.pool, s.user_host, s.user_port, _rewrite(ex, h))
+        self.begin(req, h, proxied, False)
+        app_status: int | None = None
+        try:
+            breaker = s.breaker if req.counted else None
+            if breaker is not None:
+                await breaker.acquire()  # QueueFull → 503 at once
+                req.app_started = self._loop.time()
+                self._entered_app(req, breaker)
+            app_status = 500
+            app_status = await req.run(s.pool.take_idle(s.user_host, s.user_port))
+        except ProxyError as error:
+            if app_status is not None:
+                app_status = error.status
+            ex.fail(error)
+        finally:
+            self.finish(req, app_status)
 
     # ------------------------------------------------------------------ probes
 
@@ -284,59 +372,6 @@ class QueueProxyHandler:
             ex.send(400, _HASH_MISSING)
             return
         ex.send(200, headers=[(b"K-Network-Hash", digest)])
-
-    # ------------------------------------------------------------------ traffic
-
-    async def _serve(
-        self, ex: Exchange, h: dict[bytes, bytes], is_probe: bool, kubelet: bool = False
-    ) -> None:
-        """Steps 2-7 of the chain in one frame: every ``await`` here is one frame deep."""
-        s = self.s
-        loop = self._loop
-        started = ex.started_at
-        deadline = s.deadline
-        deadline.watch(ex)
-        proxied = h.get(b"k-proxy-request") == b"activator"
-        # A kubelet probe that gets this far (v1.23.0, K-Kubelet-Probe without the kube-probe
-        # User-Agent) skips the breaker and the stats, as Go's queue.ProxyHandler does.
-        stats = None if kubelet else s.stats
-        if stats is not None:
-            stats.req_in(started, proxied)
-        rewrite = _rewrite(ex, h)
-        metrics = None if is_probe else s.metrics
-        breaker = None if kubelet else s.breaker
-        app_status = 0
-        app_started = 0.0
-        try:
-            if breaker is not None:
-                await breaker.acquire()  # QueueFull → 503 at once
-            try:
-                if metrics is not None:
-                    if breaker is not None:
-                        metrics.set_queue_depth(breaker.in_flight)
-                    app_started = loop.time()
-                app_status = 500
-                app_status = await forward(ex, s.pool, s.user_host, s.user_port, rewrite)
-            except ProxyError as error:
-                app_status = error.status
-                raise
-            finally:
-                if breaker is not None:
-                    breaker.release()
-                if metrics is not None:
-                    metrics.record_app_request(app_status, loop.time() - app_started)
-        except ProxyError as error:
-            ex.fail(error)
-        finally:
-            now = loop.time()
-            if stats is not None:
-                stats.req_out(now, proxied)
-            deadline.forget(ex)
-            status = ex.status if ex.response_started else 500
-            if metrics is not None:
-                metrics.record_request(status, now - started, _tag(h))
-            if s.request_log is not None and (not is_probe or s.log_probes):
-                self._log(ex, h, started, now)
 
     # ------------------------------------------------------------------ logging
 

@@ -30,15 +30,15 @@ import sys
 import time
 from collections.abc import Mapping
 
-from proxy.breaker import Breaker
-from proxy.client import UpstreamPool
-from proxy.deadline import Deadline
-from proxy.drain import Drainer
+from proxy.dataplane.autoscaler_stat import Stat, encode_stat
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
+from proxy.dataplane.drain import Drainer
 from proxy.http1 import Exchange
+from proxy.pool import UpstreamPool
 from proxy.runner import run, settle_gc
 from proxy.server import HttpServer
-from proxy.stat import Stat, encode_stat
-from proxy.stats import RequestStats
 from queueproxy.certs import CertReloader
 from queueproxy.config import CONTRACT_V1_10, Config, ConfigError, load_config
 from queueproxy.handler import QueueProxyHandler, QueueProxyState

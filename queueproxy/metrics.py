@@ -4,7 +4,8 @@ Knative exports these through OpenCensus, whose Prometheus exporter writes count
 *without* the ``_total`` suffix (``revision_request_count``). ``prometheus_client``
 always appends ``_total`` to counter families, so the request metrics are kept here in
 plain Python numbers and rendered by hand in the text format (0.0.4). Only the
-``process_*`` basics come from ``proxy.procmetrics`` (see there why not prometheus_client).
+``process_*`` basics come from ``proxy.dataplane.procmetrics`` (see there why not
+prometheus_client).
 
 Hot path: one dict lookup on ``(status, route_tag)`` finds a cached series; an
 observation is a few integer additions and one ``bisect``. The event loop is the only
@@ -27,8 +28,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from proxy.procmetrics import render_process_metrics
-from proxy.promtext import (
+from proxy.dataplane.procmetrics import render_process_metrics
+from proxy.dataplane.promtext import (
     CONTENT_TYPE,
     LATENCY_BUCKETS_MS,
     Series,

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from proxy.procmetrics import render_process_metrics
-from proxy.promtext import escape, format_go_float
+from proxy.dataplane.procmetrics import render_process_metrics
+from proxy.dataplane.promtext import escape, format_go_float
 
 SCOPE_NAME = "knative.dev/serving/pkg/queue"
 CONTAINER_NAME = "queue-proxy"

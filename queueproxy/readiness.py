@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from proxy.prober import ProbeError, probe_http, probe_tcp
+from proxy.dataplane.prober import ProbeError, probe_http, probe_tcp
 from queueproxy.grpc_health import probe_grpc_health
 from queueproxy.probe_spec import (
     GrpcAction,

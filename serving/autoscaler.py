@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 from serving.autoscaling_config import RevisionScalingSpec
 from serving.kpa import Decider, ScaleToZeroGate
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from proxy.goduration import parse_duration as go_duration
+from proxy.dataplane.goduration import parse_duration as go_duration
 
 ANNOTATION_PREFIX = "autoscaling.knative.dev/"
 KPA_CLASS = "kpa.autoscaling.knative.dev"
@@ -28,8 +28,8 @@ BUCKET_SECONDS = 1.0
 
 
 def parse_duration(text: str) -> float:
-    """A Go duration (``proxy.goduration``) in seconds; negative ones are refused, as every
-    autoscaler setting written as a duration must be >= 0."""
+    """A Go duration (``proxy.dataplane.goduration``) in seconds; negative ones are refused,
+    as every autoscaler setting written as a duration must be >= 0."""
     seconds = go_duration(text)
     if seconds < 0:
         raise ValueError(f'invalid duration "{text}": must not be negative')

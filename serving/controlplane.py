@@ -21,16 +21,16 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from activator.model import RoutingConfig
-from proxy.prober import ProbeError, probe_http
-from proxy.statproto import Stat, decode_stat
+from activator.model import RevisionKey, RoutingConfig
+from proxy.dataplane.autoscaler_stat_pb import Stat, decode_stat
+from proxy.dataplane.prober import ProbeError, probe_http
 from serving.autoscaler import RevisionAutoscaler
 from serving.autoscaling_config import RevisionScalingSpec
 from serving.manifest import ServiceManifest
 from serving.pods import LocalPod, allocate_ports
 from serving.podspec import POD_IP, PodPlanError, build_pod_plan, pod_name
 from serving.revisions import RevisionRecord, build_revision
-from serving.runtime import Key, RevisionRuntime, scale_plan
+from serving.runtime import RevisionRuntime, scale_plan
 from serving.settings import UpSettings
 from serving.state import (
     ApplyResult,
@@ -75,11 +75,11 @@ class ControlPlane:
         self.publish = publish
         self.clock = clock
         self.state = ClusterState()
-        self.runtimes: dict[Key, RevisionRuntime] = {}
+        self.runtimes: dict[RevisionKey, RevisionRuntime] = {}
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.on_event: Callable[[Event], None] = lambda e: None
         #: Requests the activator holds per revision (set by whoever embeds the activator).
-        self.queue_depths: Callable[[], Mapping[Key, int]] = dict
+        self.queue_depths: Callable[[], Mapping[RevisionKey, int]] = dict
         self._dirty = asyncio.Event()
         self._published: RoutingConfig | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from activator.app import Activator, Settings
+from activator.model import RevisionKey
 from activator.source import PushSource
 from activator.stats import StatBatch
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 
-Key = tuple[str, str]
 #: In embedded mode nobody load-balances in front of the activator, so there is nothing to
 #: wait for on shutdown beyond in-flight requests.
 EMBEDDED_DRAIN_SECONDS = 0.0
@@ -60,6 +60,6 @@ def make_activator(
     return Activator(settings, source, EmbeddedScaler(sink))
 
 
-def queue_depths(activator: Activator) -> Mapping[Key, int]:
+def queue_depths(activator: Activator) -> Mapping[RevisionKey, int]:
     """Requests the activator holds per revision (waiting for a pod or a slot)."""
     return {key: t.waiting for key, t in activator.handler.snapshot.throttlers.items()}

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from proxy.prober import ProbeError, probe_http
+from proxy.dataplane.prober import ProbeError, probe_http
 from serving.podspec import POD_IP, PodPlan, PodPorts, Process
 
 PROBE_HEADERS = (("K-Network-Probe", "queue"), ("User-Agent", "Knative-Activator-Probe"))

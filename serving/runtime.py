@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from activator.model import RevisionKey
 from serving.autoscaler import RevisionAutoscaler
 from serving.pods import LocalPod, PodPhase
-
-Key = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +36,7 @@ def scale_plan(pods: Sequence[LocalPod], desired: int) -> ScalePlan:
 
 @dataclass(slots=True)
 class RevisionRuntime:
-    key: Key
+    key: RevisionKey
     service: str
     autoscaler: RevisionAutoscaler
     pods: list[LocalPod] = field(default_factory=list)

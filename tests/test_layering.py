@@ -79,6 +79,42 @@ def test_kubernetes_client_is_confined_to_one_activator_module() -> None:
     assert len(users) <= 1
 
 
+def _full_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, by its full dotted name."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+#: The HTTP engine: every module directly in ``proxy/``. The data-plane toolbox is
+#: ``proxy/dataplane/``; it may use the engine, never the other way round.
+ENGINE = sorted((ROOT / "proxy").glob("*.py"))
+
+
+def test_the_engine_does_not_import_the_data_plane_toolbox() -> None:
+    assert len(ENGINE) >= 8
+    problems = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in ENGINE
+        for name in sorted(_full_imports(path))
+        if name == "proxy.dataplane" or name.startswith("proxy.dataplane.")
+    ]
+    assert problems == []
+
+
+def test_the_toolbox_is_found_by_the_engine_rule() -> None:
+    # The rule above would pass vacuously if the toolbox moved: pin where it lives.
+    toolbox = {path.stem for path in (ROOT / "proxy" / "dataplane").glob("*.py")}
+    assert {"breaker", "deadline", "drain", "concurrency", "prober"} <= toolbox
+    assert not {"breaker", "deadline", "drain"} & {path.stem for path in ENGINE}
+
+
 def test_queue_proxy_entry_point_loads_no_heavy_dependencies() -> None:
     code = (
         "import sys, queueproxy.main\n"
@@ -99,7 +135,7 @@ def test_engine_refuses_to_run_without_compiled_parser() -> None:
 
     from proxy import http1
 
-    assert http1.httptools is httptools
+    assert vars(http1)["httptools"] is httptools
     # httptools ships only a compiled llhttp parser; a pure-Python fallback would be a
     # different (and, for aiohttp, a divergent) parser. The engine checks at import time.
     assert hasattr(httptools.HttpRequestParser, "feed_data")

@@ -20,10 +20,10 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from proxy.client import UpstreamPool
 from proxy.forward import NO_REWRITE, Rewrite, forward
 from proxy.http1 import Exchange, Handler
 from proxy.limits import ServerLimits
+from proxy.pool import UpstreamPool
 from proxy.server import HttpServer
 
 HOST = "127.0.0.1"
@@ -288,11 +288,14 @@ class RawClient:
         return await self.response()
 
     async def eof(self, timeout: float = READ_TIMEOUT) -> bytes:
-        """Read until the proxy closes; returns any bytes that came before the close."""
+        """Read until the proxy closes; returns any bytes that came before the close. The
+        client's side is closed too: the connection is over."""
         try:
             return await self.io.rest(timeout)
         except ConnectionResetError:
             return b""
+        finally:
+            self.writer.close()
 
     async def assert_closed(self, timeout: float = READ_TIMEOUT) -> None:
         extra = await self.eof(timeout)

@@ -24,6 +24,18 @@ NS = "default"
 HOST = "hello.default.localhost"
 
 
+#: Every pod a test started, shut down after it (``_stop_pods``): a listening socket left
+#: open is a ResourceWarning, and warnings fail tests.
+_STARTED: list[Pod] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_pods() -> AsyncIterator[None]:
+    yield
+    while _STARTED:
+        await _STARTED.pop().server.shutdown(grace=0.1)
+
+
 class Pod:
     """A scripted queue-proxy: answers the activator probe, records and serves requests."""
 
@@ -36,6 +48,7 @@ class Pod:
     async def start(self) -> Pod:
         await self.server.start("127.0.0.1", 0)
         self.dest = f"127.0.0.1:{self.server.port}"
+        _STARTED.append(self)
         return self
 
     async def _handle(self, ex: Exchange) -> None:

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from activator.scaler import NullScaler, WebhookScaler, webhook_payloads
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 
 pytestmark = pytest.mark.timeout(10)
 

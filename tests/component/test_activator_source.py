@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from activator.config import ConfigError
 from activator.model import RoutingConfig
 from activator.source import PushSource, StaticFileSource
+from activator.static_yaml import ConfigError
 
 pytestmark = pytest.mark.timeout(10)
 

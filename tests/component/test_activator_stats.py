@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from activator.stats import ConcurrencyReporter
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 
 A = ("ns", "a")
 B = ("ns", "b")

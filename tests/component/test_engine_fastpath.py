@@ -1,8 +1,9 @@
 """The task-free path (``fast``) under the faults the task path is tested against.
 
-``Passthrough`` offers ``fast``: bodyless requests with an idle pooled upstream connection are
-forwarded from callbacks alone. These tests pin that such requests really take that path and
-that it ends every exchange the way the task path does: responses in order, truncation and
+``Passthrough`` offers ``fast`` and takes every request there: on an idle pooled upstream
+connection a request is forwarded from callbacks alone, without one the forwarding dials in a
+task of its own. These tests pin that requests really take that path and that it ends every
+exchange the way the task path does: responses in order, truncation and
 client resets cutting both sides, pooled connections reused only when clean, and a stale
 pooled connection retried once on a fresh one for an idempotent request.
 """
@@ -14,9 +15,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.client import UpstreamPool
 from proxy.http1 import Exchange
 from proxy.passthrough import Passthrough
+from proxy.pool import UpstreamPool
 from proxy.server import HttpServer
 from tests.component.engine_harness import (
     HOST,
@@ -93,7 +94,7 @@ async def test_second_request_takes_the_fast_path_on_the_pooled_connection(rig: 
     second = await client.get(b"/two")
     assert (first.status, first.body) == (200, b"ok:/one")
     assert (second.status, second.body) == (200, b"ok:/two")
-    assert handler.paths == [(b"/one", "task"), (b"/two", "fast")]
+    assert handler.paths == [(b"/one", "fast"), (b"/two", "fast")]
     assert len(up.conns) == 1  # one upstream connection, reused
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from activator.knative_scaler import Backoff, ConnState, KnativeScaler, Timings
 from activator.stats import StatBatch
-from proxy.statproto import Stat, decode_wire_stats
+from proxy.dataplane.autoscaler_stat_pb import Stat, decode_wire_stats
 from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(10)

@@ -20,13 +20,13 @@ import pytest
 
 import queueproxy.handler as qp_handler
 import queueproxy.main as qp_main
-from proxy.breaker import Breaker
-from proxy.deadline import Deadline
-from proxy.forward import forward_fast
-from proxy.http1 import Exchange
-from proxy.stat import Stat, encode_stat
-from proxy.statproto import decode_stat
-from proxy.stats import RequestStats
+from proxy.client import UpstreamConnection
+from proxy.dataplane.autoscaler_stat import Stat, encode_stat
+from proxy.dataplane.autoscaler_stat_pb import decode_stat
+from proxy.dataplane.breaker import Breaker
+from proxy.dataplane.concurrency import RequestStats
+from proxy.dataplane.deadline import Deadline
+from proxy.forward import Forwarding
 from queueproxy.config import Config
 from queueproxy.main import QueueProxy, StatsReporter
 from queueproxy.readiness import parse_probe
@@ -215,15 +215,17 @@ take the handler's task-free fast path; ``cold``: it is the first and takes the 
 
 @pytest.fixture
 def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Targets of the requests that took the fast path (``forward_fast``)."""
+    """Targets of the requests forwarded from callbacks (``start`` without ``run``, which
+    the task path awaits)."""
     calls: list[bytes] = []
-    real = forward_fast
+    real = qp_handler._Request.start
 
-    def spy(ex: Exchange, *args: Any) -> None:
-        calls.append(ex.target)
-        real(ex, *args)
+    def spy(self: Forwarding, conn: UpstreamConnection | None) -> None:
+        if self.waiter is None:
+            calls.append(self.ex.target)
+        real(self, conn)
 
-    monkeypatch.setattr(qp_handler, "forward_fast", spy)
+    monkeypatch.setattr(qp_handler._Request, "start", spy)
     return calls
 
 
@@ -1088,4 +1090,4 @@ async def test_finished_requests_leave_no_reference_cycles(rig: QpRig, cc: int) 
     finally:
         gc.set_debug(flags)
         gc.garbage.clear()
-    assert not {"Exchange", "_FastForward"} & set(leaked), leaked
+    assert not {"Exchange", "Forwarding", "_Request"} & set(leaked), leaked

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from activator.model import RoutingConfig
@@ -49,7 +50,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await client.close()
 
 
-async def apply(client: TestClient, text: str) -> tuple[int, dict[str, object]]:
+async def apply(
+    client: TestClient[web.Request, web.Application], text: str
+) -> tuple[int, dict[str, object]]:
     resp = await client.post(
         "/api/v1/apply",
         json={"documents": [{"source": "hello.yaml", "text": text, "workdir": "/"}]},

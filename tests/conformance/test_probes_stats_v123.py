@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.stat import Stat
-from proxy.statproto import decode_stat
+from proxy.dataplane.autoscaler_stat import Stat
+from proxy.dataplane.autoscaler_stat_pb import decode_stat
 from tests.conformance.client import Response, app_saw, get
 from tests.conformance.compare import same
 from tests.conformance.peers import Pair, Sidecar

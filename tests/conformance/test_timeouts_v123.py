@@ -70,7 +70,7 @@ def stream_received(s: Sidecar, path: str) -> tuple[bytes, bool]:
 # Deliberate difference for the two cut streams below: once the response has started, Go's
 # timeout handler just stops, and Go's server then ends the chunked body with its last chunk,
 # so the client receives a truncated body that looks complete. Sluice closes the connection
-# without the last chunk (proxy/deadline.py), so the client can tell the body is cut
+# without the last chunk (proxy/dataplane/deadline.py), so the client can tell the body is cut
 # (RFC 9112 section 8: an incomplete message must not be presented as complete). The pieces
 # that arrive are the same; only the terminating chunk differs.
 

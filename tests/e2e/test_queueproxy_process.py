@@ -26,8 +26,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.stat import Stat
-from proxy.statproto import decode_stat
+from proxy.dataplane.autoscaler_stat import Stat
+from proxy.dataplane.autoscaler_stat_pb import decode_stat
 from tests.component.engine_harness import RawClient
 from tests.ports import free_port
 
@@ -45,6 +45,9 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()  # a pipe left open is a ResourceWarning, and warnings fail tests
 
 
 def vm_rss_kib(pid: int) -> int:

@@ -53,9 +53,10 @@ class Sluice:
         for item in autoscaler:
             args += ["--autoscaler", item]
         args += [str(p) for p in paths]
-        log = (self.state_dir.parent / f"up-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
+        # The child keeps its own descriptor of the log; ours is closed at once.
+        with (self.state_dir.parent / f"up-{self.port}.log").open("ab") as log:
+            self.proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
         wait_for(lambda: self._answers(), 20, "sluice up API")
 
     def _answers(self) -> bool:
@@ -117,7 +118,7 @@ class Sluice:
 
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

@@ -284,7 +284,7 @@ def test_queue_proxy_env_is_knatives_contract_plus_sluice_ports() -> None:
 
 def test_activator_config_is_accepted_by_the_activator() -> None:
     yaml = pytest.importorskip("yaml")
-    from activator.config import parse_config
+    from activator.static_yaml import parse_config
 
     cfg = parse_config(yaml.safe_load(activator_config(9000)))
     assert [r.name for r in cfg.routes] == ["hello"]

@@ -117,7 +117,7 @@ def test_overload_summary_separates_rejects_from_accepted() -> None:
 
 
 def test_added_latency_subtracts_the_baseline() -> None:
-    hops = {
+    hops: dict[str, dict[str, float | None]] = {
         "direct": {"p50": 100.0, "p95": 104.0, "p99": 110.0},
         "queue-proxy": {"p50": 101.5, "p95": 106.0, "p99": None},
     }

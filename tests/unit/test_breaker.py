@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.breaker import Breaker, Semaphore
+from proxy.dataplane.breaker import Breaker, Semaphore
 from proxy.errors import QueueFull
 
 
@@ -395,7 +395,7 @@ async def test_ticket_enqueue_raises_queue_full_when_admission_is_full() -> None
     breaker = Breaker(queue_depth=1, max_concurrency=1, initial_capacity=1)
     assert breaker.try_acquire()
     breaker.enqueue(lambda _: None, None)
-    assert breaker.admission_full
+    assert breaker.in_flight == 2  # queue_depth + max_concurrency: the next one is refused
     with pytest.raises(QueueFull):
         breaker.enqueue(lambda _: None, None)
 

@@ -1,5 +1,5 @@
-"""The shared request-timeout policy (proxy/deadline.py): when each timeout expires, what the
-client then gets, and the sweeper's life cycle."""
+"""The shared request-timeout policy (proxy/dataplane/deadline.py): when each timeout expires,
+what the client then gets, and the sweeper's life cycle."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from proxy import deadline
-from proxy.deadline import SWEEP_INTERVAL, Deadline
+from proxy.dataplane import deadline
+from proxy.dataplane.deadline import SWEEP_INTERVAL, Deadline
 from proxy.http1 import Exchange
 from tests.unit.engine_fakes import make_protocol, responses
 

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from proxy.drain import Drainer
+from proxy.dataplane.drain import Drainer
 
 QUIET = 0.02
 

@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from proxy.client import UpstreamClosed, UpstreamConnection, UpstreamPool
+from proxy.client import UpstreamClosed, UpstreamConnection
 from proxy.errors import BadGateway
 from proxy.headers import HeaderList
+from proxy.pool import UpstreamPool
 from tests.unit.engine_fakes import FakeTransport
 
 KEY = ("10.0.0.1", 80)
@@ -38,6 +39,36 @@ class Sink:
         pass
 
 
+class Outcome:
+    """An exchange's outcome callback, read like the future it replaces in these tests."""
+
+    def __init__(self) -> None:
+        self.calls: list[BaseException | None] = []
+
+    def __call__(self, error: BaseException | None) -> None:
+        self.calls.append(error)
+
+    def done(self) -> bool:
+        return bool(self.calls)
+
+    def exception(self) -> BaseException | None:
+        assert len(self.calls) == 1, self.calls
+        return self.calls[0]
+
+
+#: The outcome of each connection's latest exchange (``begin_with``).
+OUTCOMES: dict[UpstreamConnection, Outcome] = {}
+
+
+def begin_with(conn: UpstreamConnection, sink: Sink, head: bool) -> None:
+    OUTCOMES[conn] = Outcome()
+    conn.begin(sink, head, OUTCOMES[conn])
+
+
+def done(conn: UpstreamConnection) -> Outcome:
+    return OUTCOMES[conn]
+
+
 def connect(pool: UpstreamPool | None = None) -> tuple[UpstreamConnection, FakeTransport]:
     conn = UpstreamConnection(pool, KEY, asyncio.get_running_loop())
     transport = FakeTransport(conn)
@@ -50,7 +81,7 @@ async def exchange(
 ) -> tuple[UpstreamConnection, FakeTransport, Sink]:
     conn, transport = connect()
     sink = Sink()
-    conn.begin(sink, head)
+    begin_with(conn, sink, head)
     for part in [response] if isinstance(response, bytes) else response:
         conn.data_received(part)
     return conn, transport, sink
@@ -58,7 +89,7 @@ async def exchange(
 
 async def test_complete_response_makes_the_connection_reusable() -> None:
     conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-    assert conn.done.done() and conn.done.exception() is None
+    assert done(conn).done() and done(conn).exception() is None
     assert conn.reusable
     assert sink.events == [("head", 200, 2), ("body", b"hi")]
 
@@ -67,23 +98,23 @@ async def test_connection_close_response_is_not_reusable() -> None:
     conn, _, _ = await exchange(
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
     )
-    assert conn.done.done() and not conn.reusable
+    assert done(conn).done() and not conn.reusable
 
 
 async def test_http10_response_without_keep_alive_is_not_reusable() -> None:
     conn, _, _ = await exchange(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-    assert conn.done.done() and not conn.reusable
+    assert done(conn).done() and not conn.reusable
 
 
 async def test_head_response_with_length_completes_without_a_body() -> None:
     conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head=True)
-    assert conn.done.done() and conn.reusable
+    assert done(conn).done() and conn.reusable
     assert sink.events == [("head", 200, 99)]
     # the same connection parses the next response from scratch
     sink2 = Sink()
-    conn.begin(sink2, False)
+    begin_with(conn, sink2, False)
     conn.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
-    assert conn.done.done() and conn.reusable
+    assert done(conn).done() and conn.reusable
     assert sink2.events == [("head", 204, None)]
 
 
@@ -109,9 +140,9 @@ async def test_chunked_response_reports_no_length() -> None:
 
 async def test_close_delimited_response_completes_on_close_and_is_not_reused() -> None:
     conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\n\r\nsome")
-    assert not conn.done.done()
+    assert not done(conn).done()
     conn.connection_lost(None)
-    assert conn.done.exception() is None
+    assert done(conn).exception() is None
     assert not conn.reusable
     assert sink.events == [("head", 200, None), ("body", b"some")]
 
@@ -119,7 +150,7 @@ async def test_close_delimited_response_completes_on_close_and_is_not_reused() -
 async def test_truncated_response_fails_the_exchange() -> None:
     conn, _, _ = await exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     conn.connection_lost(None)
-    error = conn.done.exception()
+    error = done(conn).exception()
     assert isinstance(error, UpstreamClosed) and "truncated" in str(error)
     assert conn.got_head
 
@@ -127,7 +158,7 @@ async def test_truncated_response_fails_the_exchange() -> None:
 async def test_close_before_any_response_names_the_cause() -> None:
     conn, _, _ = await exchange([])
     conn.connection_lost(ConnectionResetError("reset by peer"))
-    error = conn.done.exception()
+    error = done(conn).exception()
     assert isinstance(error, UpstreamClosed)
     assert str(error) == "upstream closed the connection: reset by peer"
     assert not conn.got_head
@@ -145,7 +176,7 @@ async def test_close_before_any_response_names_the_cause() -> None:
 )
 async def test_malformed_response_is_bad_gateway_and_aborts(raw: bytes) -> None:
     conn, transport, _ = await exchange(raw)
-    assert isinstance(conn.done.exception(), BadGateway)
+    assert isinstance(done(conn).exception(), BadGateway)
     assert transport.aborted and conn.closed and not conn.reusable
 
 
@@ -157,7 +188,7 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
 
 
 async def test_101_to_an_upgrade_switches_to_a_tunnel() -> None:
-    conn, _, _ = await exchange([])
+    conn, _ = connect()
 
     class Tunnel(Sink):
         def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
@@ -166,12 +197,12 @@ async def test_101_to_an_upgrade_switches_to_a_tunnel() -> None:
             conn.enter_tunnel(self, lambda: self.events.append(("closed",)))
 
     tunnel = Tunnel()
-    conn.begin(tunnel, False)
+    begin_with(conn, tunnel, False)
     conn.data_received(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Accept: k\r\n\r\nframe"
     )
-    assert conn.done.exception() is None
+    assert done(conn).exception() is None
     conn.data_received(b"more")
     conn.connection_lost(None)
     assert tunnel.events == [("upgrade", b"websocket", b"frame"), ("body", b"more"), ("closed",)]
@@ -184,7 +215,7 @@ async def test_101_the_sink_refuses_is_bad_gateway() -> None:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     )
     assert sink.events == [("upgrade", b"websocket", b"")]
-    assert isinstance(conn.done.exception(), BadGateway)
+    assert isinstance(done(conn).exception(), BadGateway)
     assert transport.aborted
 
 
@@ -193,7 +224,7 @@ async def test_101_without_connection_upgrade_is_bad_gateway() -> None:
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nraw"
     )
     assert sink.events == []
-    assert isinstance(conn.done.exception(), BadGateway)
+    assert isinstance(done(conn).exception(), BadGateway)
     assert transport.aborted
 
 
@@ -253,7 +284,7 @@ async def test_pool_resumes_reading_on_a_connection_paused_at_the_end_of_a_respo
     transport = FakeTransport(conn)
     conn.connection_made(transport)
     sink = Sink()
-    conn.begin(sink, False)
+    begin_with(conn, sink, False)
     conn.pause_reading()  # a slow client paused it during the last body bytes
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
     assert conn.reusable and not transport.reading
@@ -281,7 +312,7 @@ async def test_endless_response_header_line_is_bad_gateway_not_buffered() -> Non
     conn, transport, sink = await exchange(
         [b"HTTP/1.1 200 OK\r\nX-Endless: "] + [b"v" * 30_000] * 5
     )
-    error = conn.done.exception()
+    error = done(conn).exception()
     assert isinstance(error, BadGateway) and "too large" in str(error)
     assert transport.aborted and sink.events == []
 
@@ -289,7 +320,7 @@ async def test_endless_response_header_line_is_bad_gateway_not_buffered() -> Non
 async def test_head_split_over_many_reads_within_the_cap_is_fine() -> None:
     raw = b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 1000 + b"Content-Length: 1\r\n\r\nz"
     conn, _, sink = await exchange([raw[i : i + 100] for i in range(0, len(raw), 100)])
-    assert conn.done.exception() is None
+    assert done(conn).exception() is None
     assert sink.events[-1] == ("body", b"z")
 
 
@@ -299,7 +330,7 @@ async def test_response_head_over_the_limit_is_bad_gateway(reads: int) -> None:
     raw = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 1\r\n\r\nz"
     size = -(-len(raw) // reads)
     conn, transport, sink = await exchange([raw[i : i + size] for i in range(0, len(raw), size)])
-    error = conn.done.exception()
+    error = done(conn).exception()
     assert isinstance(error, BadGateway) and "too large" in str(error)
     assert transport.aborted and sink.events == []
 
@@ -307,18 +338,18 @@ async def test_response_head_over_the_limit_is_bad_gateway(reads: int) -> None:
 async def test_response_head_just_under_the_limit_in_one_read_is_fine() -> None:
     fields = b"".join(b"X-%05d: %s\r\n" % (i, b"v" * 100) for i in range(550))  # ~61 KB
     conn, _, sink = await exchange(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 1\r\n\r\nz")
-    assert conn.done.exception() is None
+    assert done(conn).exception() is None
     assert sink.events == [("head", 200, 1), ("body", b"z")]
 
 
 async def test_response_trailers_are_dropped_and_bounded() -> None:
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
     conn, _, sink = await exchange(head + b"X-Checksum: abc\r\n\r\n")
-    assert conn.done.exception() is None and conn.reusable
+    assert done(conn).exception() is None and conn.reusable
     assert sink.events == [("head", 200, None), ("body", b"hi")]
     trailers = b"".join(b"X-T%05d: %s\r\n" % (i, b"v" * 100) for i in range(700))
     conn, transport, _ = await exchange([head, trailers[:40_000], trailers[40_000:], b"\r\n"])
-    error = conn.done.exception()
+    error = done(conn).exception()
     assert isinstance(error, BadGateway) and "trailers too large" in str(error)
     assert transport.aborted
 
@@ -353,7 +384,7 @@ async def test_head_answer_with_connection_close_is_not_reused() -> None:
     conn, _, _ = await exchange(
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 9\r\n\r\n", head=True
     )
-    assert conn.done.done() and not conn.reusable
+    assert done(conn).done() and not conn.reusable
 
 
 # ------------------------------------------ the callback path: outcome after llhttp returns

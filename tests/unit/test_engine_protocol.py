@@ -563,15 +563,15 @@ async def test_refused_names_and_hosts_are_refused_again_on_every_request() -> N
 
 
 async def test_header_tables_stay_bounded_under_made_up_names_and_hosts() -> None:
-    from proxy import http1
+    from proxy import headrules
 
     for i in range(5000):
-        http1._host_ok(b"h%d.example" % i)
+        headrules.host_ok(b"h%d.example" % i)
         headers.lower_name(b"X-Made-Up-%d" % i)
-    info = http1._host_ok.cache_info()
+    info = headrules.host_ok.cache_info()
     assert info.maxsize is not None and info.currsize <= info.maxsize < 5000
     assert len(headers.LOWER_NAMES) <= headers.LOWER_NAMES_MAX < 5000
-    assert not http1._host_ok(b"a/b") and http1._host_ok(b"a.b:80")
+    assert not headrules.host_ok(b"a/b") and headrules.host_ok(b"a.b:80")
 
 
 async def test_a_refused_name_is_never_trusted_from_the_name_table() -> None:
@@ -618,3 +618,12 @@ async def test_version_and_keep_alive_of_each_request(
     rec, _, _ = await feed(b"GET / HTTP/" + version + b"\r\nHost: h\r\n" + fields + b"\r\n")
     (ex,) = rec.seen
     assert (ex.version, ex.keep_alive) == expected
+
+
+def test_the_transition_table_is_enforced_in_tests() -> None:
+    from proxy.http1 import CHECK_TRANSITIONS
+    from proxy.states import TRANSITIONS, ConnState
+
+    assert CHECK_TRANSITIONS
+    assert TRANSITIONS[ConnState.CLOSED] == frozenset()
+    assert all(ConnState.CLOSED in TRANSITIONS[s] for s in ConnState if s is not ConnState.CLOSED)

@@ -6,7 +6,7 @@ import pytest
 
 from proxy import errors
 from proxy.forward import Rewrite, build_request_head
-from proxy.headers import connection_tokens, encode_head, get, get_all
+from proxy.headers import connection_tokens
 from proxy.http1 import Exchange, parser_is_compiled, status_line
 from proxy.limits import ServerLimits
 from tests.unit.engine_fakes import make_protocol
@@ -27,17 +27,6 @@ def test_parser_is_the_compiled_llhttp_extension() -> None:
 def test_connection_tokens_are_lowercased_and_merged_over_lines() -> None:
     headers: H = [(b"Connection", b"Close, X-Secret"), (b"connection", b" keep-alive ,,X-Two")]
     assert connection_tokens(headers) == {b"close", b"x-secret", b"keep-alive", b"x-two"}
-
-
-def test_get_and_get_all_are_case_insensitive() -> None:
-    headers: H = [(b"A", b"1"), (b"a", b"2")]
-    assert get(headers, b"a") == b"1"
-    assert get_all(headers, b"a") == [b"1", b"2"]
-    assert get(headers, b"b") is None
-
-
-def test_encode_head() -> None:
-    assert encode_head(b"GET / HTTP/1.1", [(b"A", b"1")]) == b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"
 
 
 # ------------------------------------------------------------- build_request_head (E1/E3)
@@ -197,7 +186,6 @@ def test_limits_are_frozen() -> None:
         (errors.NotImplementedCoding("c"), 501, True, b"c\n"),
         (errors.BadGateway("dial tcp: refused"), 502, False, b"dial tcp: refused\n"),
         (errors.QueueFull(), 503, False, b"pending request queue full\n"),
-        (errors.ShuttingDown(), 503, False, b"shutting down\n"),
         (errors.GatewayTimeout(), 504, False, b"request timeout"),
         (errors.ProxyError("x"), 500, False, b"x\n"),
     ],

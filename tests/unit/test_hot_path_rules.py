@@ -12,11 +12,14 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The modules every proxied request runs through.
 HOT = [
     "proxy/http1.py",
+    "proxy/exchange.py",
+    "proxy/headrules.py",
     "proxy/client.py",
     "proxy/forward.py",
-    "proxy/breaker.py",
-    "proxy/deadline.py",
-    "proxy/stats.py",
+    "proxy/request_head.py",
+    "proxy/dataplane/breaker.py",
+    "proxy/dataplane/deadline.py",
+    "proxy/dataplane/concurrency.py",
     "proxy/headers.py",
     "queueproxy/handler.py",
     "queueproxy/metrics.py",

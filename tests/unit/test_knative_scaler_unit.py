@@ -19,7 +19,7 @@ from activator.knative_scaler import (
     cluster_domain,
 )
 from activator.stats import StatBatch
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 
 POKE: StatBatch = [
     ("ns", "rev", Stat(pod_name="a", average_concurrent_requests=1, request_count=1))

@@ -1,10 +1,10 @@
-"""proxy.promtext: hand-written exposition that Prometheus's own parser accepts."""
+"""proxy.dataplane.promtext: hand-written exposition that Prometheus's own parser accepts."""
 
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.promtext import (
+from proxy.dataplane.promtext import (
     CONTENT_TYPE,
     LATENCY_BUCKETS_MS,
     Series,

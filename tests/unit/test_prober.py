@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy.prober import MAX_BODY_BYTES, HttpProbeResponse, ProbeError, probe_http, probe_tcp
+from proxy.dataplane.prober import (
+    MAX_BODY_BYTES,
+    HttpProbeResponse,
+    ProbeError,
+    probe_http,
+    probe_tcp,
+)
 from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(10)

@@ -6,7 +6,7 @@ import re
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-from proxy.procmetrics import render_process_metrics
+from proxy.dataplane.procmetrics import render_process_metrics
 
 
 def _families(text: str) -> dict[str, str]:

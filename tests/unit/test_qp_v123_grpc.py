@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.prober import ProbeError
+from proxy.dataplane.prober import ProbeError
 from queueproxy.grpc_health import probe_grpc_health, request_bytes, serving_status
 from queueproxy.readiness import GrpcAction, ProbeSpec, ReadinessProber
 from tests.ports import closed_port

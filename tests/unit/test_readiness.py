@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 
 import queueproxy.readiness as readiness
-from proxy.prober import ProbeError
+from proxy.dataplane.prober import ProbeError
 from queueproxy.readiness import (
     HttpGetAction,
     ProbeDecodeError,
@@ -39,6 +39,10 @@ class HttpUpstream:
         self.release: asyncio.Event | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
+        #: Connections still being answered: closed on exit, so none outlives its loop (a
+        #: probe that timed out leaves its answer pending; the writer would be a
+        #: ResourceWarning in a later test, and warnings fail tests).
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> HttpUpstream:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -50,9 +54,16 @@ class HttpUpstream:
             self.release.set()
         assert self._server is not None
         self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             index = len(self.requests)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from proxy.statproto import Stat
+from proxy.dataplane.autoscaler_stat_pb import Stat
 from serving.autoscaler import RevisionAutoscaler
 from serving.autoscaling_config import AutoscalerConfig, RevisionScalingSpec
 

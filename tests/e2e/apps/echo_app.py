@@ -52,7 +52,7 @@ async def main() -> None:
     site = web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     await site.start()
     server = site._server
-    assert server is not None and server.sockets
+    assert isinstance(server, asyncio.Server) and server.sockets
     port = server.sockets[0].getsockname()[1]
     state["port"] = port
     print(f"PORT={port}", flush=True)

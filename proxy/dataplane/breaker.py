@@ -117,6 +117,16 @@ class Semaphore:
         if self._waiters:
             self._grant()
 
+    def wait(self, waiter: Ticket[Any]) -> None:
+        """Queue ``waiter`` for a slot (no slot is free): ``set_result`` is its grant."""
+        self._waiters[waiter] = None
+
+    def leave(self, waiter: Ticket[Any]) -> None:
+        """``waiter`` gives up its place in the queue (it was not granted)."""
+        self._waiters.pop(waiter, None)
+        if self._waiters:
+            self._grant()
+
     def _grant(self) -> None:
         waiters = self._waiters
         while waiters and self._in_use < self._capacity:
@@ -147,7 +157,7 @@ class Ticket(Generic[T]):
     makes no closure per queued request.
     """
 
-    __slots__ = ("_breaker", "_on_grant", "_on_leave", "arg", "state")
+    __slots__ = ("_breaker", "_on_leave", "arg", "on_grant", "state")
 
     WAITING, GRANTED, RUNNING, CANCELLED = _WAITING, _GRANTED, _RUNNING, _CANCELLED
 
@@ -159,7 +169,7 @@ class Ticket(Generic[T]):
         on_leave: Callable[[T], None] | None = None,
     ) -> None:
         self._breaker = breaker
-        self._on_grant = on_grant
+        self.on_grant = on_grant
         self._on_leave = on_leave
         self.arg = arg
         self.state = _WAITING
@@ -169,7 +179,7 @@ class Ticket(Generic[T]):
 
     def set_result(self, _: None) -> None:
         self.state = _GRANTED
-        self._breaker._granted(self)
+        self._breaker.granted(self)
 
     def cancel(self) -> None:
         """Leave the queue: frees the admission slot, and the execution slot if granted.
@@ -179,11 +189,7 @@ class Ticket(Generic[T]):
         breaker = self._breaker
         if self.state == _WAITING:
             self.state = _CANCELLED
-            sem = breaker._sem
-            sem._waiters.pop(self, None)
-            breaker.in_flight -= 1
-            if sem._waiters:
-                sem._grant()
+            breaker.leave(self)
         elif self.state == _GRANTED:
             self.state = _CANCELLED
             breaker.release()
@@ -214,7 +220,7 @@ class Breaker:
         "_max_concurrency",
         "_ready",
         "_run_scheduled",
-        "_sem",
+        "_slots",
         "_total_slots",
         "in_flight",
     )
@@ -238,12 +244,12 @@ class Breaker:
         #: Admitted requests, waiting plus executing (read-only outside this module; a plain
         #: attribute because the request path reads it).
         self.in_flight = 0
-        self._sem = Semaphore(initial_capacity)
+        self._slots = Semaphore(initial_capacity)
 
     @property
     def capacity(self) -> int:
         """Current execution capacity."""
-        return self._sem.capacity
+        return self._slots.capacity
 
     @property
     def max_concurrency(self) -> int:
@@ -259,7 +265,7 @@ class Breaker:
         if self.in_flight >= self._total_slots:
             raise QueueFull()
         self.in_flight += 1
-        sem = self._sem
+        sem = self._slots
         if sem.try_acquire():
             return
         try:
@@ -270,13 +276,8 @@ class Breaker:
 
     def release(self) -> None:
         """Free the execution slot, then the admission slot, of one ``acquire``."""
-        self._sem.release()
+        self._slots.release()
         self.in_flight -= 1
-
-    @property
-    def admission_full(self) -> bool:
-        """Whether an arrival now would get ``QueueFull``."""
-        return self.in_flight >= self._total_slots
 
     def take(
         self,
@@ -294,12 +295,11 @@ class Breaker:
         if self.in_flight >= self._total_slots:
             raise QueueFull()
         self.in_flight += 1
-        sem = self._sem
-        if sem._in_use < sem._capacity:
-            sem._in_use += 1
+        sem = self._slots
+        if sem.try_acquire():
             return None
         ticket = Ticket(self, on_grant, arg, on_leave)
-        sem._waiters[ticket] = None
+        sem.wait(ticket)
         return ticket
 
     def enqueue(
@@ -322,7 +322,12 @@ class Breaker:
             ticket.set_result(None)  # the slot is held: hand it over from the loop
         return ticket
 
-    def _granted(self, ticket: Ticket[Any]) -> None:
+    def leave(self, ticket: Ticket[Any]) -> None:
+        """A waiting ``ticket`` leaves the queue: its admission slot is freed (``Ticket``)."""
+        self._slots.leave(ticket)
+        self.in_flight -= 1
+
+    def granted(self, ticket: Ticket[Any]) -> None:
         """A ticket got its slot: run its callback from the loop, with the others granted
         in the same loop iteration, so that one scheduled call serves a batch of them."""
         self._ready.append(ticket)
@@ -342,7 +347,7 @@ class Breaker:
                 continue  # cancelled after its grant; the slot went back at once
             ticket.state = _RUNNING
             try:
-                ticket._on_grant(ticket.arg)
+                ticket.on_grant(ticket.arg)
             except BaseException:
                 # A callback failed: the later tickets still run, in a fresh call.
                 self._ready[:0] = ready[i + 1 :]
@@ -354,7 +359,7 @@ class Breaker:
 
     def try_acquire(self) -> bool:
         """``acquire`` without waiting: both slots now (True, release once), or nothing."""
-        if self.in_flight >= self._total_slots or not self._sem.try_acquire():
+        if self.in_flight >= self._total_slots or not self._slots.try_acquire():
             return False
         self.in_flight += 1
         return True
@@ -365,7 +370,7 @@ class Breaker:
         Returns a release callback (calling it more than once has no further effect), or
         None when either slot is unavailable, in which case nothing is held.
         """
-        if self.in_flight >= self._total_slots or not self._sem.try_acquire():
+        if self.in_flight >= self._total_slots or not self._slots.try_acquire():
             return None
         self.in_flight += 1
         released = False
@@ -380,10 +385,10 @@ class Breaker:
 
     def update_concurrency(self, n: int) -> None:
         """Set the execution capacity; see ``Semaphore.update_capacity``."""
-        self._sem.update_capacity(n)
+        self._slots.update_capacity(n)
 
     def __repr__(self) -> str:
         return (
             f"Breaker(in_flight={self.in_flight}, total_slots={self._total_slots}, "
-            f"capacity={self._sem.capacity}, executing={self._sem.in_use})"
+            f"capacity={self._slots.capacity}, executing={self._slots.in_use})"
         )

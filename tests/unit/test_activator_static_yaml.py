@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from activator.config import ConfigError, load_config_file, parse_config
 from activator.model import Revision, Route, RoutingConfig, TrafficTarget
+from activator.static_yaml import ConfigError, load_config_file, parse_config
 
 EXAMPLE = """
 domain: example.com

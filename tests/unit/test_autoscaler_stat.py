@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from proxy.statproto import (
+from proxy.dataplane.autoscaler_stat_pb import (
     Stat,
     decode_stat,
     decode_wire_stats,
@@ -129,8 +129,8 @@ _SAMPLES = [
 
 @pytest.mark.parametrize("stat", _SAMPLES)
 def test_hand_encoder_matches_protobuf_library(stat: Stat) -> None:
-    from proxy.stat import encode_stat as hand_encode
-    from proxy.statproto import encode_stat_pb
+    from proxy.dataplane.autoscaler_stat import encode_stat as hand_encode
+    from proxy.dataplane.autoscaler_stat_pb import encode_stat_pb
 
     assert hand_encode(stat) == encode_stat_pb(stat)
     assert decode_stat(hand_encode(stat)) == stat

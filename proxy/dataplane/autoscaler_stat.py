@@ -4,8 +4,9 @@ Why a hand-written encoder when ``protobuf`` is a dependency: importing the prot
 costs the sidecar about 4 MB of its 30 MB idle-RSS budget (measured: 21.3 → 25.3 MB for
 ``google.protobuf.descriptor_pb2`` on top of asyncio + uvloop + httptools), to encode one flat
 message of seven scalar fields. The encoding below is proto3's, field for field; the tests in
-``tests/unit/test_statproto.py`` check it byte for byte against the protobuf library's, which
-``proxy.statproto`` still uses for decoding and for the activator's ``WireStatMessages``.
+``tests/unit/test_autoscaler_stat.py`` check it byte for byte against the protobuf library's, which
+``proxy.dataplane.autoscaler_stat_pb`` still uses for decoding and for the activator's
+``WireStatMessages``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from activator.model import (
     DEFAULT_QUEUE_DEPTH,
     DEFAULT_TIMEOUT_SECONDS,
     Revision,
+    RevisionKey,
     Route,
     RoutingConfig,
     TrafficTarget,
@@ -121,7 +122,7 @@ def parse_config(data: object) -> RoutingConfig:
         _parse_revision(item, f"revisions[{i}]")
         for i, item in enumerate(_opt_list(top, "revisions", "revisions"))
     )
-    seen_revisions: dict[tuple[str, str], int] = {}
+    seen_revisions: dict[RevisionKey, int] = {}
     for i, rev in enumerate(revisions):
         if rev.key in seen_revisions:
             raise ConfigError(
@@ -154,7 +155,7 @@ def parse_config(data: object) -> RoutingConfig:
     )
 
 
-def _parse_route(data: object, path: str, revisions: Mapping[tuple[str, str], int]) -> Route:
+def _parse_route(data: object, path: str, revisions: Mapping[RevisionKey, int]) -> Route:
     m = _mapping(data, path, _ROUTE_KEYS)
     name = _label(m, "name", path)
     namespace = _label(m, "namespace", path)

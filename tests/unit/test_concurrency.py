@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.stats import RequestStats, StatsReport
+from proxy.dataplane.concurrency import RequestStats, StatsReport
 
 
 def test_two_half_second_requests_in_one_second_average_to_one() -> None:

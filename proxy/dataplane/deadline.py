@@ -31,7 +31,7 @@ import contextlib
 import weakref
 
 from proxy.errors import GatewayTimeout
-from proxy.http1 import Exchange
+from proxy.exchange import Exchange
 
 __all__ = ["SWEEP_INTERVAL", "Deadline"]
 
@@ -83,7 +83,7 @@ class Deadline:
         if self.armed:
             self.live.add(ex)
             if not self._listed:
-                self._enlist(ex._proto.ctx.loop)
+                self._enlist(ex.conn.ctx.loop)
 
     def forget(self, ex: Exchange) -> None:
         """Stop watching ``ex`` (its exchange is over); harmless if it was never watched."""
@@ -97,6 +97,10 @@ class Deadline:
         sweeper.policies.add(self)
         if not sweeper.running:
             sweeper.start()
+
+    def delisted(self) -> None:
+        """The sweeper dropped this policy (nothing to watch); ``watch`` lists it again."""
+        self._listed = False
 
     def expired(self, ex: Exchange, now: float) -> bool:
         """Whether one of the timeouts has run out for ``ex`` at ``now``."""
@@ -148,14 +152,14 @@ class _Sweeper:
                         if not policy.live:
                             # Idle policies leave; ``watch`` lists them again when needed.
                             self.policies.discard(policy)
-                            policy._listed = False
+                            policy.delisted()
                             continue
                         for ex in list(policy.live):
                             policy.check(ex, now)
         finally:
             self.running = False
             for policy in self.policies:
-                policy._listed = False
+                policy.delisted()
             self.policies.clear()
 
 

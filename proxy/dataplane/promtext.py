@@ -3,7 +3,7 @@
 Why not ``prometheus_client`` for these: Knative's OpenCensus exporter writes counters without
 the ``_total`` suffix ``prometheus_client`` always adds (``revision_request_count``,
 ``activator_request_count``), and dashboards read those exact names; and the queue-proxy
-cannot afford prometheus_client's import in its memory budget (see ``proxy.procmetrics``).
+cannot afford prometheus_client's import in its memory budget (see ``proxy.dataplane.procmetrics``).
 Numbers are formatted as Go does, since Knative's output comes from Go.
 
 A ``Series`` is the count, sum and bucket counts of one label set; ``render_counter`` and

@@ -6,7 +6,8 @@ build time, so the message classes are built once at import from a hand-written
 ``FileDescriptorProto`` in a private descriptor pool (so they cannot clash with any other
 module that registers a ``metrics`` package). Callers see only the frozen ``Stat`` value and
 the encode/decode functions; the protobuf classes stay private. ``encode_stat`` itself is the
-library-free encoder of ``proxy.stat`` (see there why), checked against ``encode_stat_pb``.
+library-free encoder of ``proxy.dataplane.autoscaler_stat`` (see there why), checked against
+``encode_stat_pb``.
 
 Encoding is standard proto3: doubles are fixed64 (wire type 1), fields at their default value
 are omitted, and decoding accepts fields in any order and skips unknown ones.
@@ -18,7 +19,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from proxy.stat import Stat, encode_stat
+from proxy.dataplane.autoscaler_stat import Stat, encode_stat
 
 __all__ = [
     "Stat",
