@@ -6,6 +6,7 @@ Routes (all JSON unless noted):
 * ``POST /api/v1/apply``                     ``{"documents": [{"source", "text", "workdir"}]}``
 * ``DELETE /api/v1/namespaces/{ns}/services/{name}``
 * ``GET  /api/v1/services`` · ``/api/v1/revisions`` · ``/api/v1/routes`` · ``/api/v1/top``
+* ``GET  /api/v1/objects/{kind}``            Kubernetes-shaped objects of one kind (``views.KINDS``)
 * ``GET  /api/v1/namespaces/{ns}/services/{name}``   describe
 * ``GET  /api/v1/logs/{revision}?tail=N``    text: every pod's log of the revision
 * ``GET  /metrics``                          Prometheus text: desired/actual pods per revision
@@ -115,6 +116,13 @@ async def _routes(request: web.Request) -> web.Response:
     return web.json_response({"items": views.routes(request.app[CP_KEY])})
 
 
+async def _objects(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    if kind not in views.KINDS:
+        return _not_found(f'the server doesn\'t have a resource type "{kind}"')
+    return web.json_response({"items": views.objects(request.app[CP_KEY], kind)})
+
+
 async def _top(request: web.Request) -> web.Response:
     return web.json_response(views.top(request.app[CP_KEY]))
 
@@ -173,6 +181,7 @@ def make_app(cp: ControlPlane, info: dict[str, Any]) -> web.Application:
     app.router.add_get("/api/v1/revisions", _revisions)
     app.router.add_get("/api/v1/routes", _routes)
     app.router.add_get("/api/v1/top", _top)
+    app.router.add_get("/api/v1/objects/{kind}", _objects)
     app.router.add_get("/api/v1/namespaces/{ns}/services/{name}", _describe)
     app.router.add_delete("/api/v1/namespaces/{ns}/services/{name}", _delete)
     app.router.add_get("/api/v1/logs/{revision}", _logs)

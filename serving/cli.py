@@ -1,6 +1,6 @@
 """The ``sluice`` command: ``up`` runs everything; the other commands talk to it over HTTP.
 
-Exit codes: 0 success, 1 refused or failed (message on stderr), 2 usage error (argparse).
+Exit codes: 0 success, 1 refused, failed or misused (one line per problem on stderr).
 The client commands find the API at ``--api``, else ``$SLUICE_API``, else 127.0.0.1:8081.
 """
 
@@ -16,10 +16,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from activator.model import DEFAULT_DOMAIN
-from serving import render
+from serving import kubeprint, render
 from serving.settings import (
     DEFAULT_PORT,
     UpSettings,
@@ -36,8 +36,9 @@ CLIENT_TIMEOUT = 30.0
 class CliError(Exception):
     """A failure to report on stderr, one message per line, exit code 1."""
 
-    def __init__(self, messages: Sequence[str]) -> None:
+    def __init__(self, messages: Sequence[str], prefix: str = "error: ") -> None:
         self.messages = list(messages)
+        self.prefix = prefix
         super().__init__("\n".join(self.messages))
 
 
@@ -124,14 +125,23 @@ def _cmd_delete(args: argparse.Namespace, client: Client) -> int:
 
 
 def _cmd_get(args: argparse.Namespace, client: Client) -> int:
-    kind = {"ksvc": "services", "service": "services", "services": "services",
-            "revision": "revisions", "revisions": "revisions", "rev": "revisions",
-            "route": "routes", "routes": "routes"}[args.kind]  # fmt: skip
-    items = client.call("GET", f"/api/v1/{kind}")["items"]
-    if args.output == "json":
-        print(json.dumps(items, indent=2))
-    else:
-        print(getattr(render, kind)(items))
+    res = kubeprint.resource(args.kind)
+    if args.output not in ("", *kubeprint.OUTPUTS):
+        raise CliError([f"-o {args.output}: want one of {', '.join(kubeprint.OUTPUTS)}"])
+    selector = kubeprint.parse_selector(args.selector) if args.selector else ()
+    namespace = None if args.all_namespaces else args.namespace
+    if args.all_namespaces and args.names:
+        raise CliError(["a resource cannot be retrieved by name across all namespaces (-A)"])
+    items = client.call("GET", f"/api/v1/objects/{res.plural}")["items"]
+    found = kubeprint.select(items, namespace, args.names, selector)
+    lost = kubeprint.missing(found, args.names)
+    if found or (args.output in ("json", "yaml") and not args.names):
+        print(kubeprint.render_objects(res, found, args.output, args.all_namespaces,
+                                       single=len(args.names) == 1))  # fmt: skip
+    elif not lost:
+        print(kubeprint.no_resources(namespace), file=sys.stderr)
+    if lost:
+        raise CliError([kubeprint.not_found(res, name) for name in lost], prefix="")
     return 0
 
 
@@ -158,11 +168,24 @@ def _cmd_logs(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 1, as every other refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {self.prog}: {message}\n")
+
+
+def _add_namespace(p: argparse.ArgumentParser, all_namespaces: bool = False) -> None:
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default)")
+    if all_namespaces:
+        p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+
+
 def build_parser() -> argparse.ArgumentParser:
     api_help = "API address host:port (default $SLUICE_API or 127.0.0.1:8081)"
-    p = argparse.ArgumentParser(prog="sluice", description="Knative Serving on one machine")
+    p = Parser(prog="sluice", description="Knative Serving on one machine")
     p.add_argument("--api", help=api_help)
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     # SUPPRESS: an --api given before the subcommand is not reset by the subparser.
     common.add_argument("--api", default=argparse.SUPPRESS, help=api_help)
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,10 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("name")
     delete.add_argument("-n", "--namespace", default="default")
 
-    get = add("get", "list services, revisions or routes")
-    get.add_argument("kind", choices=["ksvc", "service", "services", "revision", "revisions",
-                                      "rev", "route", "routes"])  # fmt: skip
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get = add("get", "list ksvc, configurations, revisions, routes or pods as kubectl does")
+    get.add_argument("kind", help="ksvc|configurations|revisions|routes|pods (or a short name)")
+    get.add_argument("names", nargs="*", metavar="NAME", help="only these objects")
+    _add_namespace(get, all_namespaces=True)
+    get.add_argument("-o", "--output", default="", help="wide|json|yaml|name")
+    get.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
 
     describe = add("describe", "traffic, conditions and events of a service")
     describe.add_argument("kind", choices=["ksvc", "service"])
@@ -231,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args, Client(api_address(args.api)))
     except CliError as exc:
         for message in exc.messages:
-            print(f"error: {message}", file=sys.stderr)
+            print(f"{exc.prefix}{message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -217,3 +217,165 @@ def gauges(cp: ControlPlane) -> Iterable[tuple[str, Mapping[str, str], float]]:
         yield "sluice_revision_ready_pods", labels, len(runtime.ready_pods) if runtime else 0
         obs = runtime.autoscaler.last.concurrency if runtime else 0.0
         yield "sluice_revision_observed_concurrency", labels, obs
+
+
+# --- Kubernetes-shaped objects (``sluice get -o json|yaml``) -------------------------------
+
+GROUP = "serving.knative.dev"
+KINDS = ("services", "configurations", "revisions", "routes", "pods")
+
+
+def _meta(name: str, namespace: str, labels: Mapping[str, str], **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    meta.update({k: v for k, v in {"labels": dict(labels), **extra}.items() if v})
+    return meta
+
+
+def _k8s_conditions(conds: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
+    """Conditions as the API server stores them: empty reason/message omitted."""
+    return [{k: v for k, v in c.items() if v} for c in conds]
+
+
+def _owner_labels(svc: ServiceRecord) -> dict[str, str]:
+    name = svc.manifest.name
+    return {f"{GROUP}/service": name, f"{GROUP}/configuration": name}
+
+
+def _status_traffic(cp: ControlPlane, svc: ServiceRecord) -> list[dict[str, Any]]:
+    latest = svc.latest_ready_name()
+    out = []
+    for t in svc.route.traffic if svc.route else ():
+        entry: dict[str, Any] = {"revisionName": t.revision_name, "percent": t.percent}
+        if t.tag:
+            entry["tag"] = t.tag
+            entry["url"] = _tag_url(cp, t.tag, svc)
+        entry["latestRevision"] = t.revision_name == latest and not t.tag
+        out.append(entry)
+    return out
+
+
+def service_object(cp: ControlPlane, svc: ServiceRecord) -> dict[str, Any]:
+    body = svc.manifest.to_dict()
+    m = svc.manifest
+    body["metadata"] = _meta(m.name, m.namespace, m.labels, annotations=dict(m.annotations))
+    address = url(cp, m.name, m.namespace)
+    body["status"] = {
+        "url": address,
+        "address": {"url": address},
+        "latestCreatedRevisionName": svc.latest_created_name(),
+        "latestReadyRevisionName": svc.latest_ready_name(),
+        "conditions": _k8s_conditions(conditions(cp, svc)),
+        "traffic": _status_traffic(cp, svc),
+    }
+    return body
+
+
+def configuration_object(cp: ControlPlane, svc: ServiceRecord) -> dict[str, Any]:
+    m = svc.manifest
+    config, ready = conditions(cp, svc)[:2]
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Configuration",
+        "metadata": _meta(m.name, m.namespace, {**m.labels, f"{GROUP}/service": m.name}),
+        "spec": {"template": m.template.to_dict()},
+        "status": {
+            "latestCreatedRevisionName": svc.latest_created_name(),
+            "latestReadyRevisionName": svc.latest_ready_name(),
+            "conditions": _k8s_conditions(
+                [{**ready, "reason": config["reason"], "message": config["message"]}]
+            ),
+        },
+    }
+
+
+def route_object(cp: ControlPlane, svc: ServiceRecord) -> dict[str, Any]:
+    m = svc.manifest
+    ready = _condition("Ready", TRUE if svc.route_ready else UNKNOWN,
+                       svc.route_reason, svc.route_message)  # fmt: skip
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Route",
+        "metadata": _meta(m.name, m.namespace, {**m.labels, f"{GROUP}/service": m.name}),
+        "spec": {"traffic": [t.to_dict() for t in m.traffic]},
+        "status": {
+            "url": url(cp, m.name, m.namespace),
+            "conditions": _k8s_conditions([ready]),
+            "traffic": _status_traffic(cp, svc),
+        },
+    }
+
+
+def revision_objects(cp: ControlPlane) -> list[dict[str, Any]]:
+    out = []
+    for row in revisions(cp):
+        svc = cp.state.services[(row["namespace"], row["service"])]
+        rec = svc.revision(row["name"])
+        assert rec is not None
+        labels = {**_owner_labels(svc), f"{GROUP}/configurationGeneration": str(rec.generation)}
+        tpl = rec.template.to_dict()
+        reason = "" if row["ready"] == TRUE else ("RevisionFailed" if row["ready"] == FALSE
+                                                  else "Deploying")  # fmt: skip
+        out.append(
+            {
+                "apiVersion": f"{GROUP}/v1",
+                "kind": "Revision",
+                "metadata": _meta(
+                    row["name"],
+                    row["namespace"],
+                    labels,
+                    annotations=tpl["metadata"].get("annotations"),
+                ),
+                "spec": tpl["spec"],
+                "status": {
+                    "conditions": _k8s_conditions(
+                        [_condition("Ready", row["ready"], reason, row["reason"])]
+                    ),
+                    "actualReplicas": row["readyPods"],
+                    "desiredReplicas": row["desired"],
+                },
+            }
+        )
+    return out
+
+
+def pod_objects(cp: ControlPlane) -> list[dict[str, Any]]:
+    out = []
+    for row in revisions(cp):
+        svc = cp.state.services[(row["namespace"], row["service"])]
+        labels = {**_owner_labels(svc), f"{GROUP}/revision": row["name"]}
+        for pod in row["pods"]:
+            ready = pod["phase"] == "Ready"
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": _meta(pod["name"], row["namespace"], labels),
+                    "status": {
+                        "phase": pod["phase"],
+                        "reason": pod["reason"],
+                        "podIP": "127.0.0.1",
+                        "queueProxy": pod["endpoint"],
+                        "containerStatuses": [
+                            {"name": n, "ready": ready, "restartCount": pod["restarts"]}
+                            for n in ("user-container", "queue-proxy")
+                        ],
+                    },
+                }
+            )
+    return out
+
+
+def objects(cp: ControlPlane, kind: str) -> list[dict[str, Any]]:
+    """Every object of ``kind`` (one of ``KINDS``), shaped as the Kubernetes API returns it."""
+    records = [svc for _, svc in sorted(cp.state.services.items())]
+    if kind == "services":
+        return [service_object(cp, s) for s in records]
+    if kind == "configurations":
+        return [configuration_object(cp, s) for s in records]
+    if kind == "routes":
+        return [route_object(cp, s) for s in records]
+    if kind == "revisions":
+        return revision_objects(cp)
+    if kind == "pods":
+        return pod_objects(cp)
+    raise KeyError(kind)

@@ -1,0 +1,68 @@
+"""The kubectl-shaped ``sluice get`` against a real ``sluice up``: two namespaces, names,
+label selectors, every output, kubectl's wording for empty and missing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.test_serving_support import EXAMPLES, sluice_up
+
+PROD_HELLO = (
+    (EXAMPLES / "hello.yaml")
+    .read_text()
+    .replace("  name: hello\n", "  name: hello\n  namespace: prod\n  labels:\n    team: blue\n", 1)
+)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_get_is_shaped_like_kubectl(tmp_path: Path) -> None:
+    (tmp_path / "apps").symlink_to(EXAMPLES / "apps")
+    prod = tmp_path / "prod-hello.yaml"
+    prod.write_text(PROD_HELLO)
+    with sluice_up(tmp_path, EXAMPLES / "hello.yaml", prod) as s:
+        s.wait_ready("hello", "hello-v1")
+
+        table = s.cli("get", "ksvc", "-A").stdout.splitlines()
+        assert table[0].split()[:3] == ["NAMESPACE", "NAME", "URL"]
+        assert sorted(line.split()[0] for line in table[1:]) == ["default", "prod"]
+        assert "NAMESPACE" not in s.cli("get", "ksvc").stdout
+
+        svc = yaml.safe_load(s.cli("get", "ksvc", "hello", "-n", "prod", "-o", "yaml").stdout)
+        assert (svc["apiVersion"], svc["kind"]) == ("serving.knative.dev/v1", "Service")
+        assert svc["metadata"] == {"name": "hello", "namespace": "prod",
+                                   "labels": {"team": "blue"}}  # fmt: skip
+        assert svc["status"]["url"] == f"http://hello.prod.localhost:{s.port}"
+        ready = {c["type"]: c["status"] for c in svc["status"]["conditions"]}
+        assert ready == {"Ready": "True", "ConfigurationsReady": "True", "RoutesReady": "True"}
+        assert svc["status"]["traffic"] == [
+            {"revisionName": "hello-v1", "percent": 100, "latestRevision": True}
+        ]
+
+        listed = json.loads(s.cli("get", "revisions", "-A", "-o", "json").stdout)
+        assert listed["kind"] == "List"
+        assert {r["metadata"]["namespace"] for r in listed["items"]} == {"default", "prod"}
+
+        by_label = s.cli("get", "ksvc", "-A", "-l", "team=blue", "-o", "name").stdout
+        assert by_label.split() == ["service.serving.knative.dev/hello"]
+        pods = s.cli("get", "pods", "-n", "prod", "-l", "serving.knative.dev/revision=hello-v1")
+        assert pods.stdout.splitlines()[1].split()[1:3] == ["2/2", "Ready"]
+
+        for kind in ("routes", "configurations", "revisions"):
+            assert "hello" in s.cli("get", kind, "-n", "prod").stdout
+
+        empty = s.cli("get", "ksvc", "-n", "nowhere")
+        assert (empty.stdout, empty.stderr) == ("", "No resources found in nowhere namespace.\n")
+
+        missing = s.cli("get", "ksvc", "nope", check=False)
+        assert missing.returncode == 1
+        assert missing.stderr == (
+            'Error from server (NotFound): services.serving.knative.dev "nope" not found\n'
+        )
+        bad = s.cli("get", "ksvc", "-l", "a b", check=False)
+        assert (bad.returncode, bad.stderr) == (1, "error: -l 'a b': cannot parse requirement "
+                                                   "'a b'\n")  # fmt: skip
