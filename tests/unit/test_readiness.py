@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -79,6 +80,10 @@ class HttpUpstream:
             pass
         finally:
             writer.close()
+            # Wait for the socket itself to close: a transport merely told to close may
+            # outlive the test's event loop and warn (ResourceWarning) in a later test.
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
 
 class TcpUpstream:
