@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.expansion import expand_all, expand_env
 from serving.manifest import Container, ReadinessProbe, RevisionTemplate, no_command_message
 
 POD_IP = "127.0.0.1"
@@ -81,12 +83,13 @@ def pod_name(revision: str, index: int) -> str:
     return f"{revision}-deployment-{index}"
 
 
-def resolve_command(container: Container) -> tuple[str, ...]:
-    """``command + args`` with ``python``/``python3`` mapped to the running interpreter."""
+def resolve_command(container: Container, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``command + args`` with ``$(VAR)`` expanded against the container's ``env`` (as the
+    kubelet does) and ``python``/``python3`` mapped to the running interpreter."""
     message = no_command_message(container)
     if message is not None:
         raise PodPlanError(message)
-    argv = [*container.command, *container.args]
+    argv = list(expand_all([*container.command, *container.args], env or {}))
     if _PYTHON.match(argv[0]):
         argv[0] = sys.executable
     return tuple(argv)
@@ -106,7 +109,9 @@ def rewritten_probe(probe: ReadinessProbe, user_port: int) -> dict[str, object]:
 
 
 def user_env(container: Container, port: int, service: str, revision: str) -> dict[str, str]:
-    env = {e.name: e.value for e in container.env}
+    """The container's env (values ``$(VAR)``-expanded in order) then Knative's variables,
+    appended after the user's as the controller does."""
+    env = expand_env([(e.name, e.value) for e in container.env], {})
     env.update(
         {
             "PORT": str(port),
@@ -173,9 +178,10 @@ def build_pod_plan(
 
     ``base_env`` is the environment both processes inherit (Sluice's own, typically).
     """
-    argv = resolve_command(template.container)
+    container_env = user_env(template.container, ports.user, service, revision)
+    argv = resolve_command(template.container, container_env)
     cwd = workdir if Path(workdir).is_dir() else str(Path.cwd())
-    app_env = {**base_env, **user_env(template.container, ports.user, service, revision)}
+    app_env = {**base_env, **container_env}
     qp_env = {
         **base_env,
         **queue_proxy_env(
