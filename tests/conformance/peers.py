@@ -62,10 +62,14 @@ def in_private_netns() -> bool:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL ``proc``'s whole process group (it leads its own session) and reap it."""
+    """SIGKILL ``proc``'s whole process group (it leads its own session), reap it and close
+    the pipes it was given."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def port_open(port: int) -> bool:
@@ -77,14 +81,16 @@ def port_open(port: int) -> bool:
 
 
 def start_app(log_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen(
-        [sys.executable, str(APP), "0"],
-        stdout=subprocess.PIPE,
-        stderr=(log_dir / f"app-{time.monotonic_ns()}.err").open("wb"),
-        cwd=ROOT,
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        start_new_session=True,
-    )
+    # The child holds its own copy of the log file; ours is closed as soon as it is started.
+    with (log_dir / f"app-{time.monotonic_ns()}.err").open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(APP), "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            cwd=ROOT,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            start_new_session=True,
+        )
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
