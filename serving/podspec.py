@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.containers import ContainerRuntime, container_name, default_runtime, run_argv
+from serving.containers import RuntimeError_ as ContainerRuntimeError
 from serving.expansion import expand_all, expand_env
 from serving.manifest import Container, ReadinessProbe, RevisionTemplate, no_command_message
 
@@ -32,6 +34,8 @@ POD_IP = "127.0.0.1"
 #: ingress has seen the endpoint go; here the activator is told at once, in-process, so one
 #: second without requests is enough and keeps scale-down and Ctrl-C quick.
 DRAIN_QUIET_SECONDS = 1.0
+#: ``build_pod_plan``'s default: detect the container runtime only when an image must run.
+_DETECT = object()
 _PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
 
 
@@ -173,15 +177,40 @@ def build_pod_plan(
     base_env: dict[str, str],
     queue_proxy_argv: tuple[str, ...] = (sys.executable, "-m", "queueproxy"),
     drain_quiet_seconds: float = DRAIN_QUIET_SECONDS,
+    runtime: ContainerRuntime | object | None = _DETECT,
 ) -> PodPlan:
     """Both processes of one pod; raises ``PodPlanError`` when the container cannot run.
 
+    A container with an ``image`` and no ``command`` runs through ``runtime`` (Podman or
+    Docker; by default ``SLUICE_RUNTIME`` or whichever is installed); ``None`` means local
+    processes only.
+
     ``base_env`` is the environment both processes inherit (Sluice's own, typically).
     """
-    container_env = user_env(template.container, ports.user, service, revision)
-    argv = resolve_command(template.container, container_env)
     cwd = workdir if Path(workdir).is_dir() else str(Path.cwd())
-    app_env = {**base_env, **container_env}
+    container = template.container
+    if runtime is _DETECT and not container.command:
+        try:
+            runtime = default_runtime()
+        except ContainerRuntimeError as exc:
+            raise PodPlanError(str(exc)) from exc
+    if isinstance(runtime, ContainerRuntime) and not container.command:
+        # The image runs in a container: PORT is the container port, published on the
+        # pod's free user port, so the queue-proxy reaches it on loopback as usual.
+        container_env = user_env(container, container.port, service, revision)
+        argv = run_argv(
+            runtime,
+            container,
+            name=container_name(namespace, pod),
+            host_port=ports.user,
+            env=container_env,
+            args=expand_all(container.args, container_env),
+        )
+        app_env = dict(base_env)
+    else:
+        container_env = user_env(container, ports.user, service, revision)
+        argv = resolve_command(container, container_env)
+        app_env = {**base_env, **container_env}
     qp_env = {
         **base_env,
         **queue_proxy_env(

@@ -128,9 +128,19 @@ def test_other_commands_run_as_given() -> None:
     assert resolve_command(t.container) == ("./server", "-p", "1")
 
 
-def test_missing_command_says_the_image_is_not_run() -> None:
+def test_missing_command_without_a_runtime_says_the_image_is_not_run() -> None:
     with pytest.raises(PodPlanError, match=r"does not run images \(image x recorded\)"):
-        plan(template({"image": "x"}))
+        build_pod_plan(
+            template({"image": "x"}),
+            namespace="default",
+            service="hello",
+            revision="hello-00001",
+            pod="hello-00001-deployment-1",
+            ports=PORTS,
+            workdir="/",
+            base_env={},
+            runtime=None,
+        )
 
 
 def test_workdir_is_used_when_it_exists(tmp_path: Any) -> None:

@@ -1,0 +1,129 @@
+"""Running a container image as a pod's user container through Podman or Docker.
+
+Pure core: ``run_argv`` is the one command line (``podman run ...`` in the foreground) that a
+``LocalPod`` supervises exactly like a local process: SIGTERM to it is proxied to the
+container (``--sig-proxy``, the default) and ``--rm`` removes the container when it exits, so
+scale-down and Ctrl-C leave nothing behind. ``detect_runtime`` picks the runtime.
+
+Podman on these machines (documented in docs/tutorial.md): rootful, ``--cgroup-manager=cgroupfs``
+(no systemd), OCI runtime ``runc`` (crun refuses the hybrid cgroup layout), and ``--ulimit``
+nofile/nproc no higher than Sluice's own hard limits (Podman's defaults exceed them and the
+runtime's setrlimit is refused).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from serving.manifest import Container
+
+RUNTIMES = ("podman", "docker", "process")
+#: Every container Sluice starts carries this label, so leftovers can be found and removed.
+LABEL = "io.sluice.pod"
+
+
+class RuntimeError_(ValueError):
+    """The requested container runtime is not usable; the message says what was tried."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRuntime:
+    kind: str  # "podman" or "docker"
+    executable: str
+    global_flags: tuple[str, ...] = ()
+    run_flags: tuple[str, ...] = ()
+
+    @property
+    def base(self) -> tuple[str, ...]:
+        return (self.executable, *self.global_flags)
+
+
+def host_ulimits() -> tuple[str, ...]:
+    """``--ulimit`` flags at Sluice's own hard limits: the most the runtime may set here."""
+    flags: list[str] = []
+    for name, res in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
+        hard = resource.getrlimit(res)[1]
+        if hard != resource.RLIM_INFINITY:
+            flags += ["--ulimit", f"{name}={hard}:{hard}"]
+    return tuple(flags)
+
+
+def make_runtime(kind: str, which: Callable[[str], str | None] = shutil.which) -> ContainerRuntime:
+    """The runtime ``kind`` with the flags that work on this host; raises naming what was tried."""
+    exe = which(kind)
+    if exe is None:
+        hint = "apt-get install -y podman runc" if kind == "podman" else f"install {kind}"
+        raise RuntimeError_(f"--runtime {kind}: {kind} not found on PATH ({hint})")
+    if kind == "podman":
+        flags: tuple[str, ...] = ("--cgroup-manager=cgroupfs",)
+        if which("runc") is not None:
+            flags += ("--runtime", "runc")
+        return ContainerRuntime(kind, exe, flags, host_ulimits())
+    return ContainerRuntime(kind, exe)
+
+
+def detect_runtime(
+    requested: str = "", which: Callable[[str], str | None] = shutil.which
+) -> ContainerRuntime | None:
+    """``requested`` (podman|docker|process) or the first of podman, docker installed;
+    ``None`` means images cannot run (process only)."""
+    if requested and requested not in RUNTIMES:
+        raise RuntimeError_(f"--runtime {requested}: expected one of {', '.join(RUNTIMES)}")
+    if requested == "process":
+        return None
+    if requested:
+        return make_runtime(requested, which)
+    for kind in ("podman", "docker"):
+        if which(kind) is not None:
+            return make_runtime(kind, which)
+    return None
+
+
+def default_runtime() -> ContainerRuntime | None:
+    """The runtime named by ``SLUICE_RUNTIME`` (set by ``sluice up --runtime``), else detected."""
+    return detect_runtime(os.environ.get("SLUICE_RUNTIME", ""))
+
+
+def container_name(namespace: str, pod: str) -> str:
+    return f"sluice-{namespace}-{pod}"
+
+
+def run_argv(
+    runtime: ContainerRuntime,
+    container: Container,
+    *,
+    name: str,
+    host_port: int,
+    env: Mapping[str, str],
+    args: tuple[str, ...],
+    host: str = "127.0.0.1",
+) -> tuple[str, ...]:
+    """The foreground ``run`` command: the container port published on ``host:host_port``,
+    ``env`` as ``-e`` flags, ``args`` (already ``$(VAR)``-expanded) after the image."""
+    argv = [
+        *runtime.base,
+        "run",
+        "--rm",
+        # An init as PID 1 so SIGTERM stops servers (busybox httpd) that ignore it as PID 1.
+        "--init",
+        "--pull=missing",
+        "--name",
+        name,
+        "--label",
+        f"{LABEL}={name}",
+        "-p",
+        f"{host}:{host_port}:{container.port}",
+        *runtime.run_flags,
+    ]
+    for key, value in env.items():
+        argv += ["-e", f"{key}={value}"]
+    if container.command:
+        argv += ["--entrypoint", container.command[0]]
+        args = (*container.command[1:], *args)
+    argv.append(container.image)
+    argv += args
+    return tuple(argv)

@@ -1,0 +1,65 @@
+"""The container runtime choice and the one `run` command line, as pure values."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.containers import RuntimeError_, detect_runtime, run_argv
+from serving.manifest import Container, EnvVar
+from serving.podspec import PodPorts, build_pod_plan
+
+
+def which_of(*present: str):  # type: ignore[no-untyped-def]
+    return lambda name: f"/usr/bin/{name}" if name in present else None
+
+
+def test_detect_prefers_podman_with_cgroupfs_and_runc() -> None:
+    rt = detect_runtime("", which_of("podman", "docker", "runc"))
+    assert rt is not None and rt.kind == "podman"
+    assert rt.global_flags == ("--cgroup-manager=cgroupfs", "--runtime", "runc")
+
+
+def test_detect_none_and_process() -> None:
+    assert detect_runtime("", which_of()) is None
+    assert detect_runtime("process", which_of("podman")) is None
+
+
+def test_missing_runtime_names_what_was_tried() -> None:
+    with pytest.raises(RuntimeError_, match="--runtime podman: podman not found"):
+        detect_runtime("podman", which_of("docker"))
+    with pytest.raises(RuntimeError_, match="expected one of"):
+        detect_runtime("rkt", which_of())
+
+
+def test_run_argv_publishes_container_port_and_env() -> None:
+    rt = detect_runtime("docker", which_of("docker"))
+    assert rt is not None
+    c = Container(image="localhost/app:1", container_port=9000)
+    argv = run_argv(rt, c, name="n", host_port=4321, env={"PORT": "9000"}, args=("-v",))
+    assert argv[:2] == ("/usr/bin/docker", "run")
+    assert "127.0.0.1:4321:9000" in argv and "PORT=9000" in argv
+    assert argv[-2:] == ("localhost/app:1", "-v")
+
+
+def test_plan_for_image_runs_the_runtime_with_container_port() -> None:
+    from serving.manifest import RevisionTemplate
+
+    rt = detect_runtime("podman", which_of("podman"))
+    c = Container(image="localhost/app:1", args=("--port=$(PORT)",), env=(EnvVar("A", "$(B)"),))
+    t = RevisionTemplate(container=c)
+    plan = build_pod_plan(
+        t,
+        namespace="default",
+        service="s",
+        revision="s-00001",
+        pod="s-00001-deployment-1",
+        ports=PodPorts(1, 2, 3, 4, 5, 6),
+        workdir="/",
+        base_env={},
+        runtime=rt,
+    )
+    argv = plan.user.argv
+    assert argv[0] == "/usr/bin/podman" and "127.0.0.1:1:8080" in argv
+    assert "PORT=8080" in argv and "K_REVISION=s-00001" in argv
+    assert argv[-2:] == ("localhost/app:1", "--port=8080")
+    assert plan.queue_proxy.env["USER_PORT"] == "1"
