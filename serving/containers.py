@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from serving.manifest import Container
 
 RUNTIMES = ("podman", "docker", "process")
+#: runc refuses nproc above this here even when the hard limit is higher (found by trial:
+#: 32768 works, 65536 does not), so the flag is capped.
+NPROC_CAP = 32768
 #: Every container Sluice starts carries this label, so leftovers can be found and removed.
 LABEL = "io.sluice.pod"
 
@@ -47,6 +50,8 @@ def host_ulimits() -> tuple[str, ...]:
     flags: list[str] = []
     for name, res in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
         hard = resource.getrlimit(res)[1]
+        if name == "nproc":
+            hard = NPROC_CAP if hard == resource.RLIM_INFINITY else min(hard, NPROC_CAP)
         if hard != resource.RLIM_INFINITY:
             flags += ["--ulimit", f"{name}={hard}:{hard}"]
     return tuple(flags)
