@@ -143,7 +143,21 @@ class _Proc:
         if code < 0:
             with contextlib.suppress(ValueError):
                 return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
+        tail = last_log_line(self.log_path)
+        return f"exit code {code}: {tail}" if tail else f"exit code {code}"
+
+
+def last_log_line(path: Path, limit: int = 200) -> str:
+    """The last non-blank line of a log (what ``sluice describe`` shows for a crash), cut to
+    ``limit`` characters; "" when there is none."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            data = f.read()
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else ""
 
 
 class LocalPod:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from serving.containers import RuntimeError_, detect_runtime, run_argv
@@ -63,3 +65,12 @@ def test_plan_for_image_runs_the_runtime_with_container_port() -> None:
     assert "PORT=8080" in argv and "K_REVISION=s-00001" in argv
     assert argv[-2:] == ("localhost/app:1", "--port=8080")
     assert plan.queue_proxy.env["USER_PORT"] == "1"
+
+
+def test_crash_reason_is_the_last_log_line(tmp_path: Path) -> None:
+    from serving.pods import last_log_line
+
+    log = tmp_path / "a.log"
+    assert last_log_line(log) == ""
+    log.write_text("starting\nError: initializing source docker://x: no such host\n\n")
+    assert last_log_line(log) == "Error: initializing source docker://x: no such host"
