@@ -8,7 +8,9 @@ Routes (all JSON unless noted):
 * ``GET  /api/v1/services`` · ``/api/v1/revisions`` · ``/api/v1/routes`` · ``/api/v1/top``
 * ``GET  /api/v1/objects/{kind}``            Kubernetes-shaped objects of one kind (``views.KINDS``)
 * ``GET  /api/v1/namespaces/{ns}/services/{name}``   describe
-* ``GET  /api/v1/logs/{revision}?tail=N``    text: every pod's log of the revision
+* ``GET  /api/v1/namespaces/{ns}/services/{name}/wait?timeout=S``  until Ready and routed
+  (``200``), failed or timed out (``422``)
+* ``GET  /api/v1/namespaces/{ns}/logs/{revision-or-pod}?tail=N&container=C&follow=1``  text
 * ``GET  /metrics``                          Prometheus text: desired/actual pods per revision
 
 A refused apply is ``422`` with ``{"errors": [...]}`` and changes nothing.
@@ -16,7 +18,9 @@ A refused apply is ``422`` with ``{"errors": [...]}`` and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from activator.model import RoutingConfig
 from serving import views
 from serving.controlplane import ControlPlane
 from serving.manifest import ManifestError, ServiceManifest
@@ -31,7 +36,11 @@ from serving.manifest_loader import load_manifests
 
 CP_KEY: web.AppKey[ControlPlane] = web.AppKey("control_plane", ControlPlane)
 INFO_KEY: web.AppKey[dict[str, Any]] = web.AppKey("info", dict)
+APPLIED_KEY: web.AppKey[Callable[[], RoutingConfig | None]] = web.AppKey("applied")
 DEFAULT_LOG_TAIL = 200
+DEFAULT_WAIT_SECONDS = 600.0
+LOG_FOLLOW_SECONDS = 0.25
+WAIT_POLL_SECONDS = 0.05
 _GAUGE_HELP = {
     "sluice_revision_desired_pods": "Pods the autoscaler wants for the revision",
     "sluice_revision_actual_pods": "Pods running (starting or ready) for the revision",
@@ -75,10 +84,12 @@ async def _apply(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return web.json_response({"errors": ["bad request: want {documents: [...]}"]}, status=400)
     try:
-        result = cp.apply(parse_documents(documents, cp))
+        items = parse_documents(documents, cp)
+        result = cp.apply(items)
     except ManifestError as exc:
         return web.json_response({"errors": list(exc.messages)}, status=422)
-    return web.json_response({"messages": list(result.messages)})
+    keys = [list(svc.key) for svc, _ in items]
+    return web.json_response({"messages": list(result.messages), "services": keys})
 
 
 async def _delete(request: web.Request) -> web.Response:
@@ -123,6 +134,44 @@ async def _objects(request: web.Request) -> web.Response:
     return web.json_response({"items": views.objects(request.app[CP_KEY], kind)})
 
 
+def ready_state(
+    cp: ControlPlane, applied: RoutingConfig | None, key: tuple[str, str]
+) -> tuple[str, str]:
+    """``(status, why)`` of a service for ``--wait``: "True" only when it is Ready and the
+    activator serves its current route (so the next request is routed, not 404)."""
+    svc = cp.state.services.get(key)
+    if svc is None:
+        return views.FALSE, f'services.serving.knative.dev "{key[1]}" not found'
+    ready = views.conditions(cp, svc)[1]
+    why = ": ".join(x for x in (ready["reason"], ready["message"]) if x)
+    if ready["status"] != views.TRUE:
+        return ready["status"], why
+    if applied is None or svc.route not in applied.routes:
+        return views.UNKNOWN, "the activator has not applied the route yet"
+    return views.TRUE, ""
+
+
+async def _wait(request: web.Request) -> web.Response:
+    cp, applied = request.app[CP_KEY], request.app[APPLIED_KEY]
+    key = (request.match_info["ns"], request.match_info["name"])
+    try:
+        timeout = float(request.query.get("timeout", DEFAULT_WAIT_SECONDS))
+    except ValueError:
+        return web.json_response({"errors": ["timeout: want seconds"]}, status=400)
+    deadline = time.monotonic() + timeout
+    while True:
+        status, why = ready_state(cp, applied(), key)
+        if status == views.TRUE:
+            return web.json_response({"url": views.url(cp, key[1], key[0])})
+        if status == views.FALSE:
+            return web.json_response({"errors": [f"service {key[0]}/{key[1]}: {why}"]}, status=422)
+        if time.monotonic() >= deadline:
+            return web.json_response(
+                {"errors": [f"timeout: service {key[0]}/{key[1]} not ready after "
+                            f"{timeout:g}s: {why or 'waiting'}"]}, status=422)  # fmt: skip
+        await asyncio.sleep(WAIT_POLL_SECONDS)
+
+
 async def _top(request: web.Request) -> web.Response:
     return web.json_response(views.top(request.app[CP_KEY]))
 
@@ -131,30 +180,69 @@ async def _info(request: web.Request) -> web.Response:
     return web.json_response(request.app[INFO_KEY])
 
 
-async def _logs(request: web.Request) -> web.Response:
+async def _logs(request: web.Request) -> web.StreamResponse:
+    """A revision's (or one pod's) log; ``container`` user-container (default) or
+    queue-proxy or all; ``follow=1`` keeps streaming appended lines until the client leaves."""
     cp = request.app[CP_KEY]
-    revision = request.match_info["revision"]
+    ns, name = request.match_info["ns"], request.match_info["name"]
     try:
         tail = int(request.query.get("tail", DEFAULT_LOG_TAIL))
     except ValueError:
-        tail = DEFAULT_LOG_TAIL
-    include_queue = request.query.get("queue", "") in ("1", "true")
-    if cp.state.revision_owner(revision) is None:
-        return _not_found(f'revisions.serving.knative.dev "{revision}" not found')
-    return web.Response(text=read_logs(cp.settings.log_dir / revision, tail, include_queue))
+        return web.json_response({"errors": ["tail: want a number of lines"]}, status=400)
+    container = request.query.get("container", "user-container")
+    if container not in ("user-container", "queue-proxy", "all"):
+        return web.json_response(
+            {"errors": [f"container {container}: want user-container or queue-proxy"]},
+            status=400,
+        )
+    revision, _, index = name.rpartition("-deployment-")
+    pod = name if revision and index.isdigit() else ""
+    revision = revision if pod else name
+    if cp.state.revision_owner(revision, ns) is None:
+        kind = "pods" if pod else "revisions.serving.knative.dev"
+        return _not_found(f'{kind} "{name}" not found')
+    files = log_files(cp.settings.revision_log_dir(ns, revision), container, pod)
+    if request.query.get("follow", "") not in ("1", "true"):
+        return web.Response(text=read_logs(files, tail))
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await resp.prepare(request)
+    await resp.write(read_logs(files, tail).encode())
+    offsets = {p: p.stat().st_size if p.exists() else 0 for p in files}
+    while True:  # ends when the client disconnects (the write raises)
+        await asyncio.sleep(LOG_FOLLOW_SECONDS)
+        for path in log_files(cp.settings.revision_log_dir(ns, revision), container, pod):
+            size = path.stat().st_size if path.exists() else 0
+            start = offsets.get(path, 0)
+            if size > start:
+                with path.open("rb") as fh:
+                    fh.seek(start)
+                    await resp.write(fh.read(size - start))
+                offsets[path] = size
 
 
-def read_logs(directory: Path, tail: int, include_queue: bool = False) -> str:
-    """The last ``tail`` lines of each pod's log under ``directory``, with a header per pod."""
+def log_files(directory: Path, container: str, pod: str = "") -> list[Path]:
+    """The log files of ``container`` ("all" for both) of every pod (or ``pod``) in
+    ``directory``."""
     if not directory.is_dir():
-        return ""
-    files = sorted(
-        p for p in directory.glob("*.log") if include_queue or not p.name.endswith(".queue.log")
-    )
+        return []
+    found = []
+    for path in sorted(directory.glob("*.log")):
+        queue = path.name.endswith(".queue.log")
+        owner = path.name.removesuffix(".queue.log").removesuffix(".log")
+        if pod and owner != pod:
+            continue
+        if container == "all" or queue == (container == "queue-proxy"):
+            found.append(path)
+    return found
+
+
+def read_logs(files: list[Path], tail: int) -> str:
+    """The last ``tail`` lines of each file; a header per file when there are several."""
     parts = []
     for path in files:
         lines = path.read_text(errors="replace").splitlines()
-        parts.append(f"==> {path.stem} <==")
+        if len(files) > 1:
+            parts.append(f"==> {path.stem} <==")
         parts.extend(lines[-tail:] if tail > 0 else lines)
     return "\n".join(parts) + ("\n" if parts else "")
 
@@ -171,9 +259,15 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
-def make_app(cp: ControlPlane, info: dict[str, Any]) -> web.Application:
+def make_app(
+    cp: ControlPlane,
+    info: dict[str, Any],
+    applied: Callable[[], RoutingConfig | None] = lambda: None,
+) -> web.Application:
+    """``applied`` gives the routing configuration the activator serves now."""
     app = web.Application()
     app[CP_KEY] = cp
+    app[APPLIED_KEY] = applied
     app[INFO_KEY] = info
     app.router.add_get("/api/v1/info", _info)
     app.router.add_post("/api/v1/apply", _apply)
@@ -184,6 +278,7 @@ def make_app(cp: ControlPlane, info: dict[str, Any]) -> web.Application:
     app.router.add_get("/api/v1/objects/{kind}", _objects)
     app.router.add_get("/api/v1/namespaces/{ns}/services/{name}", _describe)
     app.router.add_delete("/api/v1/namespaces/{ns}/services/{name}", _delete)
-    app.router.add_get("/api/v1/logs/{revision}", _logs)
+    app.router.add_get("/api/v1/namespaces/{ns}/services/{name}/wait", _wait)
+    app.router.add_get("/api/v1/namespaces/{ns}/logs/{name}", _logs)
     app.router.add_get("/metrics", _metrics)
     return app

@@ -16,10 +16,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
+
+import yaml
 
 from activator.model import DEFAULT_DOMAIN
-from serving import kubeprint, render
+from serving import kn, kubeprint, render
 from serving.settings import (
     DEFAULT_PORT,
     UpSettings,
@@ -47,12 +49,25 @@ class Client:
         host, port = split_address(address)
         self.base = f"http://{host}:{port}"
 
-    def call(self, method: str, path: str, body: object = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        timeout: float | None = CLIENT_TIMEOUT,
+        stream: TextIO | None = None,
+    ) -> Any:
+        """The JSON (or text) answer; with ``stream`` the body is copied there as it comes."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=CLIENT_TIMEOUT) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                if stream is not None:
+                    for chunk in iter(lambda: resp.read1(65536), b""):
+                        stream.write(chunk.decode(errors="replace"))
+                        stream.flush()
+                    return None
                 raw = resp.read()
                 kind = resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
@@ -113,8 +128,134 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace, client: Client) -> int:
-    result = client.call("POST", "/api/v1/apply", {"documents": read_documents(args.filename)})
+    docs = read_documents(args.filename)
+    if args.namespace:
+        docs = [{**d, "text": with_namespace(d["text"], d["source"], args.namespace)}
+                for d in docs]  # fmt: skip
+    result = client.call("POST", "/api/v1/apply", {"documents": docs})
     print("\n".join(result["messages"]))
+    if args.wait:
+        for namespace, name in result["services"]:
+            wait_ready(client, namespace, name, args.timeout)
+    return 0
+
+
+def with_namespace(text: str, source: str, namespace: str) -> str:
+    """``apply -n``: every document without a namespace gets ``namespace``; one naming another
+    is refused as kubectl does. The text is kept as is when nothing needs to change."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise CliError([f"{source}: {exc}".splitlines()[0]]) from None
+    changed = False
+    for doc in docs:
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        if not isinstance(meta, dict):
+            continue  # the server names the problem
+        have = meta.get("namespace")
+        if have is None:
+            meta["namespace"] = namespace
+            changed = True
+        elif have != namespace:
+            raise CliError([f'{source}: the namespace from the provided object "{have}" does '
+                            f'not match the namespace "{namespace}" (-n)'])  # fmt: skip
+    return yaml.safe_dump_all(docs, sort_keys=False) if changed else text
+
+
+def wait_ready(client: Client, namespace: str, name: str, timeout: float) -> None:
+    """Block until the service is Ready and routed (``CliError`` if it fails or times out)."""
+    path = f"/api/v1/namespaces/{namespace}/services/{name}/wait?timeout={timeout:g}"
+    client.call("GET", path, timeout=timeout + CLIENT_TIMEOUT)
+
+
+def _service_flags(args: argparse.Namespace) -> kn.ServiceFlags:
+    return kn.ServiceFlags(
+        name=args.name,
+        namespace=args.namespace,
+        image=args.image,
+        command=tuple(args.cmd),
+        args=tuple(args.arg),
+        port=args.port,
+        env=tuple(args.env),
+        annotations=tuple(args.annotation),
+        concurrency_limit=args.concurrency_limit,
+        scale_min=args.scale_min,
+        scale_max=args.scale_max,
+        traffic=tuple(args.traffic),
+        tags=tuple(args.tag),
+        untag=tuple(args.untag),
+        revision_name=args.revision_name,
+    )
+
+
+def _current_manifest(client: Client, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        data = client.call("GET", f"/api/v1/namespaces/{namespace}/services/{name}")
+    except CliError as exc:
+        if any("not found" in m for m in exc.messages):
+            return None
+        raise
+    manifest: dict[str, Any] = data["manifest"]
+    return manifest
+
+
+def _cmd_service(args: argparse.Namespace, client: Client) -> int:
+    ns, name = args.namespace, getattr(args, "name", "")
+    if args.action == "list":
+        args.kind, args.names, args.output, args.selector = "ksvc", [], "", ""
+        args.all_namespaces = getattr(args, "all_namespaces", False)
+        return _cmd_get(args, client)
+    if args.action == "delete":
+        client.call("DELETE", f"/api/v1/namespaces/{ns}/services/{name}")
+        print(f"Service '{name}' successfully deleted in namespace '{ns}'.")
+        return 0
+    current = _current_manifest(client, ns, name)
+    if args.action == "create" and current is not None and not args.force:
+        raise CliError([f"cannot create service '{name}' in namespace '{ns}' because the "
+                        "service already exists and no --force option was given"])  # fmt: skip
+    if args.action == "update" and current is None:
+        raise CliError([f'services.serving.knative.dev "{name}" not found in namespace {ns}'])
+    manifest = kn.edit_service(None if args.action == "create" else current, _service_flags(args))
+    doc = {"source": f"service {args.action} {name}", "text": json.dumps(manifest),
+           "workdir": os.getcwd()}  # fmt: skip
+    client.call("POST", "/api/v1/apply", {"documents": [doc]})
+    verb = {"create": "created", "update": "updated"}[args.action]
+    if not args.wait:
+        print(f"Service '{name}' {verb} in namespace '{ns}'.")
+        return 0
+    wait_ready(client, ns, name, args.wait_timeout)
+    svc = client.call("GET", f"/api/v1/namespaces/{ns}/services/{name}")
+    print(f"Service '{name}' {verb} to latest revision '{svc['latestReady']}' is available at "
+          f"URL:\n{svc['url']}")  # fmt: skip
+    return 0
+
+
+def _cmd_revision(args: argparse.Namespace, client: Client) -> int:
+    items = client.call("GET", "/api/v1/revisions")["items"]
+    namespace = None if args.all_namespaces else args.namespace
+    rows = [r for r in items if (namespace is None or r["namespace"] == namespace)
+            and (not args.service or r["service"] == args.service)]  # fmt: skip
+    if not rows:
+        print(kubeprint.no_resources(namespace), file=sys.stderr)
+        return 0
+    print(render.revisions(rows))
+    return 0
+
+
+def _cmd_version(args: argparse.Namespace, client: Client) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mine = version("sluice")
+    except PackageNotFoundError:
+        mine = "(not installed)"
+    print(f"Client Version: sluice {mine}")
+    print("Serving API: serving.knative.dev/v1 (Knative Serving v1.23 data plane)")
+    try:
+        info = client.call("GET", "/api/v1/info", timeout=2)
+        print(f"Server: {info['api']} (state in {info['stateDir']})")
+    except CliError:
+        print("Server: not running")
     return 0
 
 
@@ -163,9 +304,46 @@ def _cmd_top(args: argparse.Namespace, client: Client) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace, client: Client) -> int:
-    query = f"?tail={args.tail}" + ("&queue=1" if args.queue_proxy else "")
-    sys.stdout.write(client.call("GET", f"/api/v1/logs/{args.revision}{query}"))
+    container = "all" if args.all_containers else args.container
+    query = f"?tail={args.tail}&container={container}" + ("&follow=1" if args.follow else "")
+    path = f"/api/v1/namespaces/{args.namespace}/logs/{args.name}{query}"
+    if args.follow:
+        client.call("GET", path, timeout=None, stream=sys.stdout)
+    else:
+        sys.stdout.write(client.call("GET", path))
     return 0
+
+
+def _seconds(raw: str) -> float:
+    """``600``, ``600s``, ``10m``: kubectl's durations for ``--timeout``."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(raw[-1:], 0)
+    try:
+        value = float(raw[:-1] if scale else raw) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r}: want seconds, e.g. 90s or 5m") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{raw!r}: must be positive")
+    return value
+
+
+def _add_kn_flags(p: argparse.ArgumentParser) -> None:
+    """kn service create/update flags (repeatable ones append)."""
+    p.add_argument("--image", help="container image")
+    p.add_argument("--cmd", action="append", default=[], help="command word (repeatable)")
+    p.add_argument("--arg", action="append", default=[], help="argument (repeatable)")
+    p.add_argument("--port", help="container port: PORT or NAME:PORT")
+    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE or KEY-")
+    p.add_argument("-a", "--annotation", action="append", default=[], help="KEY=VALUE or KEY-")
+    p.add_argument("--concurrency-limit", type=int, help="containerConcurrency")
+    p.add_argument("--scale-min", type=int, help="min-scale annotation")
+    p.add_argument("--scale-max", type=int, help="max-scale annotation")
+    p.add_argument("--traffic", action="append", default=[], help="REV=PCT, @latest=PCT, TAG=PCT")
+    p.add_argument("--tag", action="append", default=[], help="REV=TAG or @latest=TAG")
+    p.add_argument("--untag", action="append", default=[], help="TAG")
+    p.add_argument("--revision-name", help="name of the new revision (SERVICE-...)")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                   help="wait until Ready and routed (default; --no-wait to skip)")  # fmt: skip
+    p.add_argument("--wait-timeout", type=_seconds, default=600.0, help="seconds (600)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -208,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply = add("apply", "apply Knative Service manifests")
     apply.add_argument("-f", "--filename", action="append", required=True,
                        help="file, directory or - for stdin (repeatable)")  # fmt: skip
+    apply.add_argument("-n", "--namespace", default="", help="namespace of objects without one")
+    apply.add_argument("--wait", action="store_true", help="return once every service is Ready")
+    apply.add_argument("--timeout", type=_seconds, default=600.0, help="--wait limit (600s)")
 
     delete = add("delete", "delete a service")
     delete.add_argument("kind", choices=["ksvc", "service"])
@@ -231,10 +412,37 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--once", action="store_true", help="print one frame and exit")
     top.add_argument("--interval", type=float, default=1.0)
 
-    logs = add("logs", "logs of a revision's pods")
-    logs.add_argument("revision")
+    logs = add("logs", "logs of a revision's (or a pod's) containers, as kubectl logs")
+    logs.add_argument("name", metavar="REVISION|POD")
+    _add_namespace(logs)
+    logs.add_argument("-c", "--container", choices=["user-container", "queue-proxy"],
+                      default="user-container")  # fmt: skip
+    logs.add_argument("--all-containers", action="store_true", help="both containers")
+    logs.add_argument("-f", "--follow", action="store_true", help="stream new lines")
     logs.add_argument("--tail", type=int, default=200, help="lines per pod (0 = all)")
-    logs.add_argument("--queue-proxy", action="store_true", help="include queue-proxy logs")
+
+    service = add("service", "kn service: create, update, delete, list")
+    service_sub = service.add_subparsers(dest="action", required=True)
+    for action in ("create", "update"):
+        sp = service_sub.add_parser(action, parents=[common])
+        sp.add_argument("name")
+        _add_namespace(sp)
+        _add_kn_flags(sp)
+        if action == "create":
+            sp.add_argument("--force", action="store_true", help="replace an existing service")
+    sp = service_sub.add_parser("delete", parents=[common])
+    sp.add_argument("name")
+    _add_namespace(sp)
+    sp = service_sub.add_parser("list", parents=[common])
+    _add_namespace(sp, all_namespaces=True)
+
+    revision = add("revision", "kn revision list")
+    revision_sub = revision.add_subparsers(dest="action", required=True)
+    sp = revision_sub.add_parser("list", parents=[common])
+    sp.add_argument("-s", "--service", default="", help="only this service's revisions")
+    _add_namespace(sp, all_namespaces=True)
+
+    add("version", "client and server versions")
     return p
 
 
@@ -245,6 +453,9 @@ COMMANDS = {
     "describe": _cmd_describe,
     "top": _cmd_top,
     "logs": _cmd_logs,
+    "service": _cmd_service,
+    "revision": _cmd_revision,
+    "version": _cmd_version,
 }
 
 

@@ -303,7 +303,7 @@ class ControlPlane:
             return None
         return LocalPod(
             plan,
-            self.settings.log_dir / revision,
+            self.settings.revision_log_dir(namespace, revision),
             on_change=lambda pod: self._dirty.set(),
             on_event=lambda pod, kind, reason, msg: self.event(
                 kind, reason, f"pod/{pod.name}", msg, svc.key

@@ -67,6 +67,11 @@ class UpSettings:
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    def revision_log_dir(self, namespace: str, revision: str) -> Path:
+        """Where a revision's pods log: keyed by namespace, as revision names are per
+        namespace."""
+        return self.log_dir / namespace / revision
+
 
 def queue_proxy_argv(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     """The queue-proxy command: ``$SLUICE_QUEUE_PROXY_COMMAND`` (shell words) if set, else

@@ -86,7 +86,7 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
         "stateDir": str(settings.state_dir),
         "domain": settings.domain,
     }
-    runner = web.AppRunner(make_app(cp, info), access_log=None)
+    runner = web.AppRunner(make_app(cp, info, lambda: activator.config), access_log=None)
     await runner.setup()
     try:
         await activator.start()
