@@ -66,3 +66,18 @@ def test_get_is_shaped_like_kubectl(tmp_path: Path) -> None:
         bad = s.cli("get", "ksvc", "-l", "a b", check=False)
         assert (bad.returncode, bad.stderr) == (1, "error: -l 'a b': cannot parse requirement "
                                                    "'a b'\n")  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_apply_and_service_update_wait_until_the_split_is_live(tmp_path: Path) -> None:
+    with sluice_up(tmp_path, EXAMPLES / "hello.yaml") as s:
+        s.wait_ready("hello", "hello-v1")
+        s.cli("apply", "-f", str(EXAMPLES / "canary" / "1-v2-50-50.yaml"), "--wait")
+        assert s.route("hello") == [("hello-v1", 50, ""), ("hello-v2", 50, "")]
+        s.cli("service", "update", "hello", "--traffic", "hello-v1=20", "--traffic",
+              "hello-v2=80", "--tag", "hello-v2=canary")  # fmt: skip
+        assert s.route("hello") == [("hello-v1", 20, ""), ("hello-v2", 80, "canary")]
+        bad = s.cli("service", "update", "hello", "--traffic", "hello-v1=20", check=False)
+        assert (bad.returncode, bad.stderr) == (
+            1, "error: --traffic: percents sum to 20, want 100\n")  # fmt: skip
