@@ -106,7 +106,17 @@ def read_documents(paths: Sequence[str]) -> list[dict[str, str]]:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from proxy.runner import run
+    from serving.containers import RuntimeError_, detect_runtime
     from serving.up import serve
+
+    if args.runtime is not None:
+        try:
+            detect_runtime(args.runtime)  # refused at once, in one line, if unusable
+        except RuntimeError_ as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        # Read by every pod plan (serving.containers.default_runtime).
+        os.environ["SLUICE_RUNTIME"] = args.runtime
 
     try:
         settings = UpSettings(
@@ -380,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--autoscaler", action="append", default=[], metavar="KEY=VALUE",
         help="config-autoscaler setting, e.g. stable-window=10s (repeatable)",
+    )  # fmt: skip
+    up.add_argument(
+        "--runtime", choices=("podman", "docker", "process"), default=None,
+        help="how containers with an image run (default: podman or docker, whichever is "
+        "installed; process: only command/args, as local processes)",
     )  # fmt: skip
     up.add_argument("-v", "--verbose", action="store_true", help="log activator details")
 
