@@ -64,7 +64,13 @@ async def apply(
 async def test_apply_then_get_shows_the_service_waiting_for_its_revision(env: Env) -> None:
     client, _, _ = env
     status, body = await apply(client, HELLO)
-    assert (status, body) == (200, {"messages": ["service.serving.knative.dev/hello created"]})
+    assert (status, body) == (
+        200,
+        {
+            "messages": ["service.serving.knative.dev/hello created"],
+            "services": [["default", "hello"]],  # what `apply --wait` then waits for
+        },
+    )
     rows = (await (await client.get("/api/v1/services")).json())["items"]
     assert rows[0]["name"] == "hello"
     assert rows[0]["url"] == "http://hello.default.localhost:8080"
