@@ -59,7 +59,8 @@ def parse_documents(
         source, text = str(doc.get("source", "")), str(doc.get("text", ""))
         workdir = str(doc.get("workdir", "")) or str(Path.cwd())
         try:
-            found = load_manifests(text, source, cp.settings.autoscaler)
+            namespace = str(doc.get("namespace", ""))
+            found = load_manifests(text, source, cp.settings.autoscaler, namespace)
         except ManifestError as exc:
             errors.extend(exc.messages)
             continue
@@ -89,7 +90,10 @@ async def _apply(request: web.Request) -> web.Response:
     except ManifestError as exc:
         return web.json_response({"errors": list(exc.messages)}, status=422)
     keys = [list(svc.key) for svc, _ in items]
-    return web.json_response({"messages": list(result.messages), "services": keys})
+    warnings = [w for svc, _ in items for w in svc.warnings]
+    return web.json_response(
+        {"messages": list(result.messages), "services": keys, "warnings": warnings}
+    )
 
 
 async def _delete(request: web.Request) -> web.Response:

@@ -18,8 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import yaml
-
 from activator.model import DEFAULT_DOMAIN
 from serving import kn, kubeprint, render
 from serving.settings import (
@@ -140,9 +138,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_apply(args: argparse.Namespace, client: Client) -> int:
     docs = read_documents(args.filename)
     if args.namespace:
-        docs = [{**d, "text": with_namespace(d["text"], d["source"], args.namespace)}
-                for d in docs]  # fmt: skip
+        # The server defaults the namespace, so file:line in its messages stay true.
+        docs = [{**d, "namespace": args.namespace} for d in docs]
     result = client.call("POST", "/api/v1/apply", {"documents": docs})
+    print_warnings(result)
     print("\n".join(result["messages"]))
     if args.wait:
         for namespace, name in result["services"]:
@@ -150,26 +149,10 @@ def _cmd_apply(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def with_namespace(text: str, source: str, namespace: str) -> str:
-    """``apply -n``: every document without a namespace gets ``namespace``; one naming another
-    is refused as kubectl does. The text is kept as is when nothing needs to change."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise CliError([f"{source}: {exc}".splitlines()[0]]) from None
-    changed = False
-    for doc in docs:
-        meta = doc.get("metadata") if isinstance(doc, dict) else None
-        if not isinstance(meta, dict):
-            continue  # the server names the problem
-        have = meta.get("namespace")
-        if have is None:
-            meta["namespace"] = namespace
-            changed = True
-        elif have != namespace:
-            raise CliError([f'{source}: the namespace from the provided object "{have}" does '
-                            f'not match the namespace "{namespace}" (-n)'])  # fmt: skip
-    return yaml.safe_dump_all(docs, sort_keys=False) if changed else text
+def print_warnings(result: dict[str, Any]) -> None:
+    """The server's warnings (fields it ignores) on stderr, as kubectl prints them."""
+    for warning in result.get("warnings", []):
+        print(f"Warning: {warning}", file=sys.stderr)
 
 
 def wait_ready(client: Client, namespace: str, name: str, timeout: float) -> None:
@@ -228,7 +211,7 @@ def _cmd_service(args: argparse.Namespace, client: Client) -> int:
     manifest = kn.edit_service(None if args.action == "create" else current, _service_flags(args))
     doc = {"source": f"service {args.action} {name}", "text": json.dumps(manifest),
            "workdir": os.getcwd()}  # fmt: skip
-    client.call("POST", "/api/v1/apply", {"documents": [doc]})
+    print_warnings(client.call("POST", "/api/v1/apply", {"documents": [doc]}))
     verb = {"create": "created", "update": "updated"}[args.action]
     if not args.wait:
         print(f"Service '{name}' {verb} in namespace '{ns}'.")

@@ -178,6 +178,8 @@ class ServiceManifest:
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     annotations: dict[str, str] = field(default_factory=dict, hash=False)
     traffic: tuple[TrafficEntry, ...] = (TrafficEntry(percent=100),)
+    #: Fields accepted but ignored, one line each (``[file:line: ]message: path``).
+    warnings: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -2,20 +2,21 @@
 
 Defaulting and the messages follow Knative's webhook: each message ends with the field path(s)
 it is about, and every problem in a manifest is reported, not just the first, so one bad
-manifest refuses a whole batch. Fields outside the subset Sluice runs (resources, probes other
-than readiness, ...) are ignored because a local process has no use for them.
+manifest refuses a whole batch. Validation is strict as ``kubectl --validate=strict`` is
+(``serving.schema``): unknown fields, duplicate keys and wrong types are refused; fields Sluice
+cannot honour are refused or warned about by name. Messages from text carry ``file:line``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from activator.model import DEFAULT_TIMEOUT_SECONDS
+from serving import schema
 from serving.autoscaling_config import AutoscalerConfig, annotation_errors
 from serving.manifest import (
     API_VERSION,
@@ -34,36 +35,59 @@ from serving.manifest import (
     ServiceManifest,
     TrafficEntry,
 )
+from serving.yaml_source import Document, YamlError, read_documents
 
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def load_manifests(
-    text: str, source: str = "", autoscaler: AutoscalerConfig | None = None
+    text: str,
+    source: str = "",
+    autoscaler: AutoscalerConfig | None = None,
+    namespace: str = "",
 ) -> list[ServiceManifest]:
     """Parse every YAML document in ``text``; empty documents are skipped.
 
-    Raises ``ManifestError`` with every problem of every document (prefixed with ``source``
-    and the document number when there are several), so one bad manifest refuses them all.
+    ``namespace`` (``apply -n``) is the namespace of documents that name none; a document
+    naming another one is refused, as kubectl does. Raises ``ManifestError`` with every
+    problem of every document, each as ``source:line: message: path``, so one bad manifest
+    refuses them all. Warnings (ignored fields) come back on each manifest, located the same way.
     """
-    prefix = f"{source}: " if source else ""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ManifestError([f"{prefix}invalid YAML: {exc}".replace("\n", " ")]) from None
+        docs = read_documents(text)
+    except YamlError as exc:
+        raise ManifestError([f"{source}: {exc}" if source else str(exc)]) from None
     services: list[ServiceManifest] = []
     errors: list[str] = []
-    for index, doc in enumerate(docs, start=1):
-        where = prefix + (f"document {index}: " if len(docs) > 1 else "")
+    for doc in docs:
+        for line, message, path in doc.duplicates:
+            errors.append(_at(source, line, f"{message}: {path}"))
         try:
-            services.append(parse_service(doc, autoscaler))
+            svc = parse_service(doc.value, autoscaler, namespace)
         except ManifestError as exc:
-            errors.extend(where + m for m in exc.messages)
-    errors.extend(prefix + m for m in _duplicates(services))
+            errors.extend(_located(source, doc, m) for m in exc.messages)
+            continue
+        warnings = tuple(_located(source, doc, w) for w in svc.warnings)
+        services.append(dataclasses.replace(svc, warnings=warnings))
+    errors.extend(_at(source, 0, m) for m in _duplicates(services))
     if errors:
         raise ManifestError(errors)
     return services
+
+
+def _at(source: str, line: int, message: str) -> str:
+    if source and line:
+        return f"{source}:{line}: {message}"
+    if source or line:
+        return f"{source or f'line {line}'}: {message}"
+    return message
+
+
+def _located(source: str, doc: Document, message: str) -> str:
+    """``message`` (ending in ``: path[, path]``) prefixed with where its first path is."""
+    path = message.rsplit(": ", 1)[-1].split(", ")[0]
+    return _at(source, doc.line_of(path), message)
 
 
 def load_path(
@@ -98,8 +122,14 @@ def _duplicates(services: list[ServiceManifest]) -> Iterator[str]:
         seen.add(svc.key)
 
 
-def parse_service(doc: object, autoscaler: AutoscalerConfig | None = None) -> ServiceManifest:
-    """Default and validate one decoded document; raises ``ManifestError`` listing all errors."""
+def parse_service(
+    doc: object, autoscaler: AutoscalerConfig | None = None, namespace: str = ""
+) -> ServiceManifest:
+    """Default and validate one decoded document; raises ``ManifestError`` listing all errors.
+
+    ``namespace`` is used when the document names none (else ``default``). The returned
+    manifest's ``warnings`` name the fields Sluice accepts but ignores (``message: path``).
+    """
     if not isinstance(doc, dict):
         raise ManifestError([f"expected a Kubernetes object, got {type(doc).__name__}"])
     kind = doc.get("kind")
@@ -107,14 +137,31 @@ def parse_service(doc: object, autoscaler: AutoscalerConfig | None = None) -> Se
         raise ManifestError(
             [f'unsupported kind "{kind}": sluice applies only {API_VERSION} {KIND}: kind']
         )
-    return _Parser(autoscaler or AutoscalerConfig()).service(doc)
+    problems, warnings = schema.check(doc)
+    bad = {p.path for p in problems}
+    parser = _Parser(autoscaler or AutoscalerConfig(), namespace)
+    try:
+        svc = parser.service(doc)
+    except ManifestError:
+        svc = None
+    # A field the schema refused is reported once, in the schema's words.
+    errors = [f"{p.message}: {p.path}" for p in problems]
+    errors += [m for m in parser.errors if not _under(m.rsplit(": ", 1)[-1].split(", "), bad)]
+    if errors or svc is None:
+        raise ManifestError(errors)
+    return dataclasses.replace(svc, warnings=tuple(f"{w.message}: {w.path}" for w in warnings))
+
+
+def _under(paths: list[str], bad: set[str]) -> bool:
+    return any(p == b or p.startswith((b + ".", b + "[")) for p in paths for b in bad)
 
 
 class _Parser:
     """Walks one document, defaulting as it goes and collecting every error with its path."""
 
-    def __init__(self, cfg: AutoscalerConfig) -> None:
+    def __init__(self, cfg: AutoscalerConfig, namespace: str = "") -> None:
         self.cfg = cfg
+        self.namespace = namespace
         self.errors: list[str] = []
 
     def err(self, message: str, *paths: str) -> None:
@@ -132,7 +179,14 @@ class _Parser:
             self.err("missing field(s)", "metadata.name")
         elif not _is_label(name, _DNS1035):
             self.err(f'invalid value: "{name}": must be a DNS-1035 label', "metadata.name")
-        namespace = self.string(meta, "namespace", "metadata.namespace") or DEFAULT_NAMESPACE
+        namespace = self.string(meta, "namespace", "metadata.namespace")
+        if namespace and self.namespace and namespace != self.namespace:
+            self.err(
+                f'the namespace from the provided object "{namespace}" does not match the '
+                f'namespace "{self.namespace}" (-n)',
+                "metadata.namespace",
+            )
+        namespace = namespace or self.namespace or DEFAULT_NAMESPACE
         if not _is_label(namespace, _DNS1123):
             self.err(
                 f'invalid value: "{namespace}": must be a DNS-1123 label', "metadata.namespace"
@@ -203,8 +257,6 @@ class _Parser:
         env: list[EnvVar] = []
         for i, e in enumerate(self.objects(c, "env", f"{path}.env")):
             ep = f"{path}.env[{i}]"
-            if "valueFrom" in e:
-                self.err("must not set the field(s)", f"{ep}.valueFrom")
             env_name = self.string(e, "name", f"{ep}.name")
             if not env_name:
                 self.err("missing field(s)", f"{ep}.name")

@@ -101,6 +101,9 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
     await cp.start()
     try:
         if items:
+            for svc, _ in items:
+                for warning in svc.warnings:
+                    printer.line(f"Warning: {warning}")
             result = cp.apply(items)
             for message in result.messages:
                 printer.line(message)

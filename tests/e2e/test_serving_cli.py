@@ -81,3 +81,31 @@ def test_apply_and_service_update_wait_until_the_split_is_live(tmp_path: Path) -
         bad = s.cli("service", "update", "hello", "--traffic", "hello-v1=20", check=False)
         assert (bad.returncode, bad.stderr) == (
             1, "error: --traffic: percents sum to 20, want 100\n")  # fmt: skip
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_apply_is_strict_names_file_and_line_and_applies_nothing(tmp_path: Path) -> None:
+    hello = (EXAMPLES / "hello.yaml").read_text()
+    typo = hello.replace("name: hello\n", "name: world\n", 1).replace("hello-v1", "world-v1")
+    typo += "  trafic:\n    - percent: 100\n"
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(hello + "---\n" + typo)
+    line = len((hello + "---\n" + typo).splitlines()) - 1
+    with sluice_up(tmp_path) as s:
+        bad = s.cli("apply", "-f", str(batch), "-n", "dev", check=False)
+        assert (bad.returncode, bad.stderr) == (
+            1,
+            f'error: {batch}:{line}: unknown field "trafic" (did you mean "traffic"?): '
+            "spec.trafic\n",
+        )
+        assert s.cli("get", "ksvc", "-A").stderr == "No resources found\n"
+
+        ignored = tmp_path / "ignored.yaml"
+        ignored.write_text(hello.replace("    spec:\n", "    spec:\n      serviceAccountName: r\n"))
+        ok = s.cli("apply", "-f", str(ignored), "-n", "dev")
+        assert ok.stderr == (
+            f"Warning: {ignored}:12: ignored by sluice (sluice has no service accounts): "
+            "spec.template.spec.serviceAccountName\n"
+        )
+        assert "hello" in s.cli("get", "ksvc", "-n", "dev").stdout

@@ -305,12 +305,14 @@ def test_multi_document_yaml_loads_every_service_and_skips_empty_documents() -> 
     assert [s.name for s in load_manifests(text)] == ["hello", "world"]
 
 
-def test_one_bad_document_refuses_all_with_document_numbers() -> None:
+def test_one_bad_document_refuses_all_with_file_and_line() -> None:
     bad = HELLO.replace("name: hello", "name: world").replace("image:", "imagex:")
     with pytest.raises(ManifestError) as info:
         load_manifests(HELLO + "---\n" + bad, source="a.yaml")
     assert info.value.messages == (
-        "a.yaml: document 2: missing field(s): spec.template.spec.containers[0].image",
+        'a.yaml:22: unknown field "imagex" (did you mean "image"?): '
+        "spec.template.spec.containers[0].imagex",
+        "a.yaml:22: missing field(s): spec.template.spec.containers[0].image",
     )
 
 
@@ -336,7 +338,7 @@ def test_load_path_names_the_file_of_each_error(tmp_path: Path) -> None:
     (tmp_path / "route.yaml").write_text("apiVersion: serving.knative.dev/v1\nkind: Route\n")
     with pytest.raises(ManifestError) as info:
         load_path(tmp_path)
-    assert info.value.messages[0].startswith(f"{tmp_path / 'route.yaml'}: unsupported kind")
+    assert info.value.messages[0].startswith(f"{tmp_path / 'route.yaml'}:2: unsupported kind")
 
 
 def test_missing_path_is_a_manifest_error(tmp_path: Path) -> None:
