@@ -26,6 +26,7 @@ from proxy.dataplane.autoscaler_stat_pb import Stat, decode_stat
 from proxy.dataplane.prober import ProbeError, probe_http
 from serving.autoscaler import RevisionAutoscaler
 from serving.autoscaling_config import RevisionScalingSpec
+from serving.failures import progress_deadline
 from serving.manifest import ServiceManifest
 from serving.pods import LocalPod, allocate_ports
 from serving.podspec import POD_IP, PodPlanError, build_pod_plan, pod_name
@@ -139,6 +140,10 @@ class ControlPlane:
         scaler = RevisionAutoscaler(spec, self.clock(), spec.initial_scale)
         runtime = RevisionRuntime(key, manifest.name, scaler)
         runtime.zero_initial_scale = zero_initial_scale
+        runtime.created_at = self.clock()
+        # Validated when the manifest was applied; a bad value in an old state file falls back.
+        with contextlib.suppress(ValueError):
+            runtime.progress_deadline = progress_deadline(t.annotations)
         self.runtimes[key] = runtime
         return runtime
 
@@ -203,6 +208,7 @@ class ControlPlane:
             for key, rt in self.runtimes.items():
                 if rt.retired:
                     continue
+                self._report_deadline(rt, now)
                 before = rt.autoscaler.desired
                 after = rt.autoscaler.tick(
                     now, len(rt.ready_pods), len(rt.live_pods), key in routed
@@ -216,6 +222,18 @@ class ControlPlane:
                         (key[0], rt.service),
                     )
                     self._dirty.set()
+
+    def _report_deadline(self, rt: RevisionRuntime, now: float) -> None:
+        """One event when a revision that never became ready passes its progress deadline."""
+        svc = self.state.services.get((rt.key[0], rt.service))
+        rec = svc.revision(rt.key[1]) if svc else None
+        if rt.deadline_reported or rec is None or rec.ready:
+            return
+        failure = rt.failed(now)
+        if failure is not None and failure.reason == "ProgressDeadlineExceeded":
+            rt.deadline_reported = True
+            self.event("Warning", failure.reason, f"revision/{rt.key[1]}", failure.message,
+                       (rt.key[0], rt.service))  # fmt: skip
 
     async def _scrape_loop(self) -> None:
         while True:

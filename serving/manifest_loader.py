@@ -18,6 +18,7 @@ from typing import Any
 from activator.model import DEFAULT_TIMEOUT_SECONDS
 from serving import schema
 from serving.autoscaling_config import AutoscalerConfig, annotation_errors
+from serving.failures import PROGRESS_DEADLINE_ANNOTATION, progress_deadline
 from serving.manifest import (
     API_VERSION,
     DEFAULT_NAMESPACE,
@@ -216,6 +217,13 @@ class _Parser:
         self.errors.extend(
             annotation_errors(annotations, self.cfg, "spec.template.metadata.annotations")
         )
+        try:
+            progress_deadline(annotations)
+        except ValueError as exc:
+            self.err(
+                str(exc),
+                f"spec.template.metadata.annotations[{PROGRESS_DEADLINE_ANNOTATION}]",
+            )
         sp = "spec.template.spec"
         spec = self.mapping(tmpl, "spec", sp)
         cc = self.integer(spec, "containerConcurrency", f"{sp}.containerConcurrency", 0)

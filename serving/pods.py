@@ -6,9 +6,13 @@ whole process group can be signalled), then probes the queue-proxy the way the a
 does (``K-Network-Probe: queue``) until it answers ``200 queue``: the pod is then *ready*.
 A process that exits on its own is a crash: the pod turns not-ready at once and the process
 is restarted after a back-off (1 s doubling to 30 s, reset after 60 s of good running), with
-the exit reason kept for ``sluice describe``. ``stop`` (the scale-down path) turns the pod
-not-ready first, then sends SIGTERM to the queue-proxy and waits for it to drain, then SIGTERM
-to the user process, and SIGKILLs any process group still alive after the grace period.
+the exit reason kept for ``sluice describe`` as a ``Failure`` (``ExitCode<N>`` and the last log
+line, ``ImagePullBackOff``, ``StartError`` naming a missing executable). A pod whose image runs
+in a container is ready only once the runtime reports the container running: until then a TCP
+probe may be answered by the runtime's port reservation, not the app. ``stop`` (the scale-down
+path) turns the pod not-ready first, then sends SIGTERM to the queue-proxy and waits for it to
+drain, then SIGTERM to the user process, and SIGKILLs any process group still alive after the
+grace period.
 
 Every state change calls ``on_change`` (synchronously, from the pod's task) so the owner can
 recompute endpoints; events go through ``on_event``.
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from proxy.dataplane.prober import ProbeError, probe_http
+from serving.failures import Failure, exit_failure, start_failure
 from serving.podspec import POD_IP, PodPlan, PodPorts, Process
 
 PROBE_HEADERS = (("K-Network-Probe", "queue"), ("User-Agent", "Knative-Activator-Probe"))
@@ -39,6 +44,8 @@ STARTUP_PROBE_INTERVAL = 0.05
 READY_PROBE_INTERVAL = 1.0
 READY_PROBE_FAILURES = 3
 PROBE_TIMEOUT = 1.0
+#: ``podman inspect`` answers in well under a second; a hung runtime counts as not running.
+RUNNING_CHECK_TIMEOUT = 5.0
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 #: A process that ran this long resets the back-off, as the kubelet does after 10 minutes.
@@ -136,15 +143,16 @@ class _Proc:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
-    def exit_reason(self) -> str:
+    def exit_failure(self, container: bool) -> Failure:
+        """Why the process ended; ``container``: it is a runtime's ``run`` (see failures)."""
         code = self.proc.returncode if self.proc else None
         if code is None:
-            return "running"
+            return Failure("Running", "")
+        tail = last_log_line(self.log_path)
         if code < 0:
             with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(-code).name}"
-        tail = last_log_line(self.log_path)
-        return f"exit code {code}: {tail}" if tail else f"exit code {code}"
+                tail = tail or f"killed by {signal.Signals(-code).name}"
+        return exit_failure(code, tail, container=container)
 
 
 def last_log_line(path: Path, limit: int = 200) -> str:
@@ -172,6 +180,9 @@ class LocalPod:
         self.plan = plan
         self.phase = PodPhase.STARTING
         self.reason = ""
+        #: The last time a process of the pod ended or could not start; None while healthy.
+        self.failure: Failure | None = None
+        self.last_probe_error = ""
         self.created_at = time.time()
         self.on_change = on_change
         self.on_event = on_event
@@ -201,8 +212,15 @@ class LocalPod:
 
     async def run(self) -> None:
         try:
-            await self.queue.start()
-            await self.app.start()
+            for proc in (self.queue, self.app):
+                try:
+                    await proc.start()
+                except OSError as exc:
+                    failure = start_failure(exc, proc.spec.argv[0], proc.spec.cwd)
+                    self.failure = failure
+                    self._set(PodPhase.CRASHED, f"{proc.label} {failure}")
+                    self.on_event(self, "Warning", "Failed", self.reason)
+                    return
             self.on_event(self, "Normal", "Started", f"pid {self.app.proc and self.app.proc.pid}")
             while not self._stopping:
                 await self._until_ready()
@@ -213,7 +231,8 @@ class LocalPod:
                     await self._restart(crashed)
         except asyncio.CancelledError:
             raise
-        except OSError as exc:
+        except OSError as exc:  # a restart that could not exec
+            self.failure = Failure("StartError", str(exc))
             self._set(PodPhase.CRASHED, f"cannot start: {exc}")
             self.on_event(self, "Warning", "Failed", self.reason)
 
@@ -223,7 +242,8 @@ class LocalPod:
             if dead is not None:
                 await self._restart(dead)
                 continue
-            if await self._probe():
+            if await self._probe() and await self._container_running():
+                self.failure = None
                 self._set(PodPhase.READY, "")
                 return
             await asyncio.sleep(STARTUP_PROBE_INTERVAL)
@@ -261,7 +281,10 @@ class LocalPod:
         if ran_for > BACKOFF_RESET_AFTER:
             proc.restarts = 0
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** min(proc.restarts, 10))
-        reason = f"{proc.label} {proc.exit_reason()}"
+        self.failure = proc.exit_failure(
+            container=proc is self.app and bool(self.plan.running_check)
+        )
+        reason = f"{proc.label} {self.failure}"
         self._set(PodPhase.CRASHED, f"{reason}; restarting in {delay:g}s")
         self.on_event(self, "Warning", "BackOff", f"{self.name}: {self.reason}")
         await asyncio.sleep(delay)
@@ -273,11 +296,57 @@ class LocalPod:
         self.on_event(self, "Normal", "Restarted", f"{proc.label} (restart {proc.restarts})")
 
     async def _probe(self) -> bool:
+        """The activator's probe of the queue-proxy; on failure ``last_probe_error`` says why,
+        in the kubelet's words when the user container does not accept connections."""
         try:
             res = await probe_http(POD_IP, self.plan.ports.queue, "/", PROBE_HEADERS, PROBE_TIMEOUT)
-        except ProbeError:
+        except ProbeError as exc:
+            why = f"queue-proxy: {exc}"
+        else:
+            if res.status == 200 and res.body == b"queue":
+                return True
+            why = f"readiness probe of the user container failed (queue-proxy: {res.status})"
+        # queue-proxy says only 503 or times out: a refused connection is the usual cause.
+        self.last_probe_error = await self._user_dial_error() or why
+        return False
+
+    async def _user_dial_error(self) -> str:
+        """ "" if the user port accepts a TCP connection, else the dial error."""
+        port = self.plan.ports.user
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(POD_IP, port), PROBE_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "i/o timeout"
+            return f"dial tcp {POD_IP}:{port}: connect: {why.lower()}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return ""
+
+    async def _container_running(self) -> bool:
+        """True for a local process; for a container, whether the runtime says it is running."""
+        if not self.plan.running_check:
+            return True
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.plan.running_check,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            self.last_probe_error = f"cannot ask the runtime: {exc}"
             return False
-        return res.status == 200 and res.body == b"queue"
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), RUNNING_CHECK_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            out = b""
+        if out.strip() == b"true":
+            return True
+        self.last_probe_error = "container not running yet"
+        return False
 
     def _set(self, phase: PodPhase, reason: str) -> None:
         if self.phase is PodPhase.TERMINATING and phase is not PodPhase.STOPPED:

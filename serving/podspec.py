@@ -75,6 +75,9 @@ class PodPlan:
     ports: PodPorts
     user: Process
     queue_proxy: Process
+    #: For an image run by a container runtime: the command that prints ``true`` once the
+    #: container is running (``podman inspect``); empty for a local process.
+    running_check: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -207,7 +210,17 @@ def build_pod_plan(
             args=expand_all(container.args, container_env),
         )
         app_env = dict(base_env)
+        name = container_name(namespace, pod)
+        running_check: tuple[str, ...] = (
+            *runtime.base,
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Running}}",
+            name,
+        )
     else:
+        running_check = ()
         container_env = user_env(container, ports.user, service, revision)
         argv = resolve_command(container, container_env)
         app_env = {**base_env, **container_env}
@@ -231,4 +244,5 @@ def build_pod_plan(
         ports=ports,
         user=Process(argv, app_env, cwd),
         queue_proxy=Process(queue_proxy_argv, qp_env, cwd),
+        running_check=running_check,
     )

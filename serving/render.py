@@ -50,7 +50,7 @@ def revisions(items: Sequence[Mapping[str, Any]]) -> str:
                 r["ready"],
                 r["desired"],
                 r["actual"],
-                r["reason"],
+                ": ".join(x for x in (r.get("condition", ""), r["reason"]) if x),
             ]
             for r in items
         ],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from activator.model import RevisionKey
 from serving.autoscaler import RevisionAutoscaler
+from serving.failures import DEFAULT_PROGRESS_DEADLINE, Failure, deadline_failure
 from serving.pods import LocalPod, PodPhase
 
 
@@ -46,6 +47,11 @@ class RevisionRuntime:
     retired: bool = False
     #: Created with initial scale 0 (allow-zero-initial-scale): Ready with no pods.
     zero_initial_scale: bool = False
+    #: When the control plane took the revision on (its clock) and how long it may take to
+    #: become ready (``serving.knative.dev/progress-deadline``).
+    created_at: float = 0.0
+    progress_deadline: float = DEFAULT_PROGRESS_DEADLINE
+    deadline_reported: bool = False
 
     @property
     def live_pods(self) -> list[LocalPod]:
@@ -67,4 +73,23 @@ class RevisionRuntime:
         if self.failure:
             return self.failure
         crashed = [p for p in self.pods if p.phase is PodPhase.CRASHED]
-        return crashed[0].reason if crashed else ""
+        if crashed:
+            return crashed[0].reason
+        probing = [p.last_probe_error for p in self.live_pods if p.last_probe_error]
+        return f"last probe error: {probing[-1]}" if probing else ""
+
+    def failed(self, now: float) -> Failure | None:
+        """Why a revision that has not become ready is failed (Ready False), or None while it
+        may still come up: no pod can be planned, a pod's process ended (the latest failure
+        wins), or the progress deadline passed with no ready pod."""
+        if self.failure:
+            return Failure("RevisionFailed", self.failure)
+        if self.ready_pods:
+            return None
+        failures = [p.failure for p in self.live_pods if p.failure is not None]
+        if failures:
+            return failures[-1]
+        if self.live_pods and now - self.created_at >= self.progress_deadline:
+            errors = [p.last_probe_error for p in self.live_pods if p.last_probe_error]
+            return deadline_failure(self.progress_deadline, errors[-1] if errors else "")
+        return None

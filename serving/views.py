@@ -35,10 +35,12 @@ def conditions(cp: ControlPlane, svc: ServiceRecord) -> list[dict[str, str]]:
     latest = svc.latest_created_name()
     runtime = cp.runtimes.get((svc.key[0], latest))
     rec = svc.revision(latest)
+    failure = runtime.failed(cp.clock()) if runtime is not None else None
     if rec is not None and rec.ready:
         config = _condition("ConfigurationsReady", TRUE)
-    elif runtime is not None and runtime.failure:
-        config = _condition("ConfigurationsReady", FALSE, "RevisionFailed", runtime.failure)
+    elif failure is not None:
+        message = f'Revision "{latest}" failed with message: {failure}.'
+        config = _condition("ConfigurationsReady", FALSE, "RevisionFailed", message)
     else:
         reason = runtime.reason() if runtime else ""
         message = f'Revision "{latest}" is not ready yet' + (f": {reason}" if reason else "")
@@ -103,14 +105,18 @@ def revisions(cp: ControlPlane, service: str = "") -> list[dict[str, Any]]:
         runtime = cp.runtimes.get((svc.key[0], rec.name))
         percent, tags = _traffic_of(svc, rec.name)
         obs = runtime.autoscaler.last if runtime else None
+        failure = runtime.failed(cp.clock()) if runtime and not rec.ready else None
+        ready = TRUE if rec.ready else (FALSE if failure else UNKNOWN)
         rows.append(
             {
                 "name": rec.name,
                 "namespace": svc.key[0],
                 "service": svc.manifest.name,
                 "generation": rec.generation,
-                "ready": TRUE if rec.ready else (FALSE if runtime and runtime.failure else UNKNOWN),
-                "reason": runtime.reason() if runtime else "",
+                "ready": ready,
+                # Knative's one-word reason for a revision that is not Ready (its REASON).
+                "condition": failure.reason if failure else ("" if rec.ready else "Deploying"),
+                "reason": (failure.message if failure else (runtime.reason() if runtime else "")),
                 "traffic": percent,
                 "tags": tags,
                 "desired": runtime.autoscaler.desired if runtime else 0,
@@ -313,8 +319,7 @@ def revision_objects(cp: ControlPlane) -> list[dict[str, Any]]:
         assert rec is not None
         labels = {**_owner_labels(svc), f"{GROUP}/configurationGeneration": str(rec.generation)}
         tpl = rec.template.to_dict()
-        reason = "" if row["ready"] == TRUE else ("RevisionFailed" if row["ready"] == FALSE
-                                                  else "Deploying")  # fmt: skip
+        reason = row["condition"]
         out.append(
             {
                 "apiVersion": f"{GROUP}/v1",

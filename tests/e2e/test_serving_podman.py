@@ -101,3 +101,35 @@ async def test_image_serves_through_queue_proxy_and_is_removed(
         async with asyncio.timeout(60):
             await pod.stop(grace=10)
     assert leftovers(runtime) == ""
+
+
+async def test_failed_pull_is_image_pull_backoff_with_the_runtimes_message(
+    runtime: ContainerRuntime, tmp_path: Path
+) -> None:
+    template = RevisionTemplate(container=Container(image="localhost/sluice-absent:1"))
+    plan = build_pod_plan(
+        template,
+        namespace="default",
+        service="absent",
+        revision="absent-00001",
+        pod="absent-00001-deployment-1",
+        ports=allocate_ports(),
+        workdir=str(tmp_path),
+        base_env=dict(os.environ),
+        runtime=runtime,
+    )
+    changed = asyncio.Event()
+    pod = LocalPod(plan, tmp_path, on_change=lambda p: changed.set(), on_event=lambda *a: None)
+    pod.start()
+    try:
+        async with asyncio.timeout(120):
+            while pod.failure is None:
+                changed.clear()
+                await changed.wait()
+        assert pod.failure.reason == "ImagePullBackOff"
+        assert "localhost/sluice-absent" in pod.failure.message
+        assert "\n" not in pod.failure.message and not pod.ready
+    finally:
+        async with asyncio.timeout(60):
+            await pod.stop(grace=10)
+    assert leftovers(runtime) == ""
