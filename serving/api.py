@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from activator.model import RoutingConfig
 from serving import views
 from serving.controlplane import ControlPlane
+from serving.envsources import EnvSource
 from serving.manifest import ManifestError, ServiceManifest
-from serving.manifest_loader import load_manifests
+from serving.manifest_loader import load_batch
 
 CP_KEY: web.AppKey[ControlPlane] = web.AppKey("control_plane", ControlPlane)
 INFO_KEY: web.AppKey[dict[str, Any]] = web.AppKey("info", dict)
@@ -49,22 +51,23 @@ _GAUGE_HELP = {
 }
 
 
-def parse_documents(
-    documents: list[Mapping[str, Any]], cp: ControlPlane
-) -> list[tuple[ServiceManifest, str]]:
-    """Every document's services with its workdir; ``ManifestError`` listing all problems."""
+def parse_documents(documents: list[Mapping[str, Any]], cp: ControlPlane) -> Applied:
+    """Every document's services (with their workdir) and ConfigMaps/Secrets;
+    ``ManifestError`` listing all problems."""
     items: list[tuple[ServiceManifest, str]] = []
+    sources: list[EnvSource] = []
     errors: list[str] = []
     for doc in documents:
         source, text = str(doc.get("source", "")), str(doc.get("text", ""))
         workdir = str(doc.get("workdir", "")) or str(Path.cwd())
         try:
             namespace = str(doc.get("namespace", ""))
-            found = load_manifests(text, source, cp.settings.autoscaler, namespace)
+            found = load_batch(text, source, cp.settings.autoscaler, namespace)
         except ManifestError as exc:
             errors.extend(exc.messages)
             continue
-        items.extend((svc, workdir) for svc in found)
+        items.extend((svc, workdir) for svc in found.services)
+        sources.extend(found.sources)
     seen: set[tuple[str, str]] = set()
     for svc, _ in items:
         if svc.key in seen:
@@ -72,9 +75,20 @@ def parse_documents(
         seen.add(svc.key)
     if errors:
         raise ManifestError(errors)
-    if not items:
+    if not items and not sources:
         raise ManifestError(["no objects passed to apply"])
-    return items
+    return Applied(items, sources)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    items: list[tuple[ServiceManifest, str]]
+    sources: list[EnvSource]
+
+    @property
+    def warnings(self) -> list[str]:
+        found = [w for svc, _ in self.items for w in svc.warnings]
+        return found + [w for s in self.sources for w in s.warnings]
 
 
 async def _apply(request: web.Request) -> web.Response:
@@ -85,14 +99,13 @@ async def _apply(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         return web.json_response({"errors": ["bad request: want {documents: [...]}"]}, status=400)
     try:
-        items = parse_documents(documents, cp)
-        result = cp.apply(items)
+        applied = parse_documents(documents, cp)
+        result = cp.apply(applied.items, applied.sources)
     except ManifestError as exc:
         return web.json_response({"errors": list(exc.messages)}, status=422)
-    keys = [list(svc.key) for svc, _ in items]
-    warnings = [w for svc, _ in items for w in svc.warnings]
+    keys = [list(svc.key) for svc, _ in applied.items]
     return web.json_response(
-        {"messages": list(result.messages), "services": keys, "warnings": warnings}
+        {"messages": list(result.messages), "services": keys, "warnings": applied.warnings}
     )
 
 

@@ -13,13 +13,17 @@ runtime's setrlimit is refused).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from serving.manifest import Container
+from serving.quantity import cpu_cores, memory_bytes
 
 RUNTIMES = ("podman", "docker", "process")
 #: runc refuses nproc above this here even when the hard limit is higher (found by trial:
@@ -27,6 +31,10 @@ RUNTIMES = ("podman", "docker", "process")
 NPROC_CAP = 32768
 #: Every container Sluice starts carries this label, so leftovers can be found and removed.
 LABEL = "io.sluice.pod"
+#: ... and this one, naming the ``sluice up`` (its state directory) that started it, so a
+#: restart removes its own leftovers and never another instance's containers.
+OWNER_LABEL = "io.sluice.owner"
+SWEEP_TIMEOUT = 60.0
 
 
 class RuntimeError_(ValueError):
@@ -93,8 +101,45 @@ def default_runtime() -> ContainerRuntime | None:
     return detect_runtime(os.environ.get("SLUICE_RUNTIME", ""))
 
 
-def container_name(namespace: str, pod: str) -> str:
-    return f"sluice-{namespace}-{pod}"
+def owner_id(state_dir: Path) -> str:
+    """A short stable id for the ``sluice up`` owning ``state_dir``."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def container_name(namespace: str, pod: str, owner: str = "") -> str:
+    return f"sluice-{owner}-{namespace}-{pod}" if owner else f"sluice-{namespace}-{pod}"
+
+
+def limit_flags(runtime: ContainerRuntime, container: Container) -> tuple[str, ...]:
+    """``resources.limits`` as ``--cpus``/``--memory`` (both runtimes take them)."""
+    flags: list[str] = []
+    for name, value in container.limits:
+        if name == "cpu":
+            flags.append(f"--cpus={cpu_cores(value):g}")
+        elif name == "memory":
+            flags.append(f"--memory={memory_bytes(value)}")
+    return tuple(flags)
+
+
+def sweep(
+    runtime: ContainerRuntime,
+    owner: str,
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+) -> tuple[str, ...]:
+    """Remove every container ``owner`` left behind (after a SIGKILL of ``sluice up``);
+    returns their ids. Blocking: call it off the event loop."""
+    found = run(
+        [*runtime.base, "ps", "-a", "-q", "--filter", f"label={OWNER_LABEL}={owner}"],
+        capture_output=True,
+        text=True,
+        timeout=SWEEP_TIMEOUT,
+        check=False,
+    )
+    ids = tuple(found.stdout.split()) if found.returncode == 0 else ()
+    if ids:
+        run([*runtime.base, "rm", "-f", *ids], capture_output=True, text=True,
+            timeout=SWEEP_TIMEOUT, check=False)  # fmt: skip
+    return ids
 
 
 def run_argv(
@@ -106,6 +151,7 @@ def run_argv(
     env: Mapping[str, str],
     args: tuple[str, ...],
     host: str = "127.0.0.1",
+    owner: str = "",
 ) -> tuple[str, ...]:
     """The foreground ``run`` command: the container port published on ``host:host_port``,
     ``env`` as ``-e`` flags, ``args`` (already ``$(VAR)``-expanded) after the image."""
@@ -120,9 +166,11 @@ def run_argv(
         name,
         "--label",
         f"{LABEL}={name}",
+        *(("--label", f"{OWNER_LABEL}={owner}") if owner else ()),
         "-p",
         f"{host}:{host_port}:{container.port}",
         *runtime.run_flags,
+        *limit_flags(runtime, container),
     ]
     for key, value in env.items():
         argv += ["-e", f"{key}={value}"]

@@ -26,6 +26,8 @@ from proxy.dataplane.autoscaler_stat_pb import Stat, decode_stat
 from proxy.dataplane.prober import ProbeError, probe_http
 from serving.autoscaler import RevisionAutoscaler
 from serving.autoscaling_config import RevisionScalingSpec
+from serving.containers import owner_id
+from serving.envsources import EnvSource, resolve_env_from
 from serving.failures import progress_deadline
 from serving.manifest import ServiceManifest
 from serving.pods import LocalPod, allocate_ports
@@ -99,10 +101,12 @@ class ControlPlane:
         self._dirty.set()
         return self.state
 
-    def apply(self, items: Sequence[tuple[ServiceManifest, str]]) -> ApplyResult:
-        """Apply ``(manifest, workdir)`` pairs all or nothing (``ManifestError``); new
-        revisions start at once."""
-        result = apply_manifests(self.state, items)
+    def apply(
+        self, items: Sequence[tuple[ServiceManifest, str]], sources: Sequence[EnvSource] = ()
+    ) -> ApplyResult:
+        """Apply ``(manifest, workdir)`` pairs and ConfigMaps/Secrets all or nothing
+        (``ManifestError``); new revisions start at once."""
+        result = apply_manifests(self.state, items, sources)
         self.state = result.state
         self.store.save(self.state)
         for key, name in result.created_revisions:
@@ -302,6 +306,14 @@ class ControlPlane:
         assert rec is not None
         name = pod_name(revision, runtime.next_index())
         try:
+            try:
+                container = rec.template.container
+                env_from, skipped = resolve_env_from(container, namespace, self.state.sources)
+            except KeyError as exc:  # applied objects are never deleted; kept for safety
+                raise PodPlanError(str(exc.args[0])) from None
+            if skipped and runtime.started == 1:
+                self.event("Warning", "InvalidEnvironmentVariableNames", f"revision/{revision}",
+                           f"keys skipped from envFrom: {', '.join(skipped)}", svc.key)  # fmt: skip
             plan = build_pod_plan(
                 rec.template,
                 namespace=namespace,
@@ -313,6 +325,8 @@ class ControlPlane:
                 base_env=self._base_env,
                 queue_proxy_argv=self.settings.queue_proxy_argv,
                 drain_quiet_seconds=self.settings.drain_quiet_seconds,
+                env_from=env_from,
+                owner=owner_id(self.settings.state_dir),
             )
         except PodPlanError as exc:
             if runtime.failure != str(exc):

@@ -42,6 +42,29 @@ class EnvVar:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvFrom:
+    """One ``envFrom`` entry: every key of a ConfigMap or Secret, ``prefix`` prepended."""
+
+    kind: str  # "ConfigMap" or "Secret"
+    name: str
+    prefix: str = ""
+    optional: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": self.name}
+        if self.optional:
+            ref["optional"] = True
+        out: dict[str, Any] = {ENV_FROM_REFS[self.kind]: ref}
+        if self.prefix:
+            out["prefix"] = self.prefix
+        return out
+
+
+#: ``envFrom`` reference field per object kind.
+ENV_FROM_REFS = {"ConfigMap": "configMapRef", "Secret": "secretRef"}
+
+
+@dataclass(frozen=True, slots=True)
 class ReadinessProbe:
     """The container's readiness probe; Knative's default is a TCP probe on the user port.
 
@@ -92,6 +115,9 @@ class Container:
     container_port: int = 0
     port_name: str = ""
     readiness_probe: ReadinessProbe = field(default_factory=ReadinessProbe)
+    env_from: tuple[EnvFrom, ...] = ()
+    #: ``resources.limits`` Sluice passes to a container runtime: ``(("cpu", "500m"), ...)``.
+    limits: tuple[tuple[str, str], ...] = ()
 
     @property
     def port(self) -> int:
@@ -106,6 +132,10 @@ class Container:
             out["args"] = list(self.args)
         if self.env:
             out["env"] = [{"name": e.name, "value": e.value} for e in self.env]
+        if self.env_from:
+            out["envFrom"] = [e.to_dict() for e in self.env_from]
+        if self.limits:
+            out["resources"] = {"limits": dict(self.limits)}
         if self.container_port:
             port: dict[str, Any] = {"containerPort": self.container_port}
             if self.port_name:

@@ -12,16 +12,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from activator.model import DEFAULT_TIMEOUT_SECONDS
 from serving import schema
 from serving.autoscaling_config import AutoscalerConfig, annotation_errors
+from serving.envsources import KINDS as ENV_SOURCE_KINDS
+from serving.envsources import EnvSource, parse_env_source
 from serving.failures import PROGRESS_DEADLINE_ANNOTATION, progress_deadline
 from serving.manifest import (
     API_VERSION,
     DEFAULT_NAMESPACE,
+    DEFAULT_PORT,
+    ENV_FROM_REFS,
     KIND,
     MAX_CONTAINER_CONCURRENCY,
     MAX_TIMEOUT_SECONDS,
@@ -29,6 +34,7 @@ from serving.manifest import (
     PROBE_HANDLERS,
     RESERVED_PORTS,
     Container,
+    EnvFrom,
     EnvVar,
     ManifestError,
     ReadinessProbe,
@@ -36,10 +42,21 @@ from serving.manifest import (
     ServiceManifest,
     TrafficEntry,
 )
+from serving.quantity import parse_quantity
 from serving.yaml_source import Document, YamlError, read_documents
 
+#: The ``resources.limits`` a container runtime is given (``--cpus``, ``--memory``).
+LIMITS = ("cpu", "memory")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Everything one text (or path) applies: Services, and ConfigMaps/Secrets for envFrom."""
+
+    services: tuple[ServiceManifest, ...] = ()
+    sources: tuple[EnvSource, ...] = ()
 
 
 def load_manifests(
@@ -48,23 +65,40 @@ def load_manifests(
     autoscaler: AutoscalerConfig | None = None,
     namespace: str = "",
 ) -> list[ServiceManifest]:
+    """The Services of ``load_batch`` (ConfigMaps and Secrets are checked, not returned)."""
+    return list(load_batch(text, source, autoscaler, namespace).services)
+
+
+def load_batch(
+    text: str,
+    source: str = "",
+    autoscaler: AutoscalerConfig | None = None,
+    namespace: str = "",
+) -> Batch:
     """Parse every YAML document in ``text``; empty documents are skipped.
 
     ``namespace`` (``apply -n``) is the namespace of documents that name none; a document
     naming another one is refused, as kubectl does. Raises ``ManifestError`` with every
     problem of every document, each as ``source:line: message: path``, so one bad manifest
-    refuses them all. Warnings (ignored fields) come back on each manifest, located the same way.
+    refuses them all. Warnings (ignored fields) come back on each object, located the same way.
     """
     try:
         docs = read_documents(text)
     except YamlError as exc:
         raise ManifestError([f"{source}: {exc}" if source else str(exc)]) from None
     services: list[ServiceManifest] = []
+    sources: list[EnvSource] = []
     errors: list[str] = []
     for doc in docs:
         for line, message, path in doc.duplicates:
             errors.append(_at(source, line, f"{message}: {path}"))
+        kind = doc.value.get("kind") if isinstance(doc.value, dict) else None
         try:
+            if kind in ENV_SOURCE_KINDS:
+                found = parse_env_source(doc.value, namespace)
+                located = tuple(_located(source, doc, w) for w in found.warnings)
+                sources.append(dataclasses.replace(found, warnings=located))
+                continue
             svc = parse_service(doc.value, autoscaler, namespace)
         except ManifestError as exc:
             errors.extend(_located(source, doc, m) for m in exc.messages)
@@ -74,7 +108,7 @@ def load_manifests(
     errors.extend(_at(source, 0, m) for m in _duplicates(services))
     if errors:
         raise ManifestError(errors)
-    return services
+    return Batch(tuple(services), tuple(sources))
 
 
 def _at(source: str, line: int, message: str) -> str:
@@ -94,6 +128,11 @@ def _located(source: str, doc: Document, message: str) -> str:
 def load_path(
     path: str | Path, autoscaler: AutoscalerConfig | None = None
 ) -> list[ServiceManifest]:
+    """The Services of ``load_path_batch``."""
+    return list(load_path_batch(path, autoscaler).services)
+
+
+def load_path_batch(path: str | Path, autoscaler: AutoscalerConfig | None = None) -> Batch:
     """Load a manifest file, or every ``*.yaml``/``*.yml`` file of a directory in name order."""
     root = Path(path)
     if root.is_dir():
@@ -103,16 +142,20 @@ def load_path(
     else:
         raise ManifestError([f"{root}: no such file or directory"])
     services: list[ServiceManifest] = []
+    sources: list[EnvSource] = []
     errors: list[str] = []
     for file in files:
         try:
-            services.extend(load_manifests(file.read_text(), str(file), autoscaler))
+            batch = load_batch(file.read_text(), str(file), autoscaler)
         except ManifestError as exc:
             errors.extend(exc.messages)
+            continue
+        services.extend(batch.services)
+        sources.extend(batch.sources)
     errors.extend(_duplicates(services))
     if errors:
         raise ManifestError(errors)
-    return services
+    return Batch(tuple(services), tuple(sources))
 
 
 def _duplicates(services: list[ServiceManifest]) -> Iterator[str]:
@@ -136,7 +179,10 @@ def parse_service(
     kind = doc.get("kind")
     if kind != KIND:
         raise ManifestError(
-            [f'unsupported kind "{kind}": sluice applies only {API_VERSION} {KIND}: kind']
+            [
+                f'unsupported kind "{kind}": sluice applies {API_VERSION} {KIND}, and v1 '
+                "ConfigMap and Secret for envFrom: kind"
+            ]
         )
     problems, warnings = schema.check(doc)
     bad = {p.path for p in problems}
@@ -150,7 +196,8 @@ def parse_service(
     errors += [m for m in parser.errors if not _under(m.rsplit(": ", 1)[-1].split(", "), bad)]
     if errors or svc is None:
         raise ManifestError(errors)
-    return dataclasses.replace(svc, warnings=tuple(f"{w.message}: {w.path}" for w in warnings))
+    found = [f"{w.message}: {w.path}" for w in warnings] + parser.warnings
+    return dataclasses.replace(svc, warnings=tuple(found))
 
 
 def _under(paths: list[str], bad: set[str]) -> bool:
@@ -164,6 +211,7 @@ class _Parser:
         self.cfg = cfg
         self.namespace = namespace
         self.errors: list[str] = []
+        self.warnings: list[str] = []
 
     def err(self, message: str, *paths: str) -> None:
         self.errors.append(f"{message}: {', '.join(paths)}")
@@ -286,9 +334,52 @@ class _Parser:
             if port_name not in PORT_NAMES:
                 self.err(f"invalid value: {port_name}", f"{pp}.name")
         probe = self.probe(c.get("readinessProbe"), f"{path}.readinessProbe")
+        if probe.port and probe.port != (port or DEFAULT_PORT):
+            # As Knative's controller does, the probe goes to the one published port.
+            self.warnings.append(
+                f"ignored by sluice (the probe goes to the container port {port or DEFAULT_PORT},"
+                f" the only one published): {path}.readinessProbe.{probe.handler}.port"
+            )
         command = self.strings(c, "command", f"{path}.command")
         args = self.strings(c, "args", f"{path}.args")
-        return Container(image, command, args, tuple(env), port, port_name, probe)
+        env_from = self.env_from(c, f"{path}.envFrom")
+        limits = self.limits(c, f"{path}.resources.limits")
+        return Container(image, command, args, tuple(env), port, port_name, probe, env_from, limits)
+
+    def env_from(self, c: dict[str, Any], path: str) -> tuple[EnvFrom, ...]:
+        out: list[EnvFrom] = []
+        for i, e in enumerate(self.objects(c, "envFrom", path)):
+            ep = f"{path}[{i}]"
+            refs = [(kind, ref) for kind, ref in ENV_FROM_REFS.items() if ref in e]
+            if len(refs) != 1:
+                fields = [f"{ep}.{ref}" for _, ref in refs] or [f"{ep}.configMapRef"]
+                self.err("expected exactly one of configMapRef, secretRef", *fields)
+                continue
+            kind, ref = refs[0]
+            body = self.mapping(e, ref, f"{ep}.{ref}")
+            name = self.string(body, "name", f"{ep}.{ref}.name")
+            if not name:
+                self.err("missing field(s)", f"{ep}.{ref}.name")
+            optional = self.boolean(body, "optional", f"{ep}.{ref}.optional") or False
+            out.append(EnvFrom(kind, name, self.string(e, "prefix", f"{ep}.prefix"), optional))
+        return tuple(out)
+
+    def limits(self, c: dict[str, Any], path: str) -> tuple[tuple[str, str], ...]:
+        resources = self.mapping(c, "resources", path.rsplit(".", 1)[0])
+        out: list[tuple[str, str]] = []
+        for key, value in self.mapping(resources, "limits", path).items():
+            try:
+                parse_quantity(value)
+            except (ValueError, TypeError) as exc:
+                self.err(str(exc), f"{path}[{key}]")
+                continue
+            if key in LIMITS:
+                out.append((str(key), str(value)))
+            else:
+                self.warnings.append(
+                    f"ignored by sluice (only cpu and memory limits are applied): {path}[{key}]"
+                )
+        return tuple(out)
 
     def probe(self, raw: object, path: str) -> ReadinessProbe:
         if raw is None:

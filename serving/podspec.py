@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,10 +115,18 @@ def rewritten_probe(probe: ReadinessProbe, user_port: int) -> dict[str, object]:
     return body
 
 
-def user_env(container: Container, port: int, service: str, revision: str) -> dict[str, str]:
-    """The container's env (values ``$(VAR)``-expanded in order) then Knative's variables,
-    appended after the user's as the controller does."""
-    env = expand_env([(e.name, e.value) for e in container.env], {})
+def user_env(
+    container: Container,
+    port: int,
+    service: str,
+    revision: str,
+    env_from: Sequence[tuple[str, str]] = (),
+) -> dict[str, str]:
+    """``env_from`` (the resolved ``envFrom`` variables), then the container's env (values
+    ``$(VAR)``-expanded in order, overriding), then Knative's variables, appended after the
+    user's as the controller does."""
+    env = dict(env_from)
+    env.update(expand_env([(e.name, e.value) for e in container.env], env))
     env.update(
         {
             "PORT": str(port),
@@ -181,6 +189,8 @@ def build_pod_plan(
     queue_proxy_argv: tuple[str, ...] = (sys.executable, "-m", "queueproxy"),
     drain_quiet_seconds: float = DRAIN_QUIET_SECONDS,
     runtime: ContainerRuntime | object | None = _DETECT,
+    env_from: Sequence[tuple[str, str]] = (),
+    owner: str = "",
 ) -> PodPlan:
     """Both processes of one pod; raises ``PodPlanError`` when the container cannot run.
 
@@ -188,7 +198,9 @@ def build_pod_plan(
     Docker; by default ``SLUICE_RUNTIME`` or whichever is installed); ``None`` means local
     processes only.
 
-    ``base_env`` is the environment both processes inherit (Sluice's own, typically).
+    ``base_env`` is the environment both processes inherit (Sluice's own, typically);
+    ``env_from`` the resolved ``envFrom`` variables; ``owner`` labels and names containers
+    after the ``sluice up`` that runs them (``serving.containers.owner_id``).
     """
     cwd = workdir if Path(workdir).is_dir() else str(Path.cwd())
     container = template.container
@@ -200,17 +212,18 @@ def build_pod_plan(
     if isinstance(runtime, ContainerRuntime) and not container.command:
         # The image runs in a container: PORT is the container port, published on the
         # pod's free user port, so the queue-proxy reaches it on loopback as usual.
-        container_env = user_env(container, container.port, service, revision)
+        container_env = user_env(container, container.port, service, revision, env_from)
+        name = container_name(namespace, pod, owner)
         argv = run_argv(
             runtime,
             container,
-            name=container_name(namespace, pod),
+            name=name,
             host_port=ports.user,
             env=container_env,
             args=expand_all(container.args, container_env),
+            owner=owner,
         )
         app_env = dict(base_env)
-        name = container_name(namespace, pod)
         running_check: tuple[str, ...] = (
             *runtime.base,
             "container",
@@ -221,7 +234,7 @@ def build_pod_plan(
         )
     else:
         running_check = ()
-        container_env = user_env(container, ports.user, service, revision)
+        container_env = user_env(container, ports.user, service, revision, env_from)
         argv = resolve_command(container, container_env)
         app_env = {**base_env, **container_env}
     qp_env = {

@@ -74,7 +74,7 @@ def _server(f: Field) -> Field:
 
 
 NO_CLUSTER = "sluice runs no scheduler or cluster"
-_OBJECT_META = obj(
+OBJECT_META = obj(
     name=S,
     namespace=S,
     labels=STRING_MAP,
@@ -141,18 +141,11 @@ CONTAINER = obj(
             ),
         )
     ),
-    envFrom=refused(
-        listof(
-            obj(
-                prefix=S,
-                configMapRef=obj(name=S, optional=B),
-                secretRef=obj(name=S, optional=B),
-            )
-        ),
-        "not yet",
+    envFrom=listof(
+        obj(prefix=S, configMapRef=obj(name=S, optional=B), secretRef=obj(name=S, optional=B))
     ),
     resources=obj(
-        limits=ignored(Field("map", item=QUANTITY), "not yet"),
+        limits=Field("map", item=QUANTITY),
         requests=ignored(Field("map", item=QUANTITY), NO_CLUSTER),
     ),
     readinessProbe=_probe(HONOURED),
@@ -227,10 +220,28 @@ TRAFFIC = obj(
     configurationName=S,
     url=S,
 )
+#: ConfigMaps and Secrets (``v1``), applied for ``envFrom``.
+CONFIG_MAP = obj(
+    apiVersion=S,
+    kind=S,
+    metadata=OBJECT_META,
+    data=STRING_MAP,
+    binaryData=ignored(STRING_MAP, "binary values cannot be environment variables"),
+    immutable=B,
+)
+SECRET = obj(
+    apiVersion=S,
+    kind=S,
+    metadata=OBJECT_META,
+    data=STRING_MAP,
+    stringData=STRING_MAP,
+    type=S,
+    immutable=B,
+)
 SERVICE = obj(
     apiVersion=S,
     kind=S,
-    metadata=_OBJECT_META,
+    metadata=OBJECT_META,
     spec=obj(template=TEMPLATE, traffic=listof(TRAFFIC)),
     status=_server(ANY),
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from activator.model import Route, TrafficTarget
+from serving.envsources import EnvSource, SourceKey, merge_sources, missing_sources
 from serving.manifest import ManifestError, ServiceManifest
 from serving.manifest_loader import parse_service
 from serving.revisions import (
@@ -99,6 +100,8 @@ class ServiceRecord:
 @dataclass(frozen=True, slots=True)
 class ClusterState:
     services: Mapping[ServiceKey, ServiceRecord] = field(default_factory=dict, hash=False)
+    #: ConfigMaps and Secrets applied for ``envFrom``.
+    sources: Mapping[SourceKey, EnvSource] = field(default_factory=dict, hash=False)
 
     def revision_owner(self, name: str, namespace: str = "") -> ServiceRecord | None:
         """The service owning revision ``name`` (in ``namespace`` when given)."""
@@ -113,12 +116,14 @@ class ClusterState:
         return {
             "version": STATE_VERSION,
             "services": [s.to_dict() for _, s in sorted(self.services.items())],
+            "sources": [s.to_dict() for _, s in sorted(self.sources.items())],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ClusterState:
         records = [ServiceRecord.from_dict(s) for s in data.get("services", [])]
-        return cls({r.key: r for r in records})
+        sources = [EnvSource.from_dict(s) for s in data.get("sources", [])]
+        return cls({r.key: r for r in records}, {s.key: s for s in sources})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +136,20 @@ class ApplyResult:
 
 
 def apply_manifests(
-    state: ClusterState, items: Sequence[tuple[ServiceManifest, str]]
+    state: ClusterState,
+    items: Sequence[tuple[ServiceManifest, str]],
+    sources: Sequence[EnvSource] = (),
 ) -> ApplyResult:
-    """Apply ``(manifest, workdir)`` pairs all or nothing; raises ``ManifestError`` listing
-    every refusal. ``workdir`` is where a revision the manifest creates will run."""
+    """Apply ``(manifest, workdir)`` pairs and ConfigMaps/Secrets all or nothing; raises
+    ``ManifestError`` listing every refusal (an ``envFrom`` naming an object neither applied
+    now nor before is one). ``workdir`` is where a revision the manifest creates will run."""
     services = dict(state.services)
+    known, messages = merge_sources(state.sources, sources)
     errors: list[str] = []
-    messages: list[str] = []
     created: list[tuple[ServiceKey, str]] = []
     for manifest, workdir in items:
+        missing = missing_sources(manifest.template.container, manifest.namespace, known)
+        errors.extend(f"Service {manifest.namespace}/{manifest.name}: {m}" for m in missing)
         old = services.get(manifest.key)
         try:
             plan = plan_revision(old.history if old else (), manifest)
@@ -166,7 +176,7 @@ def apply_manifests(
         messages.append(f"service.serving.knative.dev/{manifest.name} {verb}")
     if errors:
         raise ManifestError(errors)
-    return ApplyResult(ClusterState(services), tuple(messages), tuple(created))
+    return ApplyResult(ClusterState(services, known), tuple(messages), tuple(created))
 
 
 def mark_ready(
@@ -178,14 +188,14 @@ def mark_ready(
     if svc is None or rec is None or rec.ready == ready:
         return state
     updated = _resolve(replace(svc, history=set_ready(svc.history, revision, ready)))
-    return ClusterState({**state.services, key: updated})
+    return replace(state, services={**state.services, key: updated})
 
 
 def delete_service(state: ClusterState, key: ServiceKey) -> ClusterState:
     """The state without ``key``; ``KeyError`` when there is no such service."""
     if key not in state.services:
         raise KeyError(key)
-    return ClusterState({k: v for k, v in state.services.items() if k != key})
+    return replace(state, services={k: v for k, v in state.services.items() if k != key})
 
 
 def routes(state: ClusterState) -> tuple[Route, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -22,10 +23,12 @@ from aiohttp import web
 from activator.source import PushSource
 from serving import views
 from serving.api import make_app
+from serving.containers import RuntimeError_, default_runtime, owner_id, sweep
 from serving.controlplane import ControlPlane, Event
 from serving.embedded import make_activator, queue_depths
+from serving.envsources import EnvSource
 from serving.manifest import ManifestError, ServiceManifest
-from serving.manifest_loader import load_path
+from serving.manifest_loader import load_path_batch
 from serving.settings import UpSettings, split_address
 from serving.state import StateStore
 
@@ -33,20 +36,27 @@ from serving.state import StateStore
 SHUTDOWN_GRACE = 10.0
 
 
-def load_items(paths: Sequence[str], settings: UpSettings) -> list[tuple[ServiceManifest, str]]:
-    """Manifests of every path with the directory each runs in; ``ManifestError`` if any is bad."""
+def load_items(
+    paths: Sequence[str], settings: UpSettings
+) -> tuple[list[tuple[ServiceManifest, str]], list[EnvSource]]:
+    """Manifests of every path with the directory each runs in, and the ConfigMaps/Secrets;
+    ``ManifestError`` if any is bad."""
     items: list[tuple[ServiceManifest, str]] = []
+    sources: list[EnvSource] = []
     errors: list[str] = []
     for raw in paths:
         path = Path(raw).resolve()
         workdir = str(path if path.is_dir() else path.parent)
         try:
-            items.extend((svc, workdir) for svc in load_path(path, settings.autoscaler))
+            batch = load_path_batch(path, settings.autoscaler)
         except ManifestError as exc:
             errors.extend(exc.messages)
+            continue
+        items.extend((svc, workdir) for svc in batch.services)
+        sources.extend(batch.sources)
     if errors:
         raise ManifestError(errors)
-    return items
+    return items, sources
 
 
 class Printer:
@@ -67,7 +77,7 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
     printer = Printer(out)
     try:
         api_host, api_port = split_address(settings.api)
-        items = load_items(paths, settings)
+        items, sources = load_items(paths, settings)
         store = StateStore(settings.state_dir)
         source = PushSource()
         cp = ControlPlane(settings, store, source.update)
@@ -77,6 +87,7 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
         for message in lines:
             print(f"error: {message}", file=sys.stderr)
         return 1
+    await _sweep(printer, settings)
     activator = make_activator(settings.host, settings.port, source, cp.handle_stats)
     cp.queue_depths = lambda: queue_depths(activator)
     cp.publish_routing()  # the activator listens once it has a first configuration
@@ -100,11 +111,12 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
     info["activatorMetrics"] = f"http://{settings.host}:{activator.metrics_port}/metrics"
     await cp.start()
     try:
-        if items:
-            for svc, _ in items:
-                for warning in svc.warnings:
-                    printer.line(f"Warning: {warning}")
-            result = cp.apply(items)
+        if items or sources:
+            for warning in [w for svc, _ in items for w in svc.warnings] + [
+                w for s in sources for w in s.warnings
+            ]:
+                printer.line(f"Warning: {warning}")
+            result = cp.apply(items, sources)
             for message in result.messages:
                 printer.line(message)
     except ManifestError as exc:
@@ -120,6 +132,24 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
     await runner.cleanup()
     printer.line("stopped")
     return 0
+
+
+async def _sweep(printer: Printer, settings: UpSettings) -> None:
+    """Remove containers a previous run of this state left (it was SIGKILLed)."""
+    try:
+        runtime = default_runtime()
+    except RuntimeError_:
+        return
+    if runtime is None:
+        return
+    owner = owner_id(settings.state_dir)
+    try:
+        removed = await asyncio.to_thread(sweep, runtime, owner)
+    except (OSError, subprocess.SubprocessError) as exc:
+        printer.line(f"Warning: cannot list leftover containers with {runtime.kind}: {exc}")
+        return
+    if removed:
+        printer.line(f"removed {len(removed)} container(s) left by a previous run")
 
 
 def _banner(printer: Printer, cp: ControlPlane, info: dict[str, Any]) -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from serving.containers import RuntimeError_, detect_runtime, run_argv
+from serving.containers import (
+    RuntimeError_,
+    container_name,
+    detect_runtime,
+    owner_id,
+    run_argv,
+    sweep,
+)
 from serving.manifest import Container, EnvVar
 from serving.podspec import PodPorts, build_pod_plan
+from serving.quantity import cpu_cores, memory_bytes, parse_quantity
 
 
 def which_of(*present: str):  # type: ignore[no-untyped-def]
@@ -74,3 +84,53 @@ def test_crash_reason_is_the_last_log_line(tmp_path: Path) -> None:
     assert last_log_line(log) == ""
     log.write_text("starting\nError: initializing source docker://x: no such host\n\n")
     assert last_log_line(log) == "Error: initializing source docker://x: no such host"
+
+
+def test_limits_owner_label_and_name_reach_the_run_command() -> None:
+    rt = detect_runtime("podman", which_of("podman"))
+    assert rt is not None
+    c = Container(image="i", limits=(("cpu", "500m"), ("memory", "128Mi")))
+    argv = run_argv(rt, c, name="sluice-ab12-default-p", host_port=1, env={}, args=(),
+                    owner="ab12")  # fmt: skip
+    assert "--cpus=0.5" in argv and "--memory=134217728" in argv
+    assert argv[argv.index("io.sluice.owner=ab12") - 1] == "--label"
+    assert container_name("default", "p", "ab12") == "sluice-ab12-default-p"
+    assert owner_id(Path("/a/state")) != owner_id(Path("/b/state"))
+
+
+def test_sweep_removes_only_this_owners_containers() -> None:
+    rt = detect_runtime("podman", which_of("podman"))
+    assert rt is not None
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "c1\nc2\n" if "ps" in argv else "", "")
+
+    assert sweep(rt, "ab12", run) == ("c1", "c2")
+    assert calls[0][-2:] == ["--filter", "label=io.sluice.owner=ab12"]
+    assert calls[1][-4:] == ["rm", "-f", "c1", "c2"]
+    calls.clear()
+    assert sweep(rt, "none", lambda argv, **kw: subprocess.CompletedProcess(argv, 0, "", "")) == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", Decimal("0.5")),
+        ("2", Decimal(2)),
+        ("1Ki", Decimal(1024)),
+        ("1e3", Decimal(1000)),
+        ("1.5G", Decimal(1500000000)),
+    ],
+)
+def test_quantities(text: str, value: Decimal) -> None:
+    assert parse_quantity(text) == value
+    assert memory_bytes("100m") == 1  # a fraction of a byte rounds up, as Kubernetes does
+    assert cpu_cores(1) == 1.0
+
+
+@pytest.mark.parametrize("text", ["abc", "1Xi", "", "5mi", "1..2"])
+def test_bad_quantities_are_named(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid quantity"):
+        parse_quantity(text)
