@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from proxy.dataplane.breaker import Breaker
 from proxy.dataplane.concurrency import RequestStats
@@ -37,10 +38,14 @@ from proxy.forward import Forwarding, Rewrite
 from proxy.headers import Header, connection_tokens
 from proxy.pool import UpstreamPool
 from queueproxy.forwarded import forwarded_value
-from queueproxy.metrics import RequestMetrics, route_tag
-from queueproxy.metrics_otel import OtelRequestMetrics
 from queueproxy.readiness import ReadinessProber
-from queueproxy.requestlog import RequestLogEntry, RequestLogger
+
+if TYPE_CHECKING:
+    # Loaded by ``queueproxy.main`` only when the environment enables request metrics or
+    # the request log: a sidecar without them does not carry their code (idle RSS, issue 17).
+    from queueproxy.metrics import RequestMetrics
+    from queueproxy.metrics_otel import OtelRequestMetrics
+    from queueproxy.requestlog import RequestLogger
 
 # Internal headers that never reach the user container.
 _REMOVE = frozenset({b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host"})
@@ -376,6 +381,8 @@ class QueueProxyHandler:
     # ------------------------------------------------------------------ logging
 
     def _log(self, ex: Exchange, h: dict[bytes, bytes], started: float, now: float = 0.0) -> None:
+        from queueproxy.requestlog import RequestLogEntry  # loaded with the logger
+
         logger = self.s.request_log
         assert logger is not None
         end = now or self._loop.time()
@@ -433,6 +440,8 @@ _TAG_HEADERS = frozenset({b"knative-serving-tag", b"knative-serving-default-rout
 def _tag(h: dict[bytes, bytes]) -> str:
     if _TAG_HEADERS.isdisjoint(h):
         return "DISABLED"  # the common case, without the calls below
+    from queueproxy.metrics import route_tag  # loaded with the metrics that call us
+
     return route_tag(
         _text(h.get(b"knative-serving-tag")), _text(h.get(b"knative-serving-default-route"))
     )

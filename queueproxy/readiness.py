@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from proxy.dataplane.prober import ProbeError, probe_http, probe_tcp
-from queueproxy.grpc_health import probe_grpc_health
 from queueproxy.probe_spec import (
     GrpcAction,
     HttpGetAction,
@@ -227,6 +226,10 @@ class ReadinessProber:
             raise ProbeError(f"HTTP probe did not respond Ready, got status code: {resp.status}")
 
     async def _probe_grpc(self, action: GrpcAction, timeout: float) -> None:
+        # Imported on first use: most revisions never declare a gRPC probe, and the idle
+        # sidecar's memory is a goal (issue 17).
+        from queueproxy.grpc_health import probe_grpc_health
+
         port = action.port if action.port > 0 else self._user_port
         await probe_grpc_health(
             self._user_host, port, action.service, timeout, user_agent=PROBE_USER_AGENT
