@@ -125,6 +125,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             domain=args.domain,
             autoscaler=autoscaler_from_flags(args.autoscaler),
             queue_proxy_argv=queue_proxy_argv(),
+            reapply=args.reapply,
+            fresh=args.fresh,
         )
     except ValueError as exc:
         raise CliError([str(exc)]) from None
@@ -133,6 +135,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return run(lambda: serve(settings, args.paths))
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from serving.state import StateLock, reset_state
+
+    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    lock = StateLock(state_dir)
+    try:
+        lock.acquire()
+    except (ValueError, OSError) as exc:
+        raise CliError([str(exc)]) from None
+    try:
+        removed = reset_state(state_dir)
+    finally:
+        lock.release()
+    print(f"state in {state_dir} cleared" if removed else f"state in {state_dir} already empty")
+    return 0
 
 
 def _cmd_apply(args: argparse.Namespace, client: Client) -> int:
@@ -379,7 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how containers with an image run (default: podman or docker, whichever is "
         "installed; process: only command/args, as local processes)",
     )  # fmt: skip
+    up.add_argument("--reapply", action="store_true",
+                    help="apply PATHs even though the state is not fresh")  # fmt: skip
+    up.add_argument("--fresh", action="store_true",
+                    help="clear the state first (as sluice reset), then apply PATHs")  # fmt: skip
     up.add_argument("-v", "--verbose", action="store_true", help="log activator details")
+
+    reset = add("reset", "clear the saved state and logs (sluice up must not be running)")
+    reset.add_argument("--state-dir", help="state directory (default $XDG_DATA_HOME/sluice)")
 
     apply = add("apply", "apply Knative Service manifests")
     apply.add_argument("-f", "--filename", action="append", required=True,
@@ -462,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "up":
             return _cmd_up(args)
+        if args.command == "reset":
+            return _cmd_reset(args)
         return COMMANDS[args.command](args, Client(api_address(args.api)))
     except CliError as exc:
         for message in exc.messages:

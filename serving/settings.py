@@ -62,6 +62,10 @@ class UpSettings:
     drain_quiet_seconds: float = DRAIN_QUIET_SECONDS
     scrape_interval: float = SCRAPE_INTERVAL
     decide_interval: float = DECIDE_INTERVAL
+    #: Apply the manifests given to ``up`` even though the state is not fresh (``--reapply``).
+    reapply: bool = False
+    #: Clear the state before starting (``--fresh``), as ``sluice reset`` does.
+    fresh: bool = False
 
     @property
     def log_dir(self) -> Path:

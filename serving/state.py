@@ -10,8 +10,11 @@ one JSON file, written atomically, so ``sluice up`` comes back with the same ser
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -253,6 +256,11 @@ class StateStore:
         self.directory = directory
         self.path = directory / STATE_FILE
 
+    @property
+    def fresh(self) -> bool:
+        """No state saved yet: ``sluice up PATH`` applies PATH only then (or with --reapply)."""
+        return not self.path.exists()
+
     def load(self) -> ClusterState:
         """The saved state, or an empty one; ``ManifestError`` if the file is unusable."""
         if not self.path.exists():
@@ -268,3 +276,52 @@ class StateStore:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state.to_dict(), indent=1, sort_keys=True))
         os.replace(tmp, self.path)
+
+
+class StateLock:
+    """``<dir>/lock``, held (``flock``) by the one ``sluice up`` or ``sluice reset`` using a
+    state directory, so two never share one and a reset never pulls state from under a run."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; ``ValueError`` naming the holder's pid if it is taken."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(
+                f"state directory {self.directory} is in use by sluice (pid {holder}); "
+                "stop it first, or give another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+def reset_state(directory: Path) -> list[Path]:
+    """Remove the saved state and the logs of ``directory`` (the caller holds its lock);
+    returns what was removed."""
+    removed = []
+    for path in (directory / STATE_FILE, directory / STATE_FILE.replace(".json", ".tmp")):
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    logs = directory / "logs"
+    if logs.exists():
+        shutil.rmtree(logs)
+        removed.append(logs)
+    return removed

@@ -1,10 +1,14 @@
 """``sluice up``: the control plane, the activator and the API in one process.
 
-Start-up order: restore the state directory, validate the manifests given on the command line
-(a bad one stops here, before anything listens), start the activator and the API, start the
-control plane's loops, apply the manifests. Shutdown (Ctrl-C or SIGTERM): stop accepting
-traffic and let in-flight requests finish, drain and stop every pod (queue-proxy first, so no
-accepted request is lost), then close the activator and the API.
+Start-up order: lock the state directory (one ``sluice up`` per state), validate the manifests
+given on the command line (a bad one stops here, before anything listens), restore the state
+(``--fresh`` clears it first), remove containers a killed previous run left, start the
+activator and the API, start the control plane's loops, apply the manifests: only when the
+state was fresh or with ``--reapply``, so a restart keeps what the user changed since.
+
+Shutdown (Ctrl-C or SIGTERM): stop accepting traffic and let in-flight requests finish, drain
+and stop every pod (queue-proxy first, so no accepted request is lost), then close the
+activator and the API.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from serving.envsources import EnvSource
 from serving.manifest import ManifestError, ServiceManifest
 from serving.manifest_loader import load_path_batch
 from serving.settings import UpSettings, split_address
-from serving.state import StateStore
+from serving.state import StateLock, StateStore, reset_state
 
 #: In-flight requests get this long to finish on Ctrl-C before pods are stopped.
 SHUTDOWN_GRACE = 10.0
@@ -74,11 +78,29 @@ class Printer:
 
 
 async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.stdout) -> int:
+    lock = StateLock(settings.state_dir)
+    try:
+        lock.acquire()
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return await _serve(settings, paths, out)
+    finally:
+        lock.release()
+
+
+async def _serve(settings: UpSettings, paths: Sequence[str], out: TextIO) -> int:
     printer = Printer(out)
     try:
         api_host, api_port = split_address(settings.api)
         items, sources = load_items(paths, settings)
+        if settings.fresh:
+            reset_state(settings.state_dir)
         store = StateStore(settings.state_dir)
+        # A restart keeps what was changed since the first start; PATH is applied again only
+        # on request, as `kubectl apply` would be.
+        apply_paths = store.fresh or settings.reapply
         source = PushSource()
         cp = ControlPlane(settings, store, source.update)
         cp.restore()
@@ -110,8 +132,11 @@ async def serve(settings: UpSettings, paths: Sequence[str], out: TextIO = sys.st
     info["activator"] = f"http://{settings.host}:{activator.port}"
     info["activatorMetrics"] = f"http://{settings.host}:{activator.metrics_port}/metrics"
     await cp.start()
+    if (items or sources) and not apply_paths:
+        printer.line(f"state in {settings.state_dir} kept: {' '.join(paths)} not applied again "
+                     "(--reapply applies it, --fresh or `sluice reset` starts afresh)")  # fmt: skip
     try:
-        if items or sources:
+        if (items or sources) and apply_paths:
             for warning in [w for svc, _ in items for w in svc.warnings] + [
                 w for s in sources for w in s.warnings
             ]:

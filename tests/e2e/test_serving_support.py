@@ -47,9 +47,14 @@ class Sluice:
     def api(self) -> str:
         return f"127.0.0.1:{self.api_port}"
 
-    def start(self, *paths: str | Path, autoscaler: Sequence[str] = FAST_AUTOSCALER) -> None:
+    def start(
+        self,
+        *paths: str | Path,
+        autoscaler: Sequence[str] = FAST_AUTOSCALER,
+        extra: Sequence[str] = (),
+    ) -> None:
         args = [*SLUICE, "up", "--port", str(self.port), "--api", self.api,
-                "--state-dir", str(self.state_dir)]  # fmt: skip
+                "--state-dir", str(self.state_dir), *extra]  # fmt: skip
         for item in autoscaler:
             args += ["--autoscaler", item]
         args += [str(p) for p in paths]
