@@ -4,10 +4,12 @@ resolved as the kubelet does; resources.limits parsed; probe ports on the publis
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
 
+from serving.containers import detect_runtime
 from serving.envsources import resolve_env_from
 from serving.manifest import EnvFrom, ManifestError
 from serving.manifest_loader import load_batch, load_manifests
@@ -137,3 +139,30 @@ def test_probe_on_another_port_is_warned_about_and_sent_to_the_container_port() 
         "(the probe goes to the container port 8080, the only one published): "
         "spec.template.spec.containers[0].readinessProbe.tcpSocket.port"
     )
+
+
+IMAGE_ONLY = """\
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  template:
+    spec:
+      containers:
+        - image: localhost/hello:1
+          ports: [{containerPort: 9000}]
+          readinessProbe: {httpGet: {path: /healthz, port: 9000}}
+"""
+
+
+def test_container_probe_on_the_container_port_goes_to_the_published_port() -> None:
+    (svc,) = load_manifests(IMAGE_ONLY)
+    assert svc.warnings == ()
+    rt = detect_runtime("podman", lambda name: f"/usr/bin/{name}")
+    plan = build_pod_plan(svc.template, namespace="default", service="hello",
+                          revision="hello-00001", pod="p", ports=PodPorts(41000, 2, 3, 4, 5, 6),
+                          workdir="/", base_env={}, runtime=rt)  # fmt: skip
+    probe = json.loads(plan.queue_proxy.env["SERVING_READINESS_PROBE"])
+    assert probe["httpGet"] == {"path": "/healthz", "host": "127.0.0.1", "port": 41000}
+    assert "127.0.0.1:41000:9000" in plan.user.argv
