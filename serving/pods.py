@@ -151,7 +151,8 @@ class _Proc:
         tail = last_log_line(self.log_path)
         if code < 0:
             with contextlib.suppress(ValueError):
-                tail = tail or f"killed by {signal.Signals(-code).name}"
+                killed = f"killed by {signal.Signals(-code).name}"
+                tail = f"{killed}; last log line: {tail}" if tail else killed
         return exit_failure(code, tail, container=container)
 
 
