@@ -69,6 +69,7 @@ async def test_apply_then_get_shows_the_service_waiting_for_its_revision(env: En
         {
             "messages": ["service.serving.knative.dev/hello created"],
             "services": [["default", "hello"]],  # what `apply --wait` then waits for
+            "warnings": [],  # fields accepted but not honoured, named (none here)
         },
     )
     rows = (await (await client.get("/api/v1/services")).json())["items"]
@@ -87,7 +88,7 @@ async def test_a_bad_manifest_is_refused_whole_and_nothing_changes(env: Env) -> 
     before = cp.state
     status, body = await apply(client, BAD)
     assert status == 422
-    assert body["errors"] == ["hello.yaml: Traffic targets sum to 90, want 100: spec.traffic"]
+    assert body["errors"] == ["hello.yaml:11: Traffic targets sum to 90, want 100: spec.traffic"]
     assert cp.state is before
 
 
