@@ -24,10 +24,13 @@ import httptools
 
 from proxy.errors import BadGateway
 from proxy.headers import HOP_BY_HOP, HeaderList, cached_lower, connection_tokens, lower_name
+from proxy.request_head import build_request_head
 from proxy.states import UPSTREAM_TRANSITIONS, UpstreamState
 
 if TYPE_CHECKING:
+    from proxy.exchange import Exchange
     from proxy.pool import UpstreamPool
+    from proxy.request_head import Rewrite
 
 #: Response heads larger than this are treated as malformed (502).
 MAX_RESPONSE_HEAD = 65536
@@ -50,7 +53,44 @@ class ResponseSink(Protocol):
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None: ...
+    def on_trailers(self, headers: HeaderList) -> None: ...
     def flush(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """One upstream exchange's carrier as ``proxy.forward`` drives it: an HTTP/1.1
+    ``UpstreamConnection``, or an HTTP/2 stream (``proxy.h2client.H2Call``)."""
+
+    requests: int
+    reusable: bool
+    reading_paused: bool
+    closed: bool
+    #: Whether it is one stream of a shared HTTP/2 connection (never pooled itself).
+    multiplexed: bool
+
+    @property
+    def authority(self) -> bytes: ...
+    @property
+    def got_head(self) -> bool: ...
+    def begin(
+        self, sink: ResponseSink, is_head: bool, callback: Callable[[BaseException | None], None]
+    ) -> None: ...
+    def send_head(self, ex: Exchange, rewrite: Rewrite) -> None: ...
+    def send_body(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def end_body(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def enter_tunnel(
+        self,
+        sink: ResponseSink,
+        on_close: Callable[[], None],
+        flow: Callable[[bool], None] | None = None,
+    ) -> None: ...
 
 
 # Module names for the members: a global load per use instead of an attribute lookup.
@@ -65,8 +105,15 @@ class UpstreamClosed(BadGateway):
     """The upstream connection ended before the response was complete."""
 
 
+class NotProcessed(UpstreamClosed):
+    """The upstream refused an HTTP/2 stream or said (GOAWAY) it never processed it: safe
+    to send again on another connection, whatever the method."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream. Not shared between concurrent requests."""
+
+    multiplexed = False
 
     def __init__(
         self, pool: UpstreamPool | None, key: tuple[str, int], loop: asyncio.AbstractEventLoop
@@ -106,6 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self.body_bytes = 0
+        self._chunked_body = False
 
     # --------------------------------------------------------- request lifecycle
 
@@ -144,6 +192,23 @@ class UpstreamConnection(asyncio.Protocol):
     def got_head(self) -> bool:
         """Whether the current (or last) response's head was passed on."""
         return self.state >= _BODY
+
+    def send_head(self, ex: Exchange, rewrite: Rewrite) -> None:
+        """Write the request head (``proxy.request_head``); a body follows in the framing
+        it announced (``send_body``, ``end_body``)."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(build_request_head(ex, rewrite, self.authority))
+        self._chunked_body = ex.chunked
+
+    def send_body(self, data: bytes) -> None:
+        if self._chunked_body:
+            self.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.write(data)
+
+    def end_body(self) -> None:
+        if self._chunked_body:
+            self.write(b"0\r\n\r\n")
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:

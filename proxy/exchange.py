@@ -1,8 +1,10 @@
 """One request and its response: what a handler reads the request from and answers through.
 
-An ``Exchange`` belongs to the client connection that parsed it (``conn``); its response side
-frames every response itself (Content-Length, chunked, or close-delimited for HTTP/1.0), never
-both, and cuts a response that cannot be completed as announced instead of padding it. Errors
+An ``Exchange`` belongs to what carries it (``conn``, a ``proxy.context.Carrier``: an
+HTTP/1.1 connection, or an HTTP/2 stream whose ``proxy.h2stream.H2Exchange`` writes frames
+instead). Its HTTP/1.1 response side frames every response itself (Content-Length, chunked,
+or close-delimited for HTTP/1.0), never both, and cuts a response that cannot be completed
+as announced instead of padding it. Errors
 become responses in one place, ``answer_error``; ``Exchange.ensure_answered`` is the one check
 every way an exchange ends goes through (a task's end, a callback owner's ``complete``).
 """
@@ -18,9 +20,10 @@ from typing import TYPE_CHECKING
 
 from proxy.errors import BadRequest, ProxyError, reason_phrase
 from proxy.headers import HeaderList, lower_name
+from proxy.states import ResponseState
 
 if TYPE_CHECKING:
-    from proxy.http1 import HttpServerProtocol
+    from proxy.context import Carrier
 
 __all__ = ["ClientDisconnected", "Exchange", "answer_error", "status_line"]
 
@@ -38,6 +41,7 @@ class BodyMode(enum.IntEnum):
 
 # Module names for the members: a global load per use instead of an attribute lookup.
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = BodyMode
+_PENDING, _HEAD, _DONE = ResponseState
 
 _STATUS_LINES: dict[int, bytes] = {}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -65,7 +69,7 @@ def answer_error(ex: Exchange, exc: BaseException) -> None:
     if isinstance(exc, ProxyError):
         ex.fail(exc)
     elif isinstance(exc, asyncio.CancelledError | ClientDisconnected):
-        if not ex.response_done:
+        if ex.response is not _DONE:
             ex.abort()
     else:
         log.error("handler failed for %s %r", ex.method.decode("latin-1"), ex.target, exc_info=exc)
@@ -107,8 +111,7 @@ class Exchange:
         "names",
         "peer",
         "preset_error",
-        "response_done",
-        "response_started",
+        "response",
         "started_at",
         "status",
         "target",
@@ -117,7 +120,7 @@ class Exchange:
         "version",
     )
 
-    def __init__(self, conn: HttpServerProtocol) -> None:
+    def __init__(self, conn: Carrier) -> None:
         self.conn = conn
         self.method = b""
         self.target = b""
@@ -150,8 +153,11 @@ class Exchange:
         self.body_complete = False
         self.body_received = 0
         # response
-        self.response_started = False
-        self.response_done = False
+        #: The response side's lifecycle (``ResponseState``). Only ``start_response``,
+        #: ``start_tunnel`` (PENDING to HEAD, refused otherwise), ``end`` and ``abort`` (to
+        #: DONE) change it, each guarded as ``RESPONSE_TRANSITIONS`` says; assignments, not
+        #: a method, because a call would cost every request two more frames.
+        self.response = _PENDING
         self.close_after = False
         self.status = 0
         self.bytes_out = 0
@@ -205,7 +211,7 @@ class Exchange:
                 raise self._body_error
             if self.body_complete:
                 return b""
-            if self.expect_continue and not self._continue_sent and not self.response_started:
+            if self.expect_continue and not self._continue_sent and self.response is _PENDING:
                 self._continue_sent = True
                 self.conn.write_raw(_CONTINUE)
             self.conn.resume_body()
@@ -260,11 +266,11 @@ class Exchange:
 
         The engine adds Content-Length or Transfer-Encoding and Connection itself.
         """
-        if self.response_started:
+        if self.response is not _PENDING:
             raise RuntimeError("response already started")
-        self.response_started = True
+        self.response = _HEAD
         self.status = status
-        parts = [status_line(status)]
+        parts = [_STATUS_LINES.get(status) or status_line(status)]
         for key, value in headers:
             parts += (key, b": ", value, b"\r\n")
         if self.method == b"HEAD" or status in (204, 304) or status < 200:
@@ -303,7 +309,7 @@ class Exchange:
 
     def informational(self, status: int, headers: HeaderList) -> None:
         """Forward a 1xx interim response (103 Early Hints...) before the final one."""
-        if self.response_started or self.version != "1.1" or status == 101:
+        if self.response is not _PENDING or self.version != "1.1" or status == 101:
             return
         if status == 100:
             if self._continue_sent:
@@ -317,7 +323,7 @@ class Exchange:
 
     def write(self, data: bytes) -> None:
         """Write body bytes with the framing chosen in ``start_response``."""
-        if self.response_done or not data:
+        if self.response is _DONE or not data:
             return
         mode = self._mode
         head = self._pending
@@ -348,7 +354,7 @@ class Exchange:
 
     def end(self) -> None:
         """Finish the response. A Content-Length response that is short is cut instead."""
-        if self.response_done:
+        if self.response is _DONE:
             return
         head = self._pending
         if head is not None:
@@ -361,7 +367,12 @@ class Exchange:
             return
         elif self._mode == _UNTIL_CLOSE:
             self.close_after = True
-        self.response_done = True
+        self.response = _DONE
+
+    def trailers(self, headers: HeaderList) -> None:
+        """Trailer fields for the end of the response (gRPC's ``grpc-status``), sent by
+        ``end``. HTTP/1.1 drops them, as it drops an upstream's chunked trailers: only
+        HTTP/2 carries them (``proxy.http2``)."""
 
     def abort(self) -> None:
         """Stop the response where it is: flush what was written, then close the connection.
@@ -369,7 +380,7 @@ class Exchange:
         The client sees a short Content-Length body or a chunked body with no last chunk,
         which every HTTP client reports as truncated.
         """
-        self.response_done = True
+        self.response = _DONE
         self.close_after = True
         self.keep_alive = False
         self.flush()
@@ -389,24 +400,24 @@ class Exchange:
 
     def complete(self) -> None:
         """A fast-path owner is done: make sure an answer went out, then free the connection."""
-        if not self.response_done:
+        if self.response is not _DONE:
             self.ensure_answered()
         self.conn.exchange_over(self)
 
     def ensure_answered(self) -> None:
         """The owner is done with the exchange: cut a response it left unfinished, or
         answer 500 when it wrote none. Every way an exchange ends goes through here."""
-        if not self.response_done:
-            if self.response_started:
+        if self.response is not _DONE:
+            if self.response is _HEAD:
                 self.abort()
             else:
                 self.fail(ProxyError("handler returned no response"))
 
     def fail(self, error: ProxyError) -> None:
         """Answer with ``error``'s status and body, or abort if the response already started."""
-        if self.response_done:
+        if self.response is _DONE:
             return
-        if self.response_started:
+        if self.response is _HEAD:
             self.abort()
             return
         if error.close:
@@ -431,6 +442,16 @@ class Exchange:
             self.write(body)
         self.end()
 
+    @property
+    def response_started(self) -> bool:
+        """Whether a status line went out (or is held back for the first body bytes)."""
+        return self.response is not _PENDING
+
+    @property
+    def response_done(self) -> bool:
+        """Whether the response ended, was cut or failed: nothing more is written."""
+        return self.response is _DONE
+
     # ------------------------------------------------------------------- upgrades
 
     def start_tunnel(
@@ -446,7 +467,9 @@ class Exchange:
         the function that writes upstream bytes to the client. ``on_close`` runs when the
         client connection is gone, ``on_eof`` when the client half-closed it.
         """
-        self.response_started = True
+        if self.response is not _PENDING:
+            raise RuntimeError("response already started")
+        self.response = _HEAD
         self.status = 101
         parts = [status_line(101)]
         for key, value in headers:

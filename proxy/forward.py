@@ -19,14 +19,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.client import UpstreamConnection
+from proxy.client import NotProcessed, Upstream
 from proxy.errors import BadGateway, ProxyError
 from proxy.exchange import ClientDisconnected, Exchange, answer_error
+from proxy.h2stream import VERSION as H2
 from proxy.headers import HeaderList
 from proxy.pool import UpstreamPool
 from proxy.request_head import NO_REWRITE, Rewrite, build_request_head
+from proxy.states import ResponseState
 
 __all__ = ["NO_REWRITE", "Forwarding", "OnDone", "Rewrite", "build_request_head", "forward"]
+
+_PENDING, _, _DONE = ResponseState
 
 
 #: How a forwarding reports its end: ``on_done(ex, status)``, exactly once, never from inside
@@ -86,7 +90,7 @@ class Forwarding:
         self.port = port
         self.on_done = on_done
         self.rewrite = rewrite
-        self.conn: UpstreamConnection | None = None
+        self.conn: Upstream | None = None
         #: The dial (while ``conn`` is None), then the request body's pump, if any.
         self.task: asyncio.Task[None] | None = None
         #: Set once a 101 switched to a tunnel; the outcome is reported when it closes.
@@ -99,25 +103,36 @@ class Forwarding:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, conn: UpstreamConnection | None) -> None:
-        """Send on ``conn`` (an idle pooled one or one just dialed), else dial one now."""
+    def start(self, conn: Upstream | None) -> None:
+        """Send on ``conn`` (an idle pooled one or one just dialed), else dial one now.
+
+        The upstream protocol mirrors the client's, as Knative's transports do: an HTTP/2
+        request goes as h2c (a call on a pooled HTTP/2 connection), any other as HTTP/1.1.
+        """
         ex = self.ex
         ex.dispatched = True
         ex.canceller = self.cancel
+        if ex.version is H2 and (conn is None or not conn.multiplexed):
+            if conn is not None:
+                self.pool.release(conn)  # an idle HTTP/1.1 connection taken for it, unused
+            conn = self.pool.take_h2(self.host, self.port)
         if conn is None:
             self.task = ex.conn.ctx.loop.create_task(self._dial())
             return
         self.conn = conn
         conn.begin(self, ex.method == b"HEAD", self.finished)
         ex.conn.flow_listener = self
-        conn.write(build_request_head(ex, self.rewrite, conn.authority))
+        conn.send_head(ex, self.rewrite)
         if ex.chunked or ex.content_length:
             self.task = pump = ex.conn.ctx.loop.create_task(_send_body(ex, conn))
             pump.add_done_callback(_retrieved)
 
     async def _dial(self) -> None:
+        pool = self.pool
         try:
-            conn = await self.pool.connect(self.host, self.port)
+            conn: Upstream = await (pool.connect_h2 if self.ex.version is H2 else pool.connect)(
+                self.host, self.port
+            )
         except (Exception, asyncio.CancelledError) as exc:
             self.task = None
             self._end(exc)
@@ -178,7 +193,7 @@ class Forwarding:
             return
         self._release(conn)
         if self.cancelled:
-            self._report(ex.status if ex.response_started else 500)
+            self._report(ex.status or 500)
         elif conn.got_head:
             # Headers went out: the body is cut, so cut the client too. Reported first: the
             # cut closes the client connection, whose loss would otherwise reach a waiting
@@ -187,7 +202,12 @@ class Forwarding:
             ex.abort()
         elif isinstance(failure, ProxyError | ClientDisconnected):
             self._end(failure)  # the client's body broke: too large, malformed, gone
-        elif conn.requests > 1 and pump is None and not ex.response_started and _replayable(ex):
+        elif isinstance(error, NotProcessed) and pump is None and ex.response is _PENDING:
+            # The upstream refused the HTTP/2 stream or said GOAWAY before it: it provably
+            # never ran, so it goes again on another connection, whatever its method.
+            self.conn = self.task = None
+            self.start(None)
+        elif conn.requests > 1 and pump is None and ex.response is _PENDING and _replayable(ex):
             # A reused keep-alive connection that died before answering: the request most
             # likely never reached the application; one fresh try of an idempotent request
             # is safe (Go's ``Request.isReplayable``).
@@ -196,7 +216,7 @@ class Forwarding:
         else:
             self._end(error if isinstance(error, ProxyError) else BadGateway(str(error)))
 
-    def _release(self, conn: UpstreamConnection) -> None:
+    def _release(self, conn: Upstream) -> None:
         ex = self.ex
         if ex.conn.flow_listener is self:
             ex.conn.flow_listener = None
@@ -207,7 +227,7 @@ class Forwarding:
         """Answer what ended the exchange early (unless cancelled), then report."""
         ex = self.ex
         ex.canceller = None
-        status = ex.status if ex.response_started else 500
+        status = ex.status or 500
         if error is not None and not self.cancelled:
             self.error = error
             answer_error(ex, error)
@@ -227,7 +247,7 @@ class Forwarding:
         subclass says otherwise. Called once, from an event-loop callback."""
         self.on_done(self.ex, status)
 
-    async def run(self, conn: UpstreamConnection | None) -> int:
+    async def run(self, conn: Upstream | None) -> int:
         """``start(conn)``, then wait for the end: the ``async`` form. Returns the final
         status, or raises the error that ended the exchange early (answered already);
         cancelling the caller cancels the forwarding."""
@@ -260,7 +280,7 @@ class Forwarding:
             self.ex.informational(status, headers)
 
     def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
-        if self.ex.response_done:
+        if self.ex.response is _DONE:
             return  # a timeout already answered
         self.ex.start_response(status, headers, content_length)
 
@@ -275,10 +295,13 @@ class Forwarding:
     def flush(self) -> None:
         self.ex.flush()
 
+    def on_trailers(self, headers: HeaderList) -> None:
+        self.ex.trailers(headers)
+
     def on_body(self, data: bytes) -> None:
         ex = self.ex
         ex.write(data)
-        if ex.write_paused:
+        if ex.conn.write_paused:
             conn = self.conn
             assert conn is not None
             conn.pause_reading()
@@ -287,7 +310,7 @@ class Forwarding:
         ex = self.ex
         conn = self.conn
         assert conn is not None
-        if not ex.upgrade or ex.response_done:
+        if not ex.upgrade or ex.response is _DONE:
             conn.abort()
             return
         self.tunnel = True
@@ -324,7 +347,7 @@ class _TunnelSink:
         self,
         to_client: Callable[[bytes], None],
         ex: Exchange,
-        conn: UpstreamConnection,
+        conn: Upstream,
         finish: Callable[[], None],
     ) -> None:
         self.to_client = to_client
@@ -344,6 +367,9 @@ class _TunnelSink:
             self.conn.pause_reading()
 
     def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None:
+        pass
+
+    def on_trailers(self, headers: HeaderList) -> None:
         pass
 
     def flush(self) -> None:
@@ -381,21 +407,16 @@ def _replayable(ex: Exchange) -> bool:
     return ex.header(b"idempotency-key") is not None or ex.header(b"x-idempotency-key") is not None
 
 
-async def _send_body(ex: Exchange, conn: UpstreamConnection) -> None:
-    """Stream the request body upstream, re-chunking when the client sent it chunked."""
-    chunked = ex.chunked
+async def _send_body(ex: Exchange, conn: Upstream) -> None:
+    """Stream the request body upstream in the framing ``send_head`` announced."""
     try:
         while True:
             chunk = await ex.read_body()
             if not chunk:
                 break
-            if chunked:
-                conn.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-            else:
-                conn.write(chunk)
+            conn.send_body(chunk)
             await conn.drain()
-        if chunked:
-            conn.write(b"0\r\n\r\n")
+        conn.end_body()
     except (ProxyError, ClientDisconnected):
         # The client's body broke: the upstream must not see it as complete.
         conn.abort()

@@ -13,6 +13,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+import httptools
+
 from proxy.errors import (
     BadRequest,
     ExpectationFailed,
@@ -134,3 +136,11 @@ def check_head(
             raise PayloadTooLarge("request body too large")
         return Framing(content_length=length, expect_continue=expect_continue)
     return Framing(expect_continue=expect_continue) if expect_continue else PLAIN
+
+
+def parser_is_compiled() -> bool:
+    """True when httptools' parser is the compiled llhttp extension (it has no other kind):
+    every rule here assumes llhttp's own checks ran first."""
+    module = type(httptools.HttpRequestParser(object())).__module__
+    origin = getattr(__import__(module, fromlist=["_"]), "__file__", "") or ""
+    return origin.endswith((".so", ".pyd"))

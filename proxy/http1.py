@@ -16,19 +16,16 @@ in ``proxy.headrules``.
   handler actually asks for the body.
 * Any framing or validation error answers with one status from ``proxy.errors`` and closes the
   connection, after earlier pipelined responses have gone out. Nothing after it is parsed.
-* A client that goes away cancels the exchange's owner. A client that half-closes (FIN)
-  cancels it only while the request has not been dispatched upstream (HAProxy's
-  ``abortonclose``): a request waiting in a queue frees its place at once, while a
-  half-closed client that is already being served still gets its response.
+* A client that goes away cancels the exchange's owner; one that half-closes (FIN) only
+  while its request was not dispatched upstream (HAProxy's ``abortonclose``): a queued
+  request frees its place at once, one being served still gets its response.
 * Timeouts (head read, keep-alive idle) are checked by the server's one-second sweeper from
-  timestamps, so a request costs no timer operations; the body-idle timeout is applied only
-  while a handler waits for body bytes.
-* The fast path: a handler may also offer ``fast(ex) -> bool`` (``FastPath``). It is called
-  first, inside llhttp's callbacks; True means it took the exchange and will finish it from
-  later callbacks with ``Exchange.complete()`` (``Exchange.canceller`` stops it): no task,
-  no future. It must not finish the exchange before returning; an error it raises is
-  answered from a task. Whatever it declines takes the task path (``_run``). Both end in
-  ``Exchange.ensure_answered`` and ``exchange_over``.
+  timestamps (no timer per request); the body-idle one only while a handler waits for body.
+* Exchanges reach the handler through ``proxy.context.serve``, as HTTP/2 streams do: its
+  task-free ``fast(ex)`` first (``FastPath``, called inside llhttp's callbacks), else a
+  task. Both end in ``Exchange.ensure_answered`` and ``exchange_over``.
+* HTTP/2: a fresh connection opening with the h2 preface, or an ``Upgrade: h2c`` request
+  answered 101, is handed to ``proxy.http2`` (imported only then).
 * The hot-path rules (``docs/design.md``, "Hot-path rules") hold for this module; the tests
   and ``python -m bench.instructions --check`` check the ones a machine can.
 """
@@ -43,7 +40,7 @@ from typing import cast
 
 import httptools
 
-from proxy.context import FastPath, FlowListener, Handler, ServerContext
+from proxy.context import FastPath, FlowListener, Handler, ServerContext, serve
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -52,9 +49,14 @@ from proxy.errors import (
     RequestTimeout,
     UriTooLong,
 )
-from proxy.exchange import ClientDisconnected, Exchange, answer_error, status_line
-from proxy.headers import UNDERSCORE, cached_lower, lower_name
-from proxy.headrules import PLAIN, check_head, check_header_sizes
+from proxy.exchange import ClientDisconnected, Exchange, status_line
+from proxy.headers import (
+    UNDERSCORE,
+    HeaderList,
+    cached_lower,
+    lower_name,
+)
+from proxy.headrules import PLAIN, check_head, check_header_sizes, parser_is_compiled
 from proxy.states import TRANSITIONS, ConnState
 
 __all__ = [
@@ -80,13 +82,6 @@ _IDLE, _HEAD, _BUSY, _LAST, _TUNNEL, _CLOSED = ConnState
 CHECK_TRANSITIONS = False
 #: ``TRANSITIONS`` as a table indexed by state, then by next state: what ``_to`` checks.
 _ALLOWED = tuple(tuple(nxt in TRANSITIONS[state] for nxt in ConnState) for state in ConnState)
-
-
-def parser_is_compiled() -> bool:
-    """True when httptools' parser is the compiled llhttp extension (it has no other kind)."""
-    module = type(httptools.HttpRequestParser(object())).__module__
-    origin = getattr(__import__(module, fromlist=["_"]), "__file__", "") or ""
-    return origin.endswith((".so", ".pyd"))
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -130,6 +125,9 @@ class HttpServerProtocol(asyncio.Protocol):
         #: Told when writes to the client pause and resume (``flow(paused)``): the upstream
         #: side of the exchange being served, so that it stops reading meanwhile.
         self.flow_listener: FlowListener | None = None
+        #: An ``Upgrade: h2c`` request answered 101: (HTTP2-Settings, method, target,
+        #: headers), served as stream 1 once llhttp hands over the bytes after it.
+        self._h2c: tuple[bytes, bytes, bytes, HeaderList] | None = None
 
     # ------------------------------------------------------------ transport events
 
@@ -217,6 +215,9 @@ class HttpServerProtocol(asyncio.Protocol):
         if state is _LAST or state is _CLOSED:
             return
         if state is _IDLE:
+            if not self._fed and data[:3] == b"PRI" and self.ctx.limits.h2c:
+                self._switch_to_h2(data)  # HTTP/2 with prior knowledge
+                return
             self._to(_HEAD)
         self._head_bytes += len(data)
         self._chunk_base = fed = self._fed
@@ -225,6 +226,9 @@ class HttpServerProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
+            if self._h2c is not None:
+                self._switch_to_h2(data[offset:])
+                return
             self._upgrade_buffer = bytearray(data[offset:])
             # The parser is past the upgrade point: no request can follow this one.
             self._to(_LAST)
@@ -312,7 +316,9 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.expect_continue = framing.expect_continue
             if not (ex.chunked or ex.content_length):
                 ex.body_complete = True
-        if self._current is None:  # ``_dispatch``, inlined: once per request
+        if ex.upgrade and self._h2c_upgrade(ex):
+            return
+        if self._current is None:
             self._start(ex)
         else:
             self._pipeline.append(ex)
@@ -345,38 +351,11 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # ----------------------------------------------------------------- exchanges
 
-    def _dispatch(self, ex: Exchange) -> None:
-        if self._current is None:
-            self._start(ex)
-        else:
-            self._pipeline.append(ex)
-
     def _start(self, ex: Exchange) -> None:
         self._current = ex
         if self.state is not _LAST:
             self._to(_BUSY)
-        fast = self.ctx.fast
-        if fast is not None and ex.preset_error is None:
-            # Runs inside llhttp's callbacks: a fast owner must not finish the exchange
-            # before returning; an error it raises is answered from a task instead.
-            try:
-                if fast(ex):
-                    return
-            except ProxyError as exc:
-                ex.preset_error = exc
-        ex.task = self.ctx.loop.create_task(self._run(ex))
-
-    async def _run(self, ex: Exchange) -> None:
-        try:
-            if ex.preset_error is not None:
-                ex.fail(ex.preset_error)
-            else:
-                await self.ctx.handler(ex)
-        except (Exception, asyncio.CancelledError) as exc:
-            answer_error(ex, exc)
-        finally:
-            ex.ensure_answered()
-            self.exchange_over(ex)
+        serve(self.ctx, ex)
 
     def exchange_over(self, ex: Exchange) -> None:
         """``ex`` is answered and its owner done: serve the next request, wait for one, or
@@ -426,7 +405,28 @@ class HttpServerProtocol(asyncio.Protocol):
         ex.preset_error = error
         ex.keep_alive = False
         ex.body_complete = True
-        self._dispatch(ex)
+        if self._current is None:
+            self._start(ex)
+        else:
+            self._pipeline.append(ex)
+
+    # ------------------------------------------------------------------ HTTP/2
+
+    def _h2c_upgrade(self, ex: Exchange) -> bool:
+        """Whether ``proxy.http2.accept_upgrade`` took an ``Upgrade: h2c`` (and wrote 101)."""
+        from proxy.http2 import accept_upgrade
+
+        self._h2c = accept_upgrade(ex, self.ctx, alone=self._current is None)
+        return self._h2c is not None
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        """Hand the transport to an HTTP/2 connection (``proxy.http2``) with ``data``."""
+        from proxy.http2 import serve_h2
+
+        self.resume_reading()
+        self.ctx.connections.discard(self)
+        self._to(_CLOSED)
+        serve_h2(self.ctx, cast(asyncio.Transport, self.transport), data, self._h2c)
 
     # --------------------------------------------------------------------- I/O
 

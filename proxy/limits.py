@@ -1,4 +1,4 @@
-"""Limits and timeouts of the HTTP/1.1 server side, with the reason for each default."""
+"""Limits and timeouts of the server side (HTTP/1.1 and HTTP/2), with each default's reason."""
 
 from __future__ import annotations
 
@@ -29,6 +29,19 @@ class ServerLimits:
     max_connections: int = 10000
     #: Bytes buffered from a request body before reading from the client pauses.
     body_high_water: int = 65536
+    #: HTTP/2: whether a connection may speak h2c (prior knowledge or ``Upgrade: h2c``),
+    #: as Knative's serving ports all do.
+    h2c: bool = True
+    #: HTTP/2: concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS); Go's
+    #: server default. A stream opened beyond it is refused with REFUSED_STREAM.
+    h2_max_streams: int = 250
+    #: HTTP/2: request body bytes a stream (and, separately, the whole connection) may have
+    #: in flight unread: the flow-control windows, Go's 1 MiB upload buffers.
+    h2_window: int = 1 << 20
+    #: HTTP/2: streams the client may reset while they are served, and control frames
+    #: (PING, SETTINGS) it may send, per second, before the connection is closed with
+    #: ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487; ping and settings floods).
+    h2_max_abuse_per_second: int = 200
 
     def __post_init__(self) -> None:
         for name in (
@@ -38,11 +51,15 @@ class ServerLimits:
             "max_header_count",
             "max_connections",
             "body_high_water",
+            "h2_max_streams",
+            "h2_max_abuse_per_second",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerLimits.{name} must be positive")
         for name in ("head_timeout", "body_idle_timeout", "keepalive_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerLimits.{name} must be positive seconds")
+        if not 65535 <= self.h2_window < 1 << 31:
+            raise ValueError("ServerLimits.h2_window must be in [65535, 2**31)")
         if self.max_body_bytes is not None and self.max_body_bytes < 0:
             raise ValueError("ServerLimits.max_body_bytes must be >= 0 or None")

@@ -1,8 +1,12 @@
-"""Keep-alive connections to upstreams, pooled per destination.
+"""Connections to upstreams, pooled per destination.
 
-The pool decides synchronously (reuse the most recently used idle connection, or dial), then
-does I/O. A connection comes back through ``release`` after each exchange and is kept only
-when that exchange ended cleanly (``UpstreamConnection.reusable``).
+HTTP/1.1: the pool decides synchronously (reuse the most recently used idle connection, or
+dial), then does I/O. A connection comes back through ``release`` after each exchange and is
+kept only when that exchange ended cleanly (``UpstreamConnection.reusable``).
+
+HTTP/2 (``proxy.h2client``): one multiplexed connection per destination serves every call
+while it has room under the upstream's stream limit; another is dialed when all are full,
+and one that said GOAWAY is dropped. ``release`` lets a call go (``H2Call.close``).
 """
 
 from __future__ import annotations
@@ -11,9 +15,16 @@ import asyncio
 import random
 import socket
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from proxy.client import UpstreamConnection
+from proxy.client import Upstream, UpstreamConnection
 from proxy.errors import BadGateway
+
+if TYPE_CHECKING:
+    from proxy.h2client import H2Call, H2Upstream
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 __all__ = ["UpstreamPool"]
 
@@ -32,6 +43,7 @@ class UpstreamPool:
         self.max_idle_per_host = max_idle_per_host
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
+        self._h2: dict[tuple[str, int], list[H2Upstream]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -60,14 +72,41 @@ class UpstreamPool:
     async def connect(self, host: str, port: int) -> UpstreamConnection:
         """Dial a new connection, retrying only dial timeouts with growing limits."""
         loop = asyncio.get_running_loop()
+        return await self._dial(host, port, lambda: UpstreamConnection(self, (host, port), loop))
+
+    def take_h2(self, host: str, port: int) -> H2Call | None:
+        """A call on a live h2c connection to ``host:port`` with room for one more stream."""
+        for conn in self._h2.get((host, port), ()):
+            if conn.has_room:
+                return conn.call()
+        return None
+
+    async def connect_h2(self, host: str, port: int) -> H2Call:
+        """A call on a new h2c connection (kept for the calls after it)."""
+        from proxy.h2client import H2Upstream  # loaded only when HTTP/2 is spoken
+
+        loop = asyncio.get_running_loop()
         key = (host, port)
+        conn = await self._dial(host, port, lambda: H2Upstream(self, key, loop))
+        if self._closed:
+            conn.close()
+            raise BadGateway("upstream pool closed")
+        self._h2.setdefault(key, []).append(conn)
+        return conn.call()
+
+    def forget_h2(self, conn: H2Upstream) -> None:
+        conns = self._h2.get(conn.key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+
+    async def _dial(self, host: str, port: int, factory: Callable[[], _P]) -> _P:
+        loop = asyncio.get_running_loop()
         timeout = _DIAL_FIRST_TIMEOUT
         started = loop.time()
         for step in range(_DIAL_STEPS):
             try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamConnection(self, key, loop), host, port),
-                    timeout,
+                transport, proto = await asyncio.wait_for(
+                    loop.create_connection(factory, host, port), timeout
                 )
             except TimeoutError:
                 if step == _DIAL_STEPS - 1:
@@ -80,18 +119,20 @@ class UpstreamPool:
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 raise BadGateway(f"dial tcp {host}:{port}: {reason.lower()}") from None
-            sock = proto.transport.get_extra_info("socket") if proto.transport else None
+            sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return proto
         elapsed = loop.time() - started
         raise BadGateway(f"timed out dialing {host}:{port} after {elapsed:.2f}s")
 
-    def release(self, conn: UpstreamConnection) -> None:
-        """Return ``conn`` after an exchange: kept if it ended cleanly, else closed."""
+    def release(self, conn: Upstream) -> None:
+        """Return ``conn`` after an exchange: kept if it ended cleanly, else closed (an
+        HTTP/2 call is never kept: its connection is)."""
         if not conn.reusable or conn.closed or self._closed:
             conn.close()
             return
+        assert isinstance(conn, UpstreamConnection)  # an H2Call is never reusable
         idle = self._idle.get(conn.key)
         if idle is None:  # not setdefault(): that would build a deque on every call
             idle = self._idle[conn.key] = deque()
@@ -119,3 +160,7 @@ class UpstreamPool:
             while idle:
                 idle.pop().close()
         self._idle.clear()
+        for conns in self._h2.values():
+            for conn in list(conns):
+                conn.close()
+        self._h2.clear()

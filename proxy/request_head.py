@@ -12,9 +12,9 @@ import functools
 from dataclasses import dataclass, field
 
 from proxy.exchange import Exchange
-from proxy.headers import HOP_BY_HOP, Header, connection_tokens
+from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
 
-__all__ = ["NO_REWRITE", "Rewrite", "build_request_head"]
+__all__ = ["NO_REWRITE", "Rewrite", "build_request_head", "h2_request_fields"]
 
 # Headers the proxy writes itself on the upstream request.
 _NONE: frozenset[bytes] = frozenset()
@@ -129,3 +129,47 @@ def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> b
             parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def h2_request_fields(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> HeaderList:
+    """The upstream request for ``ex`` as an HTTP/2 header list: the same edits as
+    ``build_request_head`` (hop-by-hop and Connection-named fields dropped, the rewrite,
+    ``X-Forwarded-For``), with Host as ``:authority``, names lower-case, and ``te:
+    trailers`` kept (gRPC servers require it; it is the only TE HTTP/2 allows)."""
+    host = rewrite.host
+    target = ex.target
+    if target[:1] != b"/" and target[:7].lower() in _ABSOLUTE:
+        target, authority = _origin_form(target)
+        if host is None:
+            host = authority
+    skip = rewrite.skip
+    named = connection_tokens(ex.headers) if b"connection" in ex.names else _NONE
+    fields: HeaderList = []
+    xff: list[bytes] = []
+    te_trailers = False
+    for (_, value), low in zip(ex.headers, ex.names, strict=True):
+        if low in skip or low in named:
+            if low == b"host" and host is None:
+                host = value
+            elif low == b"x-forwarded-for" and low not in named:
+                xff.append(value)
+            elif low == b"te" and value.strip().lower() == b"trailers":
+                te_trailers = True
+            continue
+        fields.append((low, value))
+    head: HeaderList = [
+        (b":method", ex.method),
+        (b":scheme", b"http"),
+        (b":authority", host if host is not None else default_host),
+        (b":path", target),
+    ]
+    if te_trailers:
+        head.append((b"te", b"trailers"))
+    fields += [(name.lower(), value) for name, value in rewrite.set]
+    if ex.peer:
+        xff.append(ex.peer.encode())
+    if xff:
+        fields.append((b"x-forwarded-for", b", ".join(xff)))
+    if ex.content_length is not None:
+        fields.append((b"content-length", b"%d" % ex.content_length))
+    return head + fields

@@ -12,9 +12,27 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from typing import Protocol
 
 from proxy.http1 import Handler, HttpServerProtocol, ServerContext
 from proxy.limits import ServerLimits
+
+__all__ = ["Connection", "HttpServer"]
+
+
+class Connection(Protocol):
+    """A client connection as the server sees it, whatever its protocol: HTTP/1.1
+    (``proxy.http1``) or HTTP/2 (``proxy.http2``), which a connection may switch to."""
+
+    transport: asyncio.Transport | None
+
+    @property
+    def idle(self) -> bool: ...
+    @property
+    def tunnelled(self) -> bool: ...
+    def close(self) -> None: ...
+    def check_timeouts(self, now: float) -> None: ...
+
 
 _SWEEP_INTERVAL = 1.0
 

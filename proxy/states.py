@@ -3,7 +3,8 @@
 h11 keeps a connection's states the same way: an enum, and a table of which state may follow
 which, in one place. ``ConnState`` is a client connection's (``proxy.http1``), changed only
 by ``HttpServerProtocol._to``; ``UpstreamState`` an upstream connection's
-(``proxy.client``), changed only by ``UpstreamConnection._to``. Both are ``IntEnum``: a
+(``proxy.client``), changed only by ``UpstreamConnection._to``; ``ResponseState`` an
+exchange's response side (``proxy.exchange``). All are ``IntEnum``: a
 plain ``Enum`` hashes its members in Python, which a table lookup would pay on every
 request.
 """
@@ -12,7 +13,14 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["TRANSITIONS", "UPSTREAM_TRANSITIONS", "ConnState", "UpstreamState"]
+__all__ = [
+    "RESPONSE_TRANSITIONS",
+    "TRANSITIONS",
+    "UPSTREAM_TRANSITIONS",
+    "ConnState",
+    "ResponseState",
+    "UpstreamState",
+]
 
 
 class ConnState(enum.IntEnum):
@@ -75,4 +83,29 @@ UPSTREAM_TRANSITIONS: dict[UpstreamState, frozenset[UpstreamState]] = {
     _U_SWITCHING: frozenset({_U_TUNNEL}),
     _U_BODY: frozenset({_U_IDLE}),
     _U_TUNNEL: frozenset(),
+}
+
+
+class ResponseState(enum.IntEnum):
+    """Where an exchange's response is (ordered: a state from HEAD on means a status line
+    went out, or is held back to go out with the first body bytes).
+
+    PENDING until the handler starts the response; HEAD from the status line (or a 101 that
+    made the connection a tunnel) until the end; DONE once it ended, was cut or failed:
+    nothing more is written.
+    """
+
+    PENDING = 0
+    HEAD = 1
+    DONE = 2
+
+
+_R_PENDING, _R_HEAD, _R_DONE = ResponseState
+
+#: Which state may follow which (``Exchange``): a response may be cut before it started
+#: (the client left), never restarted.
+RESPONSE_TRANSITIONS: dict[ResponseState, frozenset[ResponseState]] = {
+    _R_PENDING: frozenset({_R_HEAD, _R_DONE}),
+    _R_HEAD: frozenset({_R_DONE}),
+    _R_DONE: frozenset(),
 }

@@ -223,7 +223,7 @@ class QueueProxyHandler:
         s.deadline.forget(ex)
         metrics = s.metrics
         if metrics is not None and not req.is_probe:
-            final = ex.status if ex.response_started else 500
+            final = ex.status or 500
             h = req.h
             if app_status is None:
                 metrics.record_request(final, now - started, _tag(h))
@@ -398,7 +398,7 @@ class QueueProxyHandler:
                 remote_addr=ex.remote_addr,
                 referer=_text(ex.header(b"referer")) or "",
                 headers=ex.headers,
-                code=ex.status if ex.response_started else 500,
+                code=ex.status or 500,
                 size=ex.bytes_out,
                 latency_seconds=max(0.0, end - started),
             )

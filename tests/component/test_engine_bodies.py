@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(30)
 def client_protocols(px: ProxyUnderTest) -> list[HttpServerProtocol]:
     ctx = px.server._ctx
     assert ctx is not None
-    return list(ctx.connections)
+    return [conn for conn in ctx.connections if isinstance(conn, HttpServerProtocol)]
 
 
 async def echo_body(conn: UpstreamConn) -> None:

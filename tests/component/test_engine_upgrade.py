@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from proxy.limits import ServerLimits
 from tests.component.engine_harness import EngineRig, UpstreamConn
 
 pytestmark = pytest.mark.timeout(20)
@@ -128,8 +129,10 @@ async def test_g2_upgrade_answered_200_is_plain_http_then_closes(engine: EngineR
 
 
 async def test_g2_upgrade_without_websocket_key_to_a_plain_upstream(engine: EngineRig) -> None:
+    # With h2c off the engine does not take ``Upgrade: h2c`` itself (``tests/component/
+    # test_engine_h2.py`` covers it on): the request goes on as plain HTTP/1.1.
     up = await engine.upstream()
-    px = await engine.proxy(up.port)
+    px = await engine.proxy(up.port, ServerLimits(h2c=False))
     client = await engine.client(px.port)
     await client.send(
         b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"

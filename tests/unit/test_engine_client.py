@@ -35,6 +35,9 @@ class Sink:
         self.events.append(("upgrade", upgrade, rest))
         self.heads.append(headers)
 
+    def on_trailers(self, headers: HeaderList) -> None:
+        self.events.append(("trailers", headers))
+
     def flush(self) -> None:
         pass
 

@@ -7,6 +7,8 @@ and which requests reached the handler (catalogue groups A, B, C1, G4, G7).
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -627,3 +629,57 @@ def test_the_transition_table_is_enforced_in_tests() -> None:
     assert CHECK_TRANSITIONS
     assert TRANSITIONS[ConnState.CLOSED] == frozenset()
     assert all(ConnState.CLOSED in TRANSITIONS[s] for s in ConnState if s is not ConnState.CLOSED)
+
+
+async def test_every_response_path_follows_the_response_table() -> None:
+    # Each way a handler can answer, seen from the response's state after each call: every
+    # step is one ``RESPONSE_TRANSITIONS`` allows, and a second start is refused.
+    from proxy.errors import ProxyError
+    from proxy.states import RESPONSE_TRANSITIONS, ResponseState
+
+    Step = Callable[[Exchange], object]
+    start: Step = lambda ex: ex.start_response(200, [])  # noqa: E731
+    start5: Step = lambda ex: ex.start_response(200, [], 5)  # noqa: E731
+    write: Step = lambda ex: ex.write(b"x")  # noqa: E731
+    end: Step = lambda ex: ex.end()  # noqa: E731
+    fail: Step = lambda ex: ex.fail(ProxyError("no"))  # noqa: E731
+    abort: Step = lambda ex: ex.abort()  # noqa: E731
+    paths: dict[str, list[Step]] = {
+        "send": [lambda ex: ex.send(200, b"ok")],
+        "stream": [start, write, end],
+        "short": [start5, write, end],
+        "fail-before": [fail],
+        "fail-after": [start, fail],
+        "abort-before": [abort],
+        "end-twice": [lambda ex: ex.send(204), end, abort],
+    }
+    for name, steps in paths.items():
+        seen: list[ResponseState] = []
+
+        async def handler(
+            ex: Exchange, steps: list[Step] = steps, seen: list[ResponseState] = seen
+        ) -> None:
+            seen.append(ex.response)
+            for step in steps:
+                step(ex)
+                seen.append(ex.response)
+
+        proto, _ = make_protocol(handler)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        await settle(proto)
+        assert seen[0] is ResponseState.PENDING and seen[-1] is ResponseState.DONE, name
+        for before, after in itertools.pairwise(seen):
+            assert after is before or after in RESPONSE_TRANSITIONS[before], (name, seen)
+
+    async def twice(ex: Exchange) -> None:
+        ex.start_response(200, [])
+        with pytest.raises(RuntimeError, match="already started"):
+            ex.start_response(200, [])
+        with pytest.raises(RuntimeError, match="already started"):
+            ex.start_tunnel([], lambda _: None, lambda: None)
+        ex.end()
+
+    proto, transport = make_protocol(twice)
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    await settle(proto)
+    assert responses(transport.data)[0][0] == 200

@@ -155,7 +155,7 @@ def test_status_line_for_unknown_status() -> None:
 )
 def test_limits_refuse_non_positive_values_naming_the_field(field: str) -> None:
     with pytest.raises(ValueError, match=f"ServerLimits.{field}"):
-        ServerLimits(**{field: 0})
+        ServerLimits(**{field: 0})  # type: ignore[arg-type]
 
 
 def test_limits_body_limit_may_be_zero_or_none_but_not_negative() -> None:

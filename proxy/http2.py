@@ -1,0 +1,491 @@
+"""The HTTP/2 server side of the engine (h2c): one ``asyncio.Protocol`` per connection.
+
+Theory of operation (``docs/design.md`` has the whole request path)
+-------------------------------------------------------------------
+The ``h2`` library (sans-IO) does the framing, HPACK and flow-control bookkeeping; this
+module moves bytes between it and the socket and turns its events into exchanges. Each
+request stream becomes an ``H2Exchange`` (``proxy.h2stream``) handed to the same handler as
+an HTTP/1.1 request, through the same ``proxy.context.serve``: one stream is one request
+everywhere it counts (breaker, stats, timeouts, metrics).
+
+A connection arrives here from ``proxy.http1``: by the client's connection preface on a
+fresh connection (prior knowledge), or by an ``Upgrade: h2c`` request answered 101, which
+becomes stream 1.
+
+Bounds, so that no client makes the server hold more than it was told:
+* streams: at most ``h2_max_streams`` being served; one more is refused with REFUSED_STREAM
+  (h2 itself would kill the connection: it is told a much higher figure than the peer);
+* request bodies: the flow-control windows (``h2_window``), reopened only as handlers read;
+* response bodies: a stream whose client does not open its window keeps its bytes in its
+  outbox and pauses its upstream; the socket's own back-pressure pauses reading the
+  connection, which bounds control-frame replies too;
+* abuse: resets of streams being served (rapid reset) and PING/SETTINGS frames beyond
+  ``h2_max_abuse_per_second`` close the connection with ENHANCE_YOUR_CALM; protocol errors
+  (HPACK bombs, window overflow, bad frames) with the code h2 names, after a GOAWAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import cast
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.exceptions
+from hyperframe.frame import SettingsFrame
+
+from proxy.context import ServerContext, serve
+from proxy.errors import BadRequest, PayloadTooLarge
+from proxy.exchange import Exchange
+from proxy.h2stream import CANCEL, NO_ERROR, REFUSED_STREAM, H2Exchange, H2Stream, read_head
+from proxy.headers import HOP_BY_HOP, HeaderList, connection_tokens
+
+__all__ = [
+    "PREFACE",
+    "SWITCHING",
+    "H2ServerProtocol",
+    "accept_upgrade",
+    "h2c_settings_valid",
+    "serve_h2",
+]
+
+log = logging.getLogger("sluice.http2")
+
+#: What a prior-knowledge client sends first (RFC 9113 section 3.4).
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+ENHANCE_YOUR_CALM = 0xB
+_SETTINGS = h2.settings.SettingCodes
+#: What h2 is told it advertised as the stream limit: far above the real one, which this
+#: module enforces itself with REFUSED_STREAM (a stream error) instead of h2's
+#: connection error.
+_H2_STREAM_CEILING = 1 << 20
+
+
+class H2ServerProtocol(asyncio.Protocol):
+    """One HTTP/2 client connection. See the module docstring for the rules it keeps."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        limits = ctx.limits
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peer_port = 0
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.streams: dict[int, H2Stream] = {}
+        self.max_streams = limits.h2_max_streams
+        self.write_paused = False
+        self.closed = False
+        self.goaway_sent = False
+        self.idle_since = ctx.loop.time()
+        self._abuse = 0
+        self._abuse_window = 0.0
+
+    # --------------------------------------------------------------- lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) and peer else ""
+        self.peer_port = peer[1] if isinstance(peer, tuple) and len(peer) > 1 else 0
+        self.ctx.connections.add(self)
+
+    def start(self, upgrade_settings: bytes | None = None) -> None:
+        """Send the server preface: SETTINGS with the real limits (after a 101, h2 also
+        takes the client's HTTP2-Settings)."""
+        limits = self.ctx.limits
+        local = self.h2.local_settings
+        local[_SETTINGS.MAX_CONCURRENT_STREAMS] = _H2_STREAM_CEILING
+        local[_SETTINGS.INITIAL_WINDOW_SIZE] = limits.h2_window
+        local[_SETTINGS.MAX_HEADER_LIST_SIZE] = limits.max_total_header_bytes
+        local[_SETTINGS.ENABLE_PUSH] = 0
+        local.acknowledge()  # these are the values h2 enforces from the start
+        self.h2.decoder.max_header_list_size = limits.max_total_header_bytes
+        if upgrade_settings is None:
+            self.h2.initiate_connection()
+        else:
+            self.h2.initiate_upgrade_connection(upgrade_settings)
+        self.h2.data_to_send()  # h2's SETTINGS (with the ceiling) is replaced by ours:
+        frame = SettingsFrame(0)
+        frame.settings = {
+            _SETTINGS.MAX_CONCURRENT_STREAMS: self.max_streams,
+            _SETTINGS.INITIAL_WINDOW_SIZE: limits.h2_window,
+            _SETTINGS.MAX_HEADER_LIST_SIZE: limits.max_total_header_bytes,
+            _SETTINGS.ENABLE_PUSH: 0,
+        }
+        self._write(frame.serialize())
+        # The connection's own window opens as far as a stream's (it starts at 64 KiB).
+        self.h2.increment_flow_control_window(limits.h2_window - 65535)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.gone("client connection lost")
+        self.streams.clear()
+
+    def close(self) -> None:
+        """Say GOAWAY (streams in progress finish first when closing gracefully) and close."""
+        if self.closed:
+            return
+        self.goaway(NO_ERROR)
+        if not self.streams and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def goaway(self, code: int) -> None:
+        if not self.goaway_sent and not self.closed:
+            self.goaway_sent = True
+            self.h2.close_connection(error_code=code)
+            self._flush()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """End the connection at once: GOAWAY ``code``, every stream gone."""
+        log.info("closing HTTP/2 connection from %s: %s", self.peer, reason)
+        self.goaway(code)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return not self.streams
+
+    @property
+    def tunnelled(self) -> bool:
+        return False
+
+    def check_timeouts(self, now: float) -> None:
+        """GOAWAY once the server is closing; close when idle past keep-alive or drained."""
+        if self.closed:
+            return
+        if self.ctx.closing or (
+            not self.streams and now - self.idle_since > self.ctx.limits.keepalive_timeout
+        ):
+            self.close()
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._flush()  # h2 has queued its GOAWAY with the error's code
+            code = getattr(exc, "error_code", None)
+            self._fail(int(code) if code is not None else 1, f"protocol error: {exc}")
+            return
+        for event in events:
+            if self.closed:
+                return
+            self._event(event)
+        self._flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                # A stream already answered and forgotten: give the window back.
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+                return
+            self._body(stream, event.data or b"", event.flow_controlled_length)
+            if event.stream_ended is not None:
+                self._ended(stream)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._request(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                self._ended(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                if stream.ex is not None and not stream.ex.response_done:
+                    self._count_abuse("streams reset while being served")
+                stream.gone("client reset the stream")
+                self._idle_check()
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.window_opened()
+            else:
+                self._windows_opened()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._count_abuse("SETTINGS flood")
+            if _SETTINGS.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._windows_opened()
+        elif isinstance(event, h2.events.PingReceived):
+            self._count_abuse("PING flood")
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            # The client is leaving: streams in progress may finish, no new ones come.
+            self.goaway(NO_ERROR)
+            self._idle_check()
+
+    def _count_abuse(self, what: str) -> None:
+        now = self.ctx.loop.time()
+        if now - self._abuse_window >= 1.0:
+            self._abuse_window = now
+            self._abuse = 0
+        self._abuse += 1
+        if self._abuse > self.ctx.limits.h2_max_abuse_per_second:
+            self._fail(ENHANCE_YOUR_CALM, what)
+
+    def upgraded(self, method: bytes, target: bytes, headers: HeaderList) -> None:
+        """Serve the HTTP/1.1 request that asked for the upgrade as stream 1 (its body, if
+        it had one, was refused before the 101: the stream is half-closed)."""
+        fields: HeaderList = [(b":method", method), (b":path", target)]
+        fields += [(name.lower(), value) for name, value in headers]
+        self._open(1, fields, ended=True)
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        self._open(event.stream_id, event.headers or [], event.stream_ended is not None)
+
+    def _open(self, sid: int, fields: HeaderList, ended: bool) -> None:
+        if self.goaway_sent or self.ctx.closing or len(self.streams) >= self.max_streams:
+            self.h2.reset_stream(sid, REFUSED_STREAM)
+            return
+        stream = H2Stream(self, sid)
+        ex = H2Exchange(stream)
+        stream.ex = ex
+        self.streams[sid] = stream
+        try:
+            read_head(ex, fields)
+        except BadRequest as exc:
+            ex.preset_error = exc
+        if ended:
+            stream.remote_ended = True
+            ex.body_complete = True
+        elif ex.content_length is None:
+            ex.chunked = True  # a body of unknown length follows, as HTTP/1.1's chunked
+        elif ex.content_length == 0:
+            ex.body_complete = True
+        ex.started_at = self.ctx.loop.time()
+        ex.dispatched = False
+        serve(self.ctx, ex)
+
+    def _body(self, stream: H2Stream, data: bytes, flow_controlled: int) -> None:
+        ex = stream.ex
+        limit = self.ctx.limits.max_body_bytes
+        if ex is not None and limit is not None and ex.body_received + len(data) > limit:
+            ex.body_failed(PayloadTooLarge("request body too large"))
+            self.acknowledge(stream.sid, flow_controlled)
+            return
+        stream.received(data, flow_controlled)
+
+    def _ended(self, stream: H2Stream) -> None:
+        stream.remote_ended = True
+        ex = stream.ex
+        if ex is not None:
+            ex.body_complete = True
+            ex.wake_body()
+
+    # ----------------------------------------------------------------- output
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        """Write what h2 has queued."""
+        data = self.h2.data_to_send()
+        if data:
+            self._write(data)
+
+    _flush = flush
+
+    def acknowledge(self, sid: int, n: int) -> None:
+        """Reopen the windows by ``n`` bytes the handler took (stream and connection)."""
+        if n and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(n, sid)
+            except h2.exceptions.ProtocolError:
+                self.h2.increment_flow_control_window(n)
+            self._flush()
+
+    def send_headers(self, sid: int, fields: HeaderList, end: bool) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.send_headers(sid, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            return
+        self._flush()
+        if end:
+            self._local_end(sid)
+
+    def send_data(self, sid: int, data: bytes) -> int:
+        """Send as much of ``data`` as the windows allow; returns how much that was."""
+        if self.closed:
+            return len(data)
+        h2conn = self.h2
+        sent = 0
+        try:
+            room = min(h2conn.local_flow_control_window(sid), len(data))
+            frame = h2conn.max_outbound_frame_size
+            while sent < room:
+                piece = data[sent : min(room, sent + frame)]
+                h2conn.send_data(sid, piece)
+                sent += len(piece)
+        except h2.exceptions.ProtocolError:
+            return len(data)
+        self._flush()
+        return sent
+
+    def end_stream(self, sid: int) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.end_stream(sid)
+        except h2.exceptions.ProtocolError:
+            return
+        self._flush()
+        self._local_end(sid)
+
+    def _local_end(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.local_ended = True
+
+    def reset(self, stream: H2Stream, code: int) -> None:
+        self.streams.pop(stream.sid, None)
+        if not self.closed:
+            try:
+                self.h2.reset_stream(stream.sid, code)
+            except h2.exceptions.ProtocolError:
+                pass
+            self._flush()
+        stream.gone("stream reset")
+        self._idle_check()
+
+    def stream_over(self, stream: H2Stream) -> None:
+        """The stream's exchange is answered and its owner done: forget the stream. A
+        request body still coming is refused with RST_STREAM NO_ERROR (RFC 9113 8.1)."""
+        if self.streams.get(stream.sid) is not stream:
+            return
+        if not stream.local_ended:
+            self.reset(stream, CANCEL)
+            return
+        if not stream.remote_ended:
+            self.reset(stream, NO_ERROR)
+            return
+        del self.streams[stream.sid]
+        stream.closed = True
+        self._idle_check()
+
+    def _idle_check(self) -> None:
+        if not self.streams:
+            self.idle_since = self.ctx.loop.time()
+            if (self.goaway_sent or self.ctx.closing) and not self.closed:
+                self.close()
+
+    def _windows_opened(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.window_opened()
+
+    # ------------------------------------------------------------ flow control
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading it too (nothing it sends can then make
+        # the server queue replies), and pause every stream's upstream.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        for stream in self.streams.values():
+            if stream.flow_listener is not None:
+                stream.flow_listener.flow(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        self._windows_opened()
+
+    def eof_received(self) -> bool:
+        # A half-closed HTTP/2 client sends nothing more, not even RST_STREAM: the
+        # responses in progress still go out, then the connection closes.
+        self.goaway(NO_ERROR)
+        self._idle_check()
+        return True
+
+
+def serve_h2(
+    ctx: ServerContext,
+    transport: asyncio.Transport,
+    data: bytes,
+    upgrade: tuple[bytes, bytes, bytes, HeaderList] | None = None,
+) -> H2ServerProtocol:
+    """Switch ``transport`` to HTTP/2. ``data`` is a fresh connection's first bytes (prior
+    knowledge), or the bytes after the 101 that answered ``Upgrade: h2c``; then ``upgrade``
+    is (HTTP2-Settings, method, target, headers) of that request, served as stream 1."""
+    proto = H2ServerProtocol(ctx)
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    if upgrade is None:
+        proto.start()
+    else:
+        settings, method, target, headers = upgrade
+        proto.start(settings)
+        proto.upgraded(method, target, headers)
+    if data:
+        proto.data_received(data)
+    else:
+        proto.flush()
+    return proto
+
+
+#: The answer to an ``Upgrade: h2c`` request that is taken.
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+def accept_upgrade(
+    ex: Exchange, ctx: ServerContext, alone: bool
+) -> tuple[bytes, bytes, bytes, HeaderList] | None:
+    """Whether an HTTP/1.1 ``Upgrade`` request switches to h2c (RFC 7540 section 3.2): a
+    bodiless HTTP/1.1 request, ``alone`` on its connection, with a valid HTTP2-Settings.
+    Writes the 101 and returns what ``serve_h2`` serves as stream 1, or None: an h2c
+    upgrade not taken is served on HTTP/1.1 without it (as the RFC allows), never
+    tunnelled upstream."""
+    upgrade = ex.header(b"upgrade")
+    if upgrade is None or b"h2c" not in [t.strip().lower() for t in upgrade.split(b",")]:
+        return None
+    ex.upgrade = False
+    settings = ex.header(b"http2-settings")
+    if (
+        not ctx.limits.h2c
+        or settings is None
+        or not ex.body_complete
+        or ex.version != "1.1"
+        or not alone
+        or ctx.closing
+        or not h2c_settings_valid(settings)
+    ):
+        return None
+    named = connection_tokens(ex.headers)
+    headers = [
+        (name, value)
+        for (name, value), low in zip(ex.headers, ex.names, strict=True)
+        if low not in HOP_BY_HOP and low not in named and low != b"http2-settings"
+    ]
+    ex.conn.write_raw(SWITCHING)
+    return settings, ex.method, ex.target, headers
+
+
+def h2c_settings_valid(value: bytes) -> bool:
+    """Whether an ``HTTP2-Settings`` header decodes as a SETTINGS payload (checked before
+    the 101 goes out, so that a bad one leaves the request on HTTP/1.1)."""
+    try:
+        body = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+        SettingsFrame(0).parse_body(memoryview(body))
+    except (ValueError, hyperframe.exceptions.HyperframeError):
+        return False
+    return True
