@@ -202,9 +202,10 @@ class Forwarding:
             ex.abort()
         elif isinstance(failure, ProxyError | ClientDisconnected):
             self._end(failure)  # the client's body broke: too large, malformed, gone
-        elif isinstance(error, NotProcessed) and pump is None and ex.response is _PENDING:
+        elif isinstance(error, NotProcessed) and ex.response is _PENDING and not ex.body_received:
             # The upstream refused the HTTP/2 stream or said GOAWAY before it: it provably
-            # never ran, so it goes again on another connection, whatever its method.
+            # never ran, so it goes again on another connection, whatever its method (no
+            # body byte was taken from the client yet, so none is lost).
             self.conn = self.task = None
             self.start(None)
         elif conn.requests > 1 and pump is None and ex.response is _PENDING and _replayable(ex):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -30,6 +31,8 @@ class GrpcEcho:
     """A grpcio server on 127.0.0.1; ``cancelled`` is set when a ``Hold`` call is cancelled."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = self.max_active = 0
         self.cancelled = threading.Event()
         self.started = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
@@ -40,6 +43,7 @@ class GrpcEcho:
             "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi),
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
             "Hold": grpc.unary_unary_rpc_method_handler(self._hold),
+            "Slow": grpc.unary_unary_rpc_method_handler(self._slow),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
@@ -56,6 +60,15 @@ class GrpcEcho:
     @staticmethod
     def _unary(request: bytes, context: grpc.ServicerContext) -> bytes:
         return b"echo:" + request
+
+    def _slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        time.sleep(0.02)
+        with self.lock:
+            self.active -= 1
+        return b"slow:" + request
 
     @staticmethod
     def _server(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -159,10 +172,16 @@ class RawH2:
                 self.closed = True
                 break
             try:
-                got += self.h2.receive_data(data)
+                events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError:
                 self.closed = True
                 break
+            for event in events:
+                if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                    # The connection's window is given back, never a stream's: a stream
+                    # this client does not read stays stalled, the others go on.
+                    self.h2.increment_flow_control_window(event.flow_controlled_length)
+            got += events
             await self.flush()
         self.events += got
         return got
@@ -183,3 +202,48 @@ class RawH2:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+class GoawayOnce:
+    """An h2c upstream (the h2 library as a server) whose first connection answers its first
+    request with GOAWAY(last_stream_id=0): "never processed". Later connections answer 200.
+    ``connections`` counts the connections, ``served`` the requests answered."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.served = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, HOST, 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await asyncio.wait_for(reader.read(65536), 10):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        if first:
+                            conn.close_connection(last_stream_id=0)
+                        else:
+                            self.served += 1
+                            conn.send_headers(event.stream_id, [(":status", "200")])
+                            conn.send_data(event.stream_id, b"second try", end_stream=True)
+                writer.write(conn.data_to_send())
+                if first and conn.state_machine.state.name == "CLOSED":
+                    break
+        except (TimeoutError, ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            writer.close()

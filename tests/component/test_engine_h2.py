@@ -22,7 +22,7 @@ from proxy.exchange import Exchange
 from proxy.limits import ServerLimits
 from proxy.server import HttpServer
 from tests.component.engine_harness import EngineRig, ProxyUnderTest
-from tests.component.h2_peers import GrpcEcho, RawH2, channel, method
+from tests.component.h2_peers import GoawayOnce, GrpcEcho, RawH2, channel, method
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,6 +127,14 @@ async def test_a_cancelled_call_is_cancelled_upstream(
 
 
 async def echo_handler(ex: Exchange) -> None:
+    if ex.target.startswith(b"/big"):
+        size = int(ex.target.split(b"=")[1])
+        ex.start_response(200, [], size)
+        for _ in range(size // 65536):
+            ex.write(b"x" * 65536)
+            await ex.drain()
+        ex.end()
+        return
     body = b""
     while chunk := await ex.read_body():
         body += chunk
@@ -298,3 +306,49 @@ async def test_a_protocol_error_is_goaway_and_close(engine: EngineRig) -> None:
         await client.close()
     finally:
         await up.shutdown(1)
+
+
+async def test_a_stalled_reader_holds_back_its_own_stream_only(engine: EngineRig) -> None:
+    up = await echo_upstream()
+    try:
+        px = await engine.proxy(up.port)
+        client = await RawH2.connect(px.server.port)
+        await client.read_events(0.3)
+        # A 16 MiB answer the client never acknowledges: 64 KiB (its window) is all it gets.
+        stalled = client.request("/big?size=16777216")
+        await client.flush()
+        await client.read_events(0.5)
+        got = sum(
+            len(e.data or b"")
+            for e in client.events
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == stalled
+        )
+        assert 0 < got <= 65535
+        # Meanwhile another stream on the same connection is answered in full.
+        other = client.request("/other")
+        await client.flush()
+        await client.until(h2.events.StreamEnded)
+        ended = {e.stream_id for e in client.events if isinstance(e, h2.events.StreamEnded)}
+        assert other in ended and stalled not in ended
+        await client.close()
+    finally:
+        await up.shutdown(1)
+
+
+async def test_a_request_the_upstream_never_processed_is_sent_again(engine: EngineRig) -> None:
+    upstream = GoawayOnce()
+    port = await upstream.start()
+    try:
+        px = await engine.proxy(port)
+        client = await RawH2.connect(px.server.port)
+        # A POST, which is never replayed after it may have run: GOAWAY says it did not.
+        sid = client.request("/once", end=False)
+        client.h2.end_stream(sid)
+        await client.flush()
+        events = await client.until(h2.events.StreamEnded)
+        data = b"".join(e.data or b"" for e in events if isinstance(e, h2.events.DataReceived))
+        assert data == b"second try"
+        assert (upstream.connections, upstream.served) == (2, 1)
+        await client.close()
+    finally:
+        await upstream.close()
