@@ -7,7 +7,8 @@ and body itself, and the connection pushes the parsed response into a ``Response
 synchronously from llhttp's callbacks: the head (so the client sees it in the same loop
 iteration), each body chunk, then completion. Back-pressure goes the other way through
 ``pause_reading``/``resume_reading``. Where the exchange is is one ``UpstreamState``
-(``proxy.states``), changed only by ``_to``; the outcome goes to one callback, once.
+(``proxy.states``), changed by ``_to`` (or inline after its check); the outcome goes to
+one callback, once.
 
 A connection goes back to its pool (``proxy.pool``) only when the exchange ended cleanly: the
 whole response was read, the server did not ask to close, the whole request body was sent
@@ -132,7 +133,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
-        #: Where the current exchange is (``proxy.states``); changed only by ``_to``.
+        #: Where the current exchange is (``proxy.states``); changed by ``_to`` or, on every
+        #: request's path, inline after the same ``_check``.
         self.state = _IDLE
         self._sink: ResponseSink | None = None
         self._callback: Callable[[BaseException | None], None] | None = None
@@ -179,14 +181,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self.body_bytes = 0
         self.requests += 1
-        self._to(_WAITING)
+        if CHECK_TRANSITIONS:
+            self._check(_WAITING)
+        self.state = _WAITING
 
     def _to(self, state: UpstreamState) -> None:
-        """The one place the exchange's state changes (``UPSTREAM_TRANSITIONS`` lists
-        what may follow what; the tests check it, as for the client side)."""
-        if CHECK_TRANSITIONS and state not in UPSTREAM_TRANSITIONS[self.state]:
-            raise RuntimeError(f"upstream state {self.state.name} cannot become {state.name}")
+        """Change the exchange's state (``UPSTREAM_TRANSITIONS`` lists what may follow
+        what; the tests check it, as for the client side). The three changes every request
+        makes (WAITING, BODY, IDLE) are written inline instead, each after the same check
+        (``_check``): three calls measured about 1 % of a proxied request."""
+        if CHECK_TRANSITIONS:
+            self._check(state)
         self.state = state
+
+    def _check(self, state: UpstreamState) -> None:
+        if state not in UPSTREAM_TRANSITIONS[self.state]:
+            raise RuntimeError(f"upstream state {self.state.name} cannot become {state.name}")
 
     @property
     def got_head(self) -> bool:
@@ -418,7 +428,9 @@ class UpstreamConnection(asyncio.Protocol):
             # handled in ``_upgraded``.
             self._to(_SWITCHING)
             return
-        self._to(_BODY)
+        if CHECK_TRANSITIONS:
+            self._check(_BODY)
+        self.state = _BODY
         length: int | None = None
         chunked = False
         plain = True  # no Connection header names headers to drop
@@ -464,7 +476,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink = None
             self._callback = None
             self._finished = callback
-            self._to(_IDLE)
+            if CHECK_TRANSITIONS:
+                self._check(_IDLE)
+            self.state = _IDLE
 
     def _keep_alive_header(self) -> bool:
         for low, value in self._own:
