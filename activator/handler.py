@@ -257,6 +257,9 @@ class ActivatorHandler:
         req.revision = revision
         req.admission = admission
         req.release = release
+        # As Knative's ingress: the revision's port name picks the protocol to its pods
+        # (h2c for ``h2c``), whatever the client spoke.
+        req.h2 = revision.protocol == "h2c"
         poke = self.reporter.request_in(revision.key, req.ex.started_at)
         if poke is not None:
             self.scaler.poke(poke)

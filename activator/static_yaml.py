@@ -64,6 +64,7 @@ _REVISION_KEYS = frozenset(
         "endpoints",
         "service",
         "configuration",
+        "protocol",
     }
 )
 _SCALER_KEYS = frozenset({"url"})
@@ -247,6 +248,9 @@ def _parse_revision(data: object, path: str) -> Revision:
         endpoints.append(ep)
     service = _opt_label(m, "service", path)
     configuration = _opt_label(m, "configuration", path)
+    protocol = m.get("protocol", "http1")
+    if protocol not in ("http1", "h2c"):
+        raise ConfigError(f"{path}.protocol: invalid value {protocol!r}: want http1 or h2c")
     return Revision(
         name=name,
         namespace=namespace,
@@ -257,6 +261,7 @@ def _parse_revision(data: object, path: str) -> Revision:
         endpoints=tuple(endpoints),
         service=service,
         configuration=configuration,
+        protocol=protocol,
     )
 
 

@@ -65,6 +65,7 @@ class Forwarding:
         "conn",
         "error",
         "ex",
+        "h2",
         "host",
         "on_done",
         "pool",
@@ -85,6 +86,10 @@ class Forwarding:
         on_done: OnDone = _no_callback,
     ) -> None:
         self.ex = ex
+        #: Whether the upstream request goes as h2c: by default the client's protocol,
+        #: mirrored as Knative's transports do; a component that knows the upstream's
+        #: protocol (the activator: the revision's port name) sets it before ``start``.
+        self.h2 = ex.version is H2
         self.pool = pool
         self.host = host
         self.port = port
@@ -106,13 +111,13 @@ class Forwarding:
     def start(self, conn: Upstream | None) -> None:
         """Send on ``conn`` (an idle pooled one or one just dialed), else dial one now.
 
-        The upstream protocol mirrors the client's, as Knative's transports do: an HTTP/2
-        request goes as h2c (a call on a pooled HTTP/2 connection), any other as HTTP/1.1.
+        With ``h2`` the request goes as h2c (a call on a pooled HTTP/2 connection), else as
+        HTTP/1.1.
         """
         ex = self.ex
         ex.dispatched = True
         ex.canceller = self.cancel
-        if ex.version is H2 and (conn is None or not conn.multiplexed):
+        if self.h2 and (conn is None or not conn.multiplexed):
             if conn is not None:
                 self.pool.release(conn)  # an idle HTTP/1.1 connection taken for it, unused
             conn = self.pool.take_h2(self.host, self.port)
@@ -130,7 +135,7 @@ class Forwarding:
     async def _dial(self) -> None:
         pool = self.pool
         try:
-            conn: Upstream = await (pool.connect_h2 if self.ex.version is H2 else pool.connect)(
+            conn: Upstream = await (pool.connect_h2 if self.h2 else pool.connect)(
                 self.host, self.port
             )
         except (Exception, asyncio.CancelledError) as exc:

@@ -208,6 +208,7 @@ def build_revision(
         endpoints=endpoints,
         service=manifest.name,
         configuration=manifest.name,
+        protocol="h2c" if t.container.port_name == "h2c" else "http1",
     )
 
 

@@ -365,3 +365,13 @@ def test_load_missing_file_raises_config_error(tmp_path: Path) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_a_revision_protocol_is_http1_by_default_or_h2c() -> None:
+    data = base()
+    assert parse_config(data).revisions[0].protocol == "http1"
+    data["revisions"][0]["protocol"] = "h2c"
+    assert parse_config(data).revisions[0].protocol == "h2c"
+    data["revisions"][0]["protocol"] = "http2"
+    with pytest.raises(ConfigError, match=r"revisions\[0\]\.protocol: invalid value 'http2'"):
+        parse_config(data)
