@@ -49,8 +49,15 @@ test-conformance: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
 
-## The README's main job: the embedded demo.
-demo: $(STAMP)
+## The README's main job: the embedded demo. Only what running needs, quietly (the dev and
+## benchmark tools come with `make test` / `make bench`).
+DEMO_STAMP = $(VENV)/.demo-installed
+$(DEMO_STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/sluice up examples/
 
 ## CPU per proxied request against nginx (engine, queue-proxy, activator), about 3 minutes.
