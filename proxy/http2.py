@@ -37,7 +37,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hyperframe.exceptions
-from hyperframe.frame import SettingsFrame
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from proxy.context import ServerContext, serve
 from proxy.errors import BadRequest, PayloadTooLarge
@@ -85,6 +85,8 @@ class H2ServerProtocol(asyncio.Protocol):
         self.closed = False
         self.goaway_sent = False
         self.idle_since = ctx.loop.time()
+        #: The highest stream the client opened: what a GOAWAY says was (or is) processed.
+        self.last_stream = 0
         self._abuse = 0
         self._abuse_window = 0.0
 
@@ -142,9 +144,19 @@ class H2ServerProtocol(asyncio.Protocol):
             self.transport.close()
 
     def goaway(self, code: int) -> None:
-        if not self.goaway_sent and not self.closed:
-            self.goaway_sent = True
-            self.h2.close_connection(error_code=code)
+        """Say GOAWAY once: gracefully (NO_ERROR) the streams already open still finish,
+        so the frame is written here and h2 keeps serving them; an error code ends the
+        connection in h2 too."""
+        if self.goaway_sent or self.closed:
+            return
+        self.goaway_sent = True
+        if code == NO_ERROR:
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self.last_stream
+            frame.error_code = NO_ERROR
+            self._write(frame.serialize())
+        else:
+            self.h2.close_connection(error_code=code, last_stream_id=self.last_stream)
             self._flush()
 
     def _fail(self, code: int, reason: str) -> None:
@@ -254,6 +266,7 @@ class H2ServerProtocol(asyncio.Protocol):
         if self.goaway_sent or self.ctx.closing or len(self.streams) >= self.max_streams:
             self.h2.reset_stream(sid, REFUSED_STREAM)
             return
+        self.last_stream = max(self.last_stream, sid)
         stream = H2Stream(self, sid)
         ex = H2Exchange(stream)
         stream.ex = ex

@@ -35,6 +35,8 @@ class GrpcEcho:
         self.active = self.max_active = 0
         self.cancelled = threading.Event()
         self.started = threading.Event()
+        #: ``Gate`` calls wait for it (``started`` is set when one arrives).
+        self.gate = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._unary),
@@ -44,6 +46,7 @@ class GrpcEcho:
             "Fail": grpc.unary_unary_rpc_method_handler(self._fail),
             "Hold": grpc.unary_unary_rpc_method_handler(self._hold),
             "Slow": grpc.unary_unary_rpc_method_handler(self._slow),
+            "Gate": grpc.unary_unary_rpc_method_handler(self._gate),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
@@ -60,6 +63,11 @@ class GrpcEcho:
     @staticmethod
     def _unary(request: bytes, context: grpc.ServicerContext) -> bytes:
         return b"echo:" + request
+
+    def _gate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.started.set()
+        self.gate.wait(10)
+        return b"through:" + request
 
     def _slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         with self.lock:

@@ -352,3 +352,20 @@ async def test_a_request_the_upstream_never_processed_is_sent_again(engine: Engi
         await client.close()
     finally:
         await upstream.close()
+
+
+async def test_a_drain_says_goaway_and_finishes_the_calls_in_flight(
+    engine: EngineRig, grpc_app: GrpcEcho
+) -> None:
+    # (grpcio as the client: the h2 library cannot read a stream's answer after a GOAWAY.)
+    px = await grpc_proxy(engine, grpc_app)
+    with channel(px.server.port) as ch:
+        call = method(ch, "Gate", "uu").future(b"x", timeout=20)
+        assert await asyncio.to_thread(grpc_app.started.wait, 5)
+        drain = asyncio.create_task(px.server.shutdown(grace=10))
+        await asyncio.sleep(0.3)
+        assert not drain.done()  # held open by the call in flight
+        grpc_app.gate.set()
+        assert await asyncio.to_thread(call.result) == b"through:x"
+        await asyncio.wait_for(drain, 5)
+        assert px.server.connection_count == 0
