@@ -7,6 +7,7 @@ installed); the wire helpers are checked without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -59,15 +60,26 @@ async def test_closed_port_fails_with_one_line() -> None:
 
 
 async def test_silent_server_times_out() -> None:
+    held = asyncio.Event()
+
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # never answers
-        writer.close()
+        try:
+            await reader.read()  # never answers; returns when the probe hangs up
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            held.set()
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(ProbeError, match=r"did not complete within 0\.2s"):
             await probe_grpc_health("127.0.0.1", port, "", 0.2)
+        # Both sockets closed before the loop ends: the server side sees the probe's EOF
+        # only after the probe's socket closed. A socket still open when its loop closes is
+        # a ResourceWarning in a later test (issue 12).
+        await asyncio.wait_for(held.wait(), 5)
     finally:
         server.close()
         await server.wait_closed()
