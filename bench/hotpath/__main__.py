@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,9 @@ from bench.hotpath.procs import (
     ProcGroup,
     children_cpu_seconds,
     have,
+    in_netns,
     machine_busy_seconds,
+    rerun_in_netns,
     tree_cpu_seconds,
 )
 from bench.hotpath.report import (
@@ -255,26 +256,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-#: Set in the re-executed child of ``--netns``, so it does not unshare again.
-_IN_NETNS = "SLUICE_HOTPATH_NETNS"
-
-
-def _rerun_in_netns(argv: Sequence[str] | None) -> int:
-    """``python -m bench.hotpath`` again, alone on a fresh loopback (``--netns``)."""
-    for tool in ("unshare", "ip"):
-        if not have(tool):
-            print(f"bench.hotpath: --netns needs {tool}", file=sys.stderr)
-            return 2
-    args = list(sys.argv[1:] if argv is None else argv)
-    cmd = ["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
-    cmd += [sys.executable, "-m", "bench.hotpath", *args]
-    return subprocess.call(cmd, env={**os.environ, _IN_NETNS: "1"}, cwd=REPO)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.netns and not os.environ.get(_IN_NETNS):
-        return _rerun_in_netns(argv)
+    if args.netns and not in_netns():
+        return rerun_in_netns("bench.hotpath", sys.argv[1:] if argv is None else argv, REPO)
     for tool in ("wrk", "hey"):
         if not have(tool):
             print(f"bench.hotpath: {tool} is not installed", file=sys.stderr)

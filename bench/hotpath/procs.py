@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from types import TracebackType
 
 #: How long a process gets to exit after SIGTERM before it is SIGKILLed.
 STOP_GRACE_S = 5.0
+#: Set in the child that ``rerun_in_netns`` starts, so that it does not unshare again.
+NETNS_MARKER = "SLUICE_BENCH_NETNS"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -36,6 +39,27 @@ def free_port() -> int:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def in_netns() -> bool:
+    """Whether this process is the child that ``rerun_in_netns`` started."""
+    return bool(os.environ.get(NETNS_MARKER))
+
+
+def rerun_in_netns(module: str, args: Sequence[str], cwd: Path) -> int:
+    """``python -m module args`` again, alone on a fresh loopback; its exit status.
+
+    For benchmarks with Knative's Go queue-proxy, which binds ports 8022 and 9090 whatever
+    its environment says: a private network namespace (``unshare --net``, as root) keeps it
+    clear of other sessions' sidecars on the same machine.
+    """
+    for tool in ("unshare", "ip"):
+        if not have(tool):
+            print(f"{module}: --netns needs {tool}", file=sys.stderr)
+            return 2
+    cmd = ["unshare", "--net", "--fork", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+    cmd += [sys.executable, "-m", module, *args]
+    return subprocess.call(cmd, env={**os.environ, NETNS_MARKER: "1"}, cwd=cwd)
 
 
 def pinned(argv: Sequence[str], cpu: int | None) -> list[str]:
