@@ -13,7 +13,6 @@ A ``Series`` is the count, sum and bucket counts of one label set; ``render_coun
 from __future__ import annotations
 
 from bisect import bisect_right
-from decimal import Decimal
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -41,11 +40,8 @@ def format_go_float(value: float, exp_threshold: int = 6) -> str:
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "-0" if str(value).startswith("-") else "0"
-    sign, digit_tuple, exponent = Decimal(repr(float(value))).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    digits = "".join(map(str, digit_tuple))
-    exp = len(digits) + exponent - 1
-    prefix = "-" if sign else ""
+    negative, digits, exp = _shortest(value)
+    prefix = "-" if negative else ""
     if exp < -4 or exp >= exp_threshold:
         mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
         return f"{prefix}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
@@ -54,6 +50,26 @@ def format_go_float(value: float, exp_threshold: int = 6) -> str:
     if len(digits) <= exp + 1:
         return prefix + digits + "0" * (exp + 1 - len(digits))
     return f"{prefix}{digits[: exp + 1]}.{digits[exp + 1 :]}"
+
+
+def _shortest(value: float) -> tuple[bool, str, int]:
+    """(negative, digits, exponent) of a finite non-zero ``value``: the shortest digits that
+    round-trip (``repr``'s), without leading or trailing zeros, and the decimal exponent of
+    the first one (``1234.5`` -> ``(False, "12345", 3)``).
+
+    Read off ``repr`` rather than through ``decimal``: ``_decimal`` alone is about 0.4 MiB
+    of the sidecar's idle memory (issue 17).
+    """
+    text = repr(float(value))
+    negative = text[0] == "-"
+    if negative:
+        text = text[1:]
+    mantissa, _, exp_text = text.partition("e")
+    whole, _, frac = mantissa.partition(".")
+    raw = whole + frac
+    digits = raw.lstrip("0")
+    point = len(whole) + (int(exp_text) if exp_text else 0) - (len(raw) - len(digits))
+    return negative, digits.rstrip("0"), point - 1
 
 
 def escape(value: str) -> str:

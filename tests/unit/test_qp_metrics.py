@@ -213,6 +213,16 @@ def test_process_metrics_are_included_by_default() -> None:
         (0.123456789, 21, "0.123456789"),
         (float("inf"), 6, "+Inf"),
         (float("nan"), 6, "NaN"),
+        # repr's own exponent forms, both ways round (Go: strconv 'g', -1, 64).
+        (1e21, 21, "1e+21"),
+        (123456789012345680000.0, 21, "123456789012345680000"),
+        (1.5e16, 6, "1.5e+16"),
+        (5e-324, 6, "5e-324"),
+        (1.7976931348623157e308, 21, "1.7976931348623157e+308"),
+        (0.30000000000000004, 6, "0.30000000000000004"),
+        (-0.00012, 6, "-0.00012"),
+        (120.0, 6, "120"),
+        (-0.0, 6, "-0"),
     ],
 )
 def test_format_go_float(value: float, threshold: int, expected: str) -> None:
