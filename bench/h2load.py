@@ -16,10 +16,13 @@ Issue 13's performance check, all on 127.0.0.1:
    cannot run here (no binary, ports taken, not ready) is skipped with the reason.
 3. A 1 s warm-up per target, then ``--runs`` rounds at saturation (``h2load -c 4 -m 8``:
    32 streams in flight, which keeps a one-core proxy busy while h2load and nghttpd share
-   the other core, and fits a CC 10 breaker's queue) and ``--runs`` rounds at a fixed rate (``h2load -c 10 --rps 50``, 500
-   req/s, under every proxy's saturation on one core); each round measures every target once,
-   so drifting background load falls on all of them alike. CPU per request is the target's
-   process-tree utime+stime delta over a run divided by the requests h2load saw succeed.
+   the other core, and fits a CC 10 breaker's queue) and ``--runs`` rounds at a fixed rate
+   (``h2load -c 10 --rps 50``, 500 req/s, under every proxy's saturation on one core;
+   h2load's clients keep step, so the requests arrive as bursts of 10 every 20 ms and the
+   p99 includes queueing behind a burst, which grows with the CPU each request costs); each
+   round measures every target once, so drifting background load falls on all of them alike.
+   CPU per request is the target's process-tree utime+stime delta over a run divided by the
+   requests h2load saw succeed.
    Latency percentiles come from h2load's ``--log-file`` (one line per request). Figures are
    the medians of the rounds; ``queue-proxy-ccN`` is divided by ``go-queue-proxy-ccN`` (CPU)
    and its p99 at the fixed rate is also shown less ``direct``'s (the latency it adds).
@@ -345,7 +348,7 @@ def render_markdown(results: Sequence[TargetResult], env: Mapping[str, Any]) -> 
 def environment(plan: CpuPlan, runs: int, duration: float) -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
-        "pinning": plan.description,
+        "pinning": plan.description.replace("wrk/hey", "h2load"),
         "runs": runs,
         "duration_s": duration,
         "kernel": platform.release(),
