@@ -22,8 +22,6 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -32,6 +30,7 @@ from proxy.client import NotProcessed, ResponseSink, UpstreamClosed
 from proxy.errors import BadGateway
 from proxy.exchange import Exchange
 from proxy.headers import HeaderList
+from proxy.http2 import new_connection
 from proxy.request_head import Rewrite, h2_request_fields
 
 if TYPE_CHECKING:
@@ -57,15 +56,14 @@ class H2Upstream(asyncio.Protocol):
         self.loop = loop
         self.authority = f"{key[0]}:{key[1]}".encode()
         self.transport: asyncio.Transport | None = None
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None)
-        )
+        self.h2 = new_connection(client_side=True)
         self.calls: dict[int, H2Call] = {}
         self.closed = False
         #: Set by GOAWAY: no new streams (the pool dials another connection).
         self.draining = False
         self.streams_opened = 0
         self.write_paused = False
+        self._flush_due = False
         #: Calls whose response head arrived in the read being handled.
         self._heads: list[H2Call] = []
 
@@ -121,9 +119,17 @@ class H2Upstream(asyncio.Protocol):
                 self.transport.close()
 
     def flush(self) -> None:
-        self.flush_now()
+        """Write what h2 queued at the end of this loop iteration (one write per turn)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_if_due)
+
+    def _flush_if_due(self) -> None:
+        if self._flush_due:
+            self.flush_now()
 
     def flush_now(self) -> None:
+        self._flush_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -144,7 +150,7 @@ class H2Upstream(asyncio.Protocol):
             # A head goes out once the whole read is handled: a response that also ended
             # in it (gRPC's trailers-only answer) leaves as one HEADERS frame.
             call.flush_head()
-        self.flush_now()
+        self.flush()
 
     def _broken(self, error: BadGateway) -> None:
         self.closed = True

@@ -19,7 +19,7 @@ PACKAGES = ("proxy", "queueproxy", "activator", "serving")
 
 # What each package may import, beyond the standard library.
 ALLOWED_THIRD_PARTY: dict[str, set[str]] = {
-    "proxy": {"uvloop", "httptools", "prometheus_client", "google", "h2", "hyperframe"},
+    "proxy": {"uvloop", "httptools", "prometheus_client", "google", "h2", "hpack", "hyperframe"},
     # The sidecar's diet: its idle-RSS budget has no room for protobuf or prometheus_client.
     "queueproxy": {"uvloop", "httptools"},
     "activator": {
