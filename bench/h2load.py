@@ -113,13 +113,15 @@ def parse_h2load(stdout: str) -> LoadResult:
         raise LoadgenError(f"h2load: no summary in output: {stdout[-300:]!r}")
     duration = float(fin.group(1)) * _UNIT_S[fin.group(2)]
     ok_2xx = int(st.group(1))
-    failed, errored, timeout = (int(req.group(i)) for i in (5, 6, 7))
+    refused = int(st.group(3)) + int(st.group(4))
+    # h2load's "failed" holds both answers with a 4xx/5xx status and requests that got none
+    # (reset streams, closed connections, timeouts: its "errored" and "timeout" are subsets).
     return LoadResult(
         requests=ok_2xx,
         duration_s=duration,
         rps=ok_2xx / duration if duration else 0.0,
-        errors=failed + errored + timeout,
-        non_2xx=sum(int(st.group(i)) for i in (2, 3, 4)),
+        errors=max(0, int(req.group(5)) - refused),
+        non_2xx=refused + int(st.group(2)),
     )
 
 
