@@ -315,7 +315,8 @@ def render_markdown(results: Sequence[TargetResult], env: Mapping[str, Any]) -> 
         f"{env['cpu_count']} CPUs; pinning: {env['pinning']}; backend: nghttpd; "
         f"{env['runs']} rounds x {env['duration_s']:g} s, medians. Saturation: h2load "
         f"-c{SAT_CLIENTS} -m{SAT_STREAMS}; fixed rate: -c{RATE_CLIENTS} --rps "
-        f"{RATE_PER_CLIENT} ({RATE_CLIENTS * RATE_PER_CLIENT} req/s).",
+        f"{RATE_PER_CLIENT} ({RATE_CLIENTS * RATE_PER_CLIENT} req/s). Commit "
+        f"{env.get('commit', '?')}, {env.get('started_at', '?')}.",
         "",
         "| target | sat. req/s | sat. µs CPU/req | \u00d7 Go | best round \u00d7 Go | sat. p99 ms "
         "| rate µs CPU/req | \u00d7 Go | rate p99 ms | added p99 ms | idle RSS MiB |",
@@ -360,6 +361,7 @@ def environment(plan: CpuPlan, runs: int, duration: float) -> dict[str, Any]:
             "nghttpd": tool_version(["nghttpd", "--version"]),
             "python": platform.python_version(),
         },
+        "commit": tool_version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg_at_start": os.getloadavg(),
     }
