@@ -64,6 +64,10 @@ class H2Upstream(asyncio.Protocol):
         self.streams_opened = 0
         self.write_paused = False
         self._flush_due = False
+        #: Calls handed out whose stream is not open yet (``send_head`` opens it).
+        self.reserved = 0
+        #: Whether the upstream's SETTINGS arrived (its stream limit is then known).
+        self.settled = False
         #: Calls whose response head arrived in the read being handled.
         self._heads: list[H2Call] = []
 
@@ -71,14 +75,18 @@ class H2Upstream(asyncio.Protocol):
 
     @property
     def has_room(self) -> bool:
+        """Whether one more stream fits under the upstream's limit (until its SETTINGS
+        arrive, 100, as Go's client assumes: h2 would assume no limit)."""
         if self.closed or self.draining:
             return False
-        limit = self.h2.remote_settings.max_concurrent_streams
-        return len(self.calls) < limit
+        limit = self.h2.remote_settings.max_concurrent_streams if self.settled else 100
+        return self.reserved + len(self.calls) < limit
 
     def call(self) -> H2Call:
-        """A new call (its stream is opened by ``send_head``)."""
+        """A new call (its stream is opened by ``send_head``; it counts against the
+        limit from now on)."""
         self.streams_opened += 1
+        self.reserved += 1
         return H2Call(self)
 
     # --------------------------------------------------------------- transport
@@ -199,6 +207,8 @@ class H2Upstream(asyncio.Protocol):
             else:
                 for call in list(self.calls.values()):
                     call.wake()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settled = True
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.draining = True
             last = event.last_stream_id if event.last_stream_id is not None else 0
@@ -236,6 +246,7 @@ class H2Call:
         "_held",
         "_is_head",
         "_pending",
+        "_reserved",
         "_sink",
         "_waiter",
         "closed",
@@ -265,6 +276,8 @@ class H2Call:
         self._waiter: asyncio.Future[None] | None = None
         #: Body bytes the upstream's window had no room for yet (``drain`` sends them).
         self._pending: bytes | None = None
+        #: Whether it still holds a place in ``conn.reserved`` (until its stream opens).
+        self._reserved = True
 
     @property
     def authority(self) -> bytes:
@@ -281,6 +294,7 @@ class H2Call:
 
     def send_head(self, ex: Exchange, rewrite: Rewrite) -> None:
         conn = self.conn
+        self._unreserve()
         if conn.closed:
             self.failed(UpstreamClosed("upstream connection closed"))
             return
@@ -415,8 +429,14 @@ class H2Call:
             self._reset()
             self.failed(UpstreamClosed("upstream call cancelled"))
 
+    def _unreserve(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self.conn.reserved -= 1
+
     def close(self) -> None:
         """The call is let go (``UpstreamPool.release``): a stream still open is cancelled."""
+        self._unreserve()
         if not self.ended and not self.closed:
             self._reset()
         self.closed = True

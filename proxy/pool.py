@@ -44,6 +44,8 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
         self._h2: dict[tuple[str, int], list[H2Upstream]] = {}
+        #: The h2c dial under way per destination, shared by the calls waiting for room.
+        self._h2_dialing: dict[tuple[str, int], asyncio.Task[H2Upstream]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -82,17 +84,35 @@ class UpstreamPool:
         return None
 
     async def connect_h2(self, host: str, port: int) -> H2Call:
-        """A call on a new h2c connection (kept for the calls after it)."""
+        """A call on a new h2c connection (kept for the calls after it). Calls that find
+        no room while a dial to the same destination is under way wait for that one
+        connection instead of dialing their own (a burst of streams would otherwise open
+        a connection each); when it is full, the next caller dials another."""
+        key = (host, port)
+        while True:
+            dial = self._h2_dialing.get(key)
+            if dial is None:
+                dial = self._h2_dialing[key] = asyncio.get_running_loop().create_task(
+                    self._dial_h2(key)
+                )
+            # Shielded: one waiter giving up must not cancel the dial the others share.
+            conn = await asyncio.shield(dial)
+            if conn.has_room:
+                return conn.call()
+
+    async def _dial_h2(self, key: tuple[str, int]) -> H2Upstream:
         from proxy.h2client import H2Upstream  # loaded only when HTTP/2 is spoken
 
         loop = asyncio.get_running_loop()
-        key = (host, port)
-        conn = await self._dial(host, port, lambda: H2Upstream(self, key, loop))
+        try:
+            conn = await self._dial(key[0], key[1], lambda: H2Upstream(self, key, loop))
+        finally:
+            del self._h2_dialing[key]
         if self._closed:
             conn.close()
             raise BadGateway("upstream pool closed")
         self._h2.setdefault(key, []).append(conn)
-        return conn.call()
+        return conn
 
     def forget_h2(self, conn: H2Upstream) -> None:
         conns = self._h2.get(conn.key)
