@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup check test test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-instructions clean
+.PHONY: setup check test test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-h2load bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ demo: $(DEMO_STAMP)
 ## CPU per proxied request against nginx (engine, queue-proxy, activator), about 3 minutes.
 bench-hotpath: $(STAMP)
 	$(PY) -m bench.hotpath
+
+## HTTP/2: h2load through Sluice's and Knative's Go queue-proxy in front of nghttpd (root:
+## a private network namespace, for the Go sidecar's fixed ports).
+bench-h2load: $(STAMP)
+	$(PY) -m bench.h2load --netns
 
 ## Instructions per request under callgrind: noise-free A/B of builds (needs valgrind).
 bench-instructions: $(STAMP)
