@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -27,11 +27,20 @@ from proxy.errors import BadGateway
 from proxy.headers import HOP_BY_HOP, HeaderList, cached_lower, connection_tokens, lower_name
 from proxy.request_head import build_request_head
 from proxy.states import UPSTREAM_TRANSITIONS, UpstreamState
+from proxy.upstream import NotProcessed, ResponseSink, Upstream, UpstreamClosed
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.pool import UpstreamPool
     from proxy.request_head import Rewrite
+
+__all__ = [
+    "NotProcessed",
+    "ResponseSink",
+    "Upstream",
+    "UpstreamClosed",
+    "UpstreamConnection",
+]
 
 #: Response heads larger than this are treated as malformed (502).
 MAX_RESPONSE_HEAD = 65536
@@ -42,73 +51,12 @@ _OWN = HOP_BY_HOP | {b"content-length"}
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 
-class ResponseSink(Protocol):
-    """Where an upstream response goes, one call per event, in order.
-
-    Headers handed over are the end-to-end ones, as received: the hop-by-hop ones (and
-    those a ``Connection`` header names) and Content-Length never reach a sink; the length
-    comes as ``content_length`` and a 101's Upgrade value as ``upgrade``.
-    """
-
-    def on_informational(self, status: int, headers: HeaderList) -> None: ...
-    def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None: ...
-    def on_body(self, data: bytes) -> None: ...
-    def on_upgrade(self, headers: HeaderList, upgrade: bytes, rest: bytes) -> None: ...
-    def on_trailers(self, headers: HeaderList) -> None: ...
-    def flush(self) -> None: ...
-
-
-class Upstream(Protocol):
-    """One upstream exchange's carrier as ``proxy.forward`` drives it: an HTTP/1.1
-    ``UpstreamConnection``, or an HTTP/2 stream (``proxy.h2client.H2Call``)."""
-
-    requests: int
-    reusable: bool
-    reading_paused: bool
-    closed: bool
-    #: Whether it is one stream of a shared HTTP/2 connection (never pooled itself).
-    multiplexed: bool
-
-    @property
-    def authority(self) -> bytes: ...
-    @property
-    def got_head(self) -> bool: ...
-    def begin(
-        self, sink: ResponseSink, is_head: bool, callback: Callable[[BaseException | None], None]
-    ) -> None: ...
-    def send_head(self, ex: Exchange, rewrite: Rewrite) -> None: ...
-    def send_body(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    def end_body(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def abort(self) -> None: ...
-    def close(self) -> None: ...
-    def write(self, data: bytes) -> None: ...
-    def write_eof(self) -> None: ...
-    def enter_tunnel(
-        self,
-        sink: ResponseSink,
-        on_close: Callable[[], None],
-        flow: Callable[[bool], None] | None = None,
-    ) -> None: ...
-
-
 # Module names for the members: a global load per use instead of an attribute lookup.
 _IDLE, _WAITING, _INTERIM, _SWITCHING, _BODY, _TUNNEL = UpstreamState
 
 #: Whether ``UpstreamConnection._to`` refuses a transition the table does not allow: off in
 #: service like ``proxy.http1.CHECK_TRANSITIONS``, on in the tests.
 CHECK_TRANSITIONS = False
-
-
-class UpstreamClosed(BadGateway):
-    """The upstream connection ended before the response was complete."""
-
-
-class NotProcessed(UpstreamClosed):
-    """The upstream refused an HTTP/2 stream or said (GOAWAY) it never processed it: safe
-    to send again on another connection, whatever the method."""
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -29,8 +29,8 @@ import h2.settings
 from proxy.client import NotProcessed, ResponseSink, UpstreamClosed
 from proxy.errors import BadGateway
 from proxy.exchange import Exchange
+from proxy.h2conn import new_connection
 from proxy.headers import HeaderList
-from proxy.http2 import new_connection
 from proxy.request_head import Rewrite, h2_request_fields
 
 if TYPE_CHECKING:

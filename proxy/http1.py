@@ -414,7 +414,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _h2c_upgrade(self, ex: Exchange) -> bool:
         """Whether ``proxy.http2.accept_upgrade`` took an ``Upgrade: h2c`` (and wrote 101)."""
-        from proxy.http2 import accept_upgrade
+        from proxy.h2conn import accept_upgrade
 
         self._h2c = accept_upgrade(ex, self.ctx, alone=self._current is None)
         return self._h2c is not None

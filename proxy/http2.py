@@ -27,34 +27,21 @@ Bounds, so that no client makes the server hold more than it was told:
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from typing import cast
 
-import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
-import hyperframe.exceptions
 from hyperframe.frame import GoAwayFrame, SettingsFrame
 
 from proxy.context import ServerContext, serve
 from proxy.errors import BadRequest, PayloadTooLarge
-from proxy.exchange import Exchange
+from proxy.h2conn import new_connection
 from proxy.h2stream import CANCEL, NO_ERROR, REFUSED_STREAM, H2Exchange, H2Stream, read_head
-from proxy.headers import HOP_BY_HOP, HeaderList, connection_tokens
+from proxy.headers import HeaderList
 
-__all__ = [
-    "PREFACE",
-    "SWITCHING",
-    "H2ServerProtocol",
-    "accept_upgrade",
-    "h2c_settings_valid",
-    "new_connection",
-    "serve_h2",
-]
+__all__ = ["PREFACE", "H2ServerProtocol", "serve_h2"]
 
 log = logging.getLogger("sluice.http2")
 
@@ -67,31 +54,6 @@ _SETTINGS = h2.settings.SettingCodes
 #: module enforces itself with REFUSED_STREAM (a stream error) instead of h2's
 #: connection error.
 _H2_STREAM_CEILING = 1 << 20
-
-
-class _PlainEncoder(hpack.Encoder):
-    """HPACK without Huffman coding: in pure Python the coding cost more CPU per header
-    block than its bytes save on loopback and pod networks (measured with bench.h2load)."""
-
-    def encode(self, headers: object, huffman: bool = False) -> bytes:
-        return super().encode(headers, huffman=False)  # type: ignore[arg-type]
-
-
-def new_connection(client_side: bool) -> h2.connection.H2Connection:
-    """An h2 connection as the engine uses it: bytes header names and values, no Huffman,
-    and no second check of the headers the engine sends (it lower-cases names and drops
-    connection-specific fields itself, ``proxy.h2stream``, ``proxy.request_head``); what
-    a peer sends is still validated."""
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(
-            client_side=client_side,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-    )
-    conn.encoder = _PlainEncoder()
-    return conn
 
 
 class H2ServerProtocol(asyncio.Protocol):
@@ -492,51 +454,3 @@ def serve_h2(
     else:
         proto.flush()
     return proto
-
-
-#: The answer to an ``Upgrade: h2c`` request that is taken.
-SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-
-
-def accept_upgrade(
-    ex: Exchange, ctx: ServerContext, alone: bool
-) -> tuple[bytes, bytes, bytes, HeaderList] | None:
-    """Whether an HTTP/1.1 ``Upgrade`` request switches to h2c (RFC 7540 section 3.2): a
-    bodiless HTTP/1.1 request, ``alone`` on its connection, with a valid HTTP2-Settings.
-    Writes the 101 and returns what ``serve_h2`` serves as stream 1, or None: an h2c
-    upgrade not taken is served on HTTP/1.1 without it (as the RFC allows), never
-    tunnelled upstream."""
-    upgrade = ex.header(b"upgrade")
-    if upgrade is None or b"h2c" not in [t.strip().lower() for t in upgrade.split(b",")]:
-        return None
-    ex.upgrade = False
-    settings = ex.header(b"http2-settings")
-    if (
-        not ctx.limits.h2c
-        or settings is None
-        or not ex.body_complete
-        or ex.version != "1.1"
-        or not alone
-        or ctx.closing
-        or not h2c_settings_valid(settings)
-    ):
-        return None
-    named = connection_tokens(ex.headers)
-    headers = [
-        (name, value)
-        for (name, value), low in zip(ex.headers, ex.names, strict=True)
-        if low not in HOP_BY_HOP and low not in named and low != b"http2-settings"
-    ]
-    ex.conn.write_raw(SWITCHING)
-    return settings, ex.method, ex.target, headers
-
-
-def h2c_settings_valid(value: bytes) -> bool:
-    """Whether an ``HTTP2-Settings`` header decodes as a SETTINGS payload (checked before
-    the 101 goes out, so that a bad one leaves the request on HTTP/1.1)."""
-    try:
-        body = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
-        SettingsFrame(0).parse_body(memoryview(body))
-    except (ValueError, hyperframe.exceptions.HyperframeError):
-        return False
-    return True
