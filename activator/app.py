@@ -104,6 +104,8 @@ class Activator:
         )
         self.metrics.watch_queue_depth(self._queue_depths)
         self.handler = ActivatorHandler(self.pool, self.reporter, self.metrics, scaler, rand)
+        self.handler.cold_starts.header_everywhere = settings.server_timing
+        self.handler.cold_starts.observers.append(self.metrics.record_cold_start)
         self._rng = rng or random.Random()
         self.updates: asyncio.Queue[Update] = asyncio.Queue()
         self.backends = Backends(
@@ -384,6 +386,9 @@ class Activator:
         throttler = self.handler.snapshot.throttlers.get(update.key)
         if throttler is None:
             return
+        if update.dests and not throttler.pods:
+            # The first ready pods of an activation: the end of what Kubernetes does unseen.
+            self.handler.cold_starts.mark(update.key, "endpoints")
         throttler.apply(update.dests, update.cluster_ip)
         log.info(
             "revision %s/%s: %d healthy pod(s)%s, capacity %d",

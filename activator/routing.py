@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from activator.affinity import Affinity
 from activator.model import HostRule, Revision, RevisionKey, Route, RoutingConfig, WeightedTarget
 
 __all__ = [
@@ -53,6 +54,9 @@ class RouteDecision:
     namespace: str
     revision: str
     set_headers: tuple[tuple[str, str], ...] = ()
+    #: The route's header rules and stickiness, on its weighted split's decisions only
+    #: (``activator.affinity``); None for every route without them.
+    policy: Affinity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +270,8 @@ def _compile_route(
     )
     if not default.decisions:
         return tag_hosts  # every split is 0 %: nothing to route to on the default hosts
+    if route.sticky is not None or route.header_rules:
+        default = _with_affinity(route, default, default_headers, tag_header_routing)
     entry = _HostEntry(default, header_paths if tag_header_routing else {})
     return [(h, entry) for h in _hosts_for(route.name, ns, domain, cluster_domain)] + tag_hosts
 
@@ -290,6 +296,30 @@ def _make_split(
         decisions.append(RouteDecision(namespace, revision, headers))
         bounds.append(cumulative)
     return _Split(tuple(decisions), tuple(bounds))
+
+
+def _with_affinity(
+    route: Route, split: _Split, headers: tuple[tuple[str, str], ...], tag_header_routing: bool
+) -> _Split:
+    """``split`` with the route's ``Affinity`` on each decision (see ``activator.affinity``).
+    A rule naming a tag the route lacks is skipped (sources refuse such rules)."""
+    ns = route.namespace
+    tags = {t.tag: t.revision_name for t in route.traffic if t.tag is not None}
+    rules = []
+    for rule in route.header_rules:
+        if rule.tag is not None:
+            revision = tags.get(rule.tag)
+            if revision is None:
+                continue
+            tag_headers = ((TAG_HEADER, rule.tag),) if tag_header_routing else ()
+            rules.append((rule, RouteDecision(ns, revision, tag_headers)))
+        elif rule.revision is not None:
+            rules.append((rule, RouteDecision(ns, rule.revision, headers)))
+    policy = Affinity(rules, route.sticky, list(zip(split.decisions, split.bounds, strict=True)))
+    decisions = tuple(
+        RouteDecision(d.namespace, d.revision, d.set_headers, policy) for d in split.decisions
+    )
+    return _Split(decisions, split.bounds)
 
 
 def _split_of(targets: tuple[WeightedTarget, ...]) -> _Split:

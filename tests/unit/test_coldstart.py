@@ -1,0 +1,124 @@
+"""Cold-start breakdowns: the phase partition, the milestones, the summaries (pure parts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from activator.coldstart import (
+    ColdStarts,
+    Milestones,
+    breakdown,
+    percentile,
+    server_timing,
+    waits_for_capacity,
+)
+from activator.model import Revision
+from activator.throttler import RevisionThrottler
+
+REV = Revision("hello-1", "default")
+
+
+def names(phases: tuple[tuple[str, float], ...]) -> list[str]:
+    return [n for n, _ in phases]
+
+
+def test_embedded_phases_partition_the_time_to_first_byte() -> None:
+    marks = Milestones(decided=10.001, started=10.2, ready=10.5, endpoints=10.52)
+    phases = breakdown(10.0, marks, dispatched=10.6, first_byte=10.65)
+    assert names(phases) == ["scale", "pod-start", "ready-probe", "held", "first-byte"]
+    assert dict(phases) == pytest.approx(
+        {"scale": 0.001, "pod-start": 0.199, "ready-probe": 0.3, "held": 0.1, "first-byte": 0.05}
+    )
+    assert sum(d for _, d in phases) == pytest.approx(0.65)
+
+
+def test_kubernetes_sees_one_unseen_phase_up_to_the_endpoints() -> None:
+    phases = breakdown(5.0, Milestones(endpoints=7.0), dispatched=7.25, first_byte=7.5)
+    assert phases == (("kube-startup", 2.0), ("held", 0.25), ("first-byte", 0.25))
+
+
+def test_milestones_before_the_request_count_zero_and_nothing_goes_negative() -> None:
+    # A request that came while the pod was already starting: no scale phase of its own.
+    marks = Milestones(decided=1.0, started=1.5, ready=3.0)
+    phases = dict(breakdown(2.0, marks, dispatched=3.1, first_byte=3.2))
+    assert phases["scale"] == 0.0
+    assert phases["pod-start"] == 0.0
+    assert phases["ready-probe"] == pytest.approx(1.0)
+    assert sum(phases.values()) == pytest.approx(1.2)
+    # A pod ready before a request that still queued: all of it is held.
+    only_held = dict(breakdown(9.0, Milestones(ready=3.0), dispatched=9.5, first_byte=9.6))
+    assert only_held["held"] == pytest.approx(0.5)
+    assert all(v >= 0 for v in only_held.values())
+
+
+def test_no_milestones_is_held_and_first_byte() -> None:
+    assert names(breakdown(1.0, Milestones(), 2.0, 2.5)) == ["held", "first-byte"]
+
+
+def test_a_decision_starts_a_new_activation() -> None:
+    now = [0.0]
+    cs = ColdStarts(clock=lambda: now[0])
+    key = REV.key
+    for t, what in ((1.0, "decided"), (2.0, "started"), (3.0, "ready"), (3.5, "started")):
+        now[0] = t
+        cs.mark(key, what)
+    assert cs.marks[key] == Milestones(decided=1.0, started=2.0, ready=3.0)  # first start kept
+    now[0] = 10.0
+    cs.mark(key, "decided")
+    now[0] = 11.0
+    cs.mark(key, "started")
+    assert cs.marks[key] == Milestones(decided=10.0, started=11.0)
+    with pytest.raises(ValueError, match="milestone: unknown 'booted'"):
+        cs.mark(key, "booted")
+
+
+def test_first_byte_records_and_shows_the_header_only_when_enabled() -> None:
+    now = [100.0]
+    cs = ColdStarts(clock=lambda: now[0])
+    seen: list[float] = []
+    cs.observers.append(lambda rev, b: seen.append(b.total))
+    assert cs.arrived(REV, no_capacity=False) is None
+    quiet = cs.arrived(REV, no_capacity=True)
+    assert quiet is not None
+    now[0] = 100.5
+    quiet.dispatched = 100.4
+    assert cs.first_byte(quiet) is None  # recorded, not shown
+    assert seen == [pytest.approx(0.5)]
+    shown = cs.arrived(Revision("hello-1", "default", server_timing=True), no_capacity=True)
+    assert shown is not None
+    now[0] = 101.0
+    shown.dispatched = 101.0
+    assert cs.first_byte(shown) == b"held;dur=500.0, first-byte;dur=0.0"
+    cs.header_everywhere = True
+    assert cs.arrived(REV, no_capacity=True) is not None
+    summary = cs.summary(REV.key)
+    assert summary["count"] == 2
+    assert summary["phases"] == {
+        "held": {"p50": 400.0, "p95": 500.0},
+        "first-byte": {"p50": 0.0, "p95": 100.0},
+    }
+
+
+def test_server_timing_and_percentile() -> None:
+    assert server_timing([("scale", 0.0012), ("held", 0.25)]) == b"scale;dur=1.2, held;dur=250.0"
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.95) == 5.0
+    assert percentile([7.0], 0.5) == 7.0
+
+
+def test_waits_for_capacity_follows_the_throttler() -> None:
+    assert waits_for_capacity(None)
+    zero = RevisionThrottler(REV, 10)
+    assert waits_for_capacity(zero)  # no pod at all
+    zero.apply(["127.0.0.1:1"])
+    assert not waits_for_capacity(zero)
+    zero.waiting = 1
+    assert waits_for_capacity(zero)  # others queue already
+    one = RevisionThrottler(Revision("hello-1", "default", container_concurrency=1), 10)
+    one.apply(["127.0.0.1:1"])
+    assert not waits_for_capacity(one)
+    taken = one.try_now()
+    assert taken is not None
+    assert waits_for_capacity(one)  # its one slot is taken
+    one.done(taken[0])
+    assert not waits_for_capacity(one)
