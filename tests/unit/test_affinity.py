@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import pytest
@@ -21,8 +21,10 @@ from activator.model import HeaderRule, Revision, Route, RoutingConfig, Stickine
 from activator.routing import RouteDecision, RouteTable
 from activator.static_yaml import ConfigError, parse_config
 from proxy.exchange import Exchange
-from serving.manifest import ManifestError
-from serving.manifest_loader import load_manifests
+from serving.manifest import ManifestError, ServiceManifest
+from serving.manifest_loader import load_manifests, parse_service
+from serving.revisions import REASON_REVISION_MISSING, plan_revision, resolve_route, set_ready
+from serving.state import _route_from_dict, _route_to_dict
 
 NS = "default"
 HOST = b"hello.default.localhost"
@@ -326,3 +328,61 @@ def test_malformed_annotations_refuse_the_manifest_with_the_field_path(
     with pytest.raises(ManifestError) as info:
         load_manifests(manifest(annotations, timing), "s.yaml")
     assert any(path in m for m in info.value.messages), info.value.messages
+
+
+# -------------------------------------------------------------- the embedded control plane
+
+
+def _service(annotations: dict[str, str]) -> ServiceManifest:
+    return parse_service(
+        {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {"name": "hello", "namespace": NS, "annotations": annotations},
+            "spec": {
+                "template": {"spec": {"containers": [{"image": "x", "command": ["app"]}]}},
+                "traffic": [
+                    {"latestRevision": True, "percent": 100},
+                    {"latestRevision": True, "percent": 0, "tag": "beta"},
+                ],
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "missing"),
+    [
+        ('[{header: x, value: "1", revisionName: hello-00009}]',
+         'Revision "hello-00009" referenced in header routes not found'),
+        ('[{header: x, value: "1", tag: gamma}]',
+         'tag "gamma" referenced in header routes not found in traffic'),
+    ],
+)  # fmt: skip
+def test_a_rule_to_a_missing_revision_or_tag_leaves_the_route_unresolved(
+    rule: str, missing: str
+) -> None:
+    svc = _service({"sluice.dev/header-routes": rule})
+    plan = plan_revision((), svc)
+    result = resolve_route(svc, set_ready(plan.history, plan.revision.name))
+    assert (result.resolved, result.reason, result.message) == (
+        False, REASON_REVISION_MISSING, missing,
+    )  # fmt: skip
+
+
+def test_resolved_routes_carry_the_policy_and_keep_it_through_the_state_file() -> None:
+    svc = _service(
+        {
+            "sluice.dev/sticky": "cookie",
+            "sluice.dev/sticky-ttl-seconds": "90",
+            "sluice.dev/header-routes": "- {header: X-Beta, value: 'yes', tag: beta}",
+        }
+    )
+    plan = plan_revision((), svc)
+    route = resolve_route(svc, set_ready(plan.history, plan.revision.name)).route
+    assert route is not None
+    assert route.sticky == Stickiness("cookie", "sluice-hello", 90)
+    assert route.header_rules == (HeaderRule("x-beta", "yes", tag="beta"),)
+    assert _route_from_dict(_route_to_dict(route)) == route
+    header = replace(route, sticky=Stickiness("header", "x-user"), header_rules=())
+    assert _route_from_dict(_route_to_dict(header)) == header
