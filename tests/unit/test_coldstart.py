@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from activator.coldstart import (
@@ -12,6 +14,8 @@ from activator.coldstart import (
     server_timing,
     waits_for_capacity,
 )
+from activator.kube.objects import decode_revision
+from activator.kube.source import to_revision
 from activator.model import Revision
 from activator.throttler import RevisionThrottler
 
@@ -122,3 +126,17 @@ def test_waits_for_capacity_follows_the_throttler() -> None:
     assert waits_for_capacity(one)  # its one slot is taken
     one.done(taken[0])
     assert not waits_for_capacity(one)
+
+
+def test_kubernetes_revisions_read_the_server_timing_annotation() -> None:
+    rev: dict[str, Any] = {
+        "metadata": {
+            "name": "r",
+            "namespace": "ns",
+            "annotations": {"sluice.dev/server-timing": "True"},
+        },
+        "spec": {"containers": [{}]},
+    }
+    assert to_revision(decode_revision(rev)).server_timing
+    rev["metadata"]["annotations"] = {}
+    assert not to_revision(decode_revision(rev)).server_timing
