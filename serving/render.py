@@ -133,15 +133,15 @@ def describe(d: Mapping[str, Any], now: float | None = None) -> str:
         out += ["", "Cold starts (ms):"]
         for revision, summary in cold.items():
             out.append(
-                f"  {revision}: {summary['count']} kept, total p50 {summary['totalP50Ms']:g}, "
-                f"p95 {summary['totalP95Ms']:g}"
+                f"  {revision}: {summary['count']} kept, total p50 {summary['totalP50Ms']:.1f}, "
+                f"p95 {summary['totalP95Ms']:.1f}"
             )
             phases = summary["phases"]
-            rows = [[name, f"{v['p50']:g}", f"{v['p95']:g}"] for name, v in phases.items()]
+            rows = [[name, f"{v['p50']:.1f}", f"{v['p95']:.1f}"] for name, v in phases.items()]
             out.append(_indent(_indent(table(["PHASE", "P50", "P95"], rows))))
             last_rows = [
-                [_age(now - b["at"]), f"{b['totalMs']:g}"]
-                + [f"{b['phases'].get(name, 0):g}" for name in phases]
+                [_age(now - b["at"]), f"{b['totalMs']:.1f}"]
+                + [f"{b['phases'].get(name, 0):.1f}" for name in phases]
                 for b in reversed(summary["last"])
             ]
             heads = ["AGE", "TOTAL", *(name.upper() for name in phases)]

@@ -18,6 +18,7 @@ from activator.kube.objects import decode_revision
 from activator.kube.source import to_revision
 from activator.model import Revision
 from activator.throttler import RevisionThrottler
+from serving import render
 
 REV = Revision("hello-1", "default")
 
@@ -140,3 +141,26 @@ def test_kubernetes_revisions_read_the_server_timing_annotation() -> None:
     assert to_revision(decode_revision(rev)).server_timing
     rev["metadata"]["annotations"] = {}
     assert not to_revision(decode_revision(rev)).server_timing
+
+
+def test_describe_and_top_render_the_cold_starts() -> None:
+    now = [0.0]
+    cs = ColdStarts(clock=lambda: now[0])
+    timing = cs.arrived(REV, no_capacity=True)
+    assert timing is not None
+    timing.dispatched = now[0] = 0.5
+    cs.first_byte(timing)
+    summary = cs.summary(REV.key)
+    described = render.describe(
+        {"name": "hello", "namespace": "default", "url": "http://hello", "traffic": [],
+         "revisions": [], "conditions": [], "events": [], "coldStarts": {"hello-1": summary}},
+        now=summary["last"][0]["at"] + 5,  # type: ignore[index]
+    )  # fmt: skip
+    assert "Cold starts (ms):\n  hello-1: 1 kept, total p50 500.0, p95 500.0" in described
+    assert "    held         500.0   500.0" in described
+    assert "    5s    500.0   500.0   0.0" in described
+    row = {"namespace": "default", "name": "hello-1", "traffic": 100, "rps": 0,
+           "concurrency": 0, "readyPods": 1, "actual": 1, "desired": 1, "queue": 0}  # fmt: skip
+    cold = {**row, "coldStarts": 1, "coldP50Ms": 500.0, "coldP95Ms": 500.0}
+    assert render.top({"revisions": [cold]}).splitlines()[-1].endswith("1 500/500")
+    assert render.top({"revisions": [row]}).splitlines()[-1].endswith("-")
