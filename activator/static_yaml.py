@@ -11,6 +11,11 @@ file with no control plane behind it needs them):
 * every ``revisionName`` must name a revision of the file in the route's namespace, because the
   static source cannot resolve ``configurationName`` or ``latestRevision: true``;
 * route and revision names are unique per namespace, and no two hosts collide;
+* a route's ``headerRoutes`` (``[{header, value, revisionName | tag}]``, checked in order
+  before the weighted split) may name only revisions of the file and tags of the route;
+  ``sticky`` is ``{mode: cookie, cookie, ttlSeconds}`` or ``{mode: header, header,
+  ttlSeconds}``; a revision's ``serverTiming: true`` answers its cold starts with
+  ``Server-Timing`` (``activator.affinity``, ``activator.coldstart``);
 * ``timeoutSeconds`` (and the two other timeouts) must be in [0, 3600]; an explicit or missing
   ``timeoutSeconds: 0`` means the default of 300 s. Knative's own ceiling is the operator
   setting ``max-revision-timeout-seconds`` (600 by default); 3600 is Sluice's fixed ceiling.
