@@ -335,6 +335,7 @@ class Activator:
         self.backends.drop(key)
         self._healthy.pop(key, None)
         self._shares.pop(key, None)
+        self.handler.cold_starts.forget(key)
 
     def _queue_depth(self) -> int:
         return self.config.queue_depth if self.config is not None else DEFAULT_QUEUE_DEPTH
@@ -372,6 +373,7 @@ class Activator:
             throttler.retire()  # after publishing, so its waiters find the successor
         for key in [k for k in self._healthy if k not in throttlers]:
             del self._healthy[key]
+        self.handler.cold_starts.forget_all_but(throttlers)
         self.backends.set_endpoints({rev.key: frozenset(rev.endpoints) for rev in cfg.revisions})
         if self.webhook is not None and self.settings.scaler_url is None:
             self.webhook.url = cfg.scaler_url

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -189,6 +189,13 @@ class ColdStarts:
     def forget(self, key: RevisionKey) -> None:
         self.marks.pop(key, None)
         self.recent.pop(key, None)
+
+    def forget_all_but(self, keep: Collection[RevisionKey]) -> None:
+        """Drop what is kept of every revision not in ``keep`` (the ones that went away)."""
+        for key in [k for k in self.recent if k not in keep]:
+            del self.recent[key]
+        for key in [k for k in self.marks if k not in keep]:
+            del self.marks[key]
 
     def arrived(self, revision: Revision, no_capacity: bool) -> Timing | None:
         """A ``Timing`` for a request to ``revision`` when it waits for capacity, else None."""

@@ -207,10 +207,16 @@ def routes(state: ClusterState) -> tuple[Route, ...]:
 
 
 def routed_revisions(state: ClusterState) -> frozenset[tuple[str, str]]:
-    """``(namespace, revision)`` of every revision a route points at (tags included)."""
-    return frozenset(
-        (route.namespace, t.revision_name) for route in routes(state) for t in route.traffic
-    )
+    """``(namespace, revision)`` of every revision a route points at (tags and header
+    rules included)."""
+    found = {(route.namespace, t.revision_name) for route in routes(state) for t in route.traffic}
+    found |= {
+        (route.namespace, r.revision)
+        for route in routes(state)
+        for r in route.header_rules
+        if r.revision is not None
+    }
+    return frozenset(found)
 
 
 def all_revisions(state: ClusterState) -> Iterable[tuple[ServiceRecord, RevisionRecord]]:

@@ -24,7 +24,13 @@ from proxy.exchange import Exchange
 from serving.manifest import ManifestError, ServiceManifest
 from serving.manifest_loader import load_manifests, parse_service
 from serving.revisions import REASON_REVISION_MISSING, plan_revision, resolve_route, set_ready
-from serving.state import _route_from_dict, _route_to_dict
+from serving.state import (
+    ClusterState,
+    ServiceRecord,
+    _route_from_dict,
+    _route_to_dict,
+    routed_revisions,
+)
 
 NS = "default"
 HOST = b"hello.default.localhost"
@@ -386,3 +392,13 @@ def test_resolved_routes_carry_the_policy_and_keep_it_through_the_state_file() -
     assert _route_from_dict(_route_to_dict(route)) == route
     header = replace(route, sticky=Stickiness("header", "x-user"), header_rules=())
     assert _route_from_dict(_route_to_dict(header)) == header
+
+
+def test_a_revision_only_a_header_rule_names_counts_as_routed() -> None:
+    svc = _service({})
+    route = Route(
+        "hello", NS, (TrafficTarget("hello-00001", 100),),
+        header_rules=(HeaderRule("x", "1", revision="hello-00002"),),
+    )  # fmt: skip
+    state = ClusterState({svc.key: ServiceRecord(svc, (), route)})
+    assert routed_revisions(state) == {(NS, "hello-00001"), (NS, "hello-00002")}

@@ -164,3 +164,17 @@ def test_describe_and_top_render_the_cold_starts() -> None:
     cold = {**row, "coldStarts": 1, "coldP50Ms": 500.0, "coldP95Ms": 500.0}
     assert render.top({"revisions": [cold]}).splitlines()[-1].endswith("1 500/500")
     assert render.top({"revisions": [row]}).splitlines()[-1].endswith("-")
+
+
+def test_revisions_that_went_away_are_forgotten() -> None:
+    cs = ColdStarts(clock=lambda: 1.0)
+    gone = ("default", "gone")
+    for key in (REV.key, gone):
+        cs.mark(key, "decided")
+    timing = cs.arrived(Revision("gone", "default"), no_capacity=True)
+    assert timing is not None
+    cs.first_byte(timing)
+    cs.forget_all_but({REV.key})
+    assert list(cs.marks) == [REV.key] and cs.recent == {}
+    cs.forget(REV.key)
+    assert cs.marks == {}
