@@ -209,6 +209,10 @@ class HostRule:
     hosts: tuple[str, ...]
     default: tuple[WeightedTarget, ...]
     by_tag: tuple[tuple[str, tuple[WeightedTarget, ...]], ...] = ()
+    #: The route's stickiness and header rules (from the Ingress's ``sluice.dev/``
+    #: annotations, which Knative copies from the Route); see ``activator.affinity``.
+    sticky: Stickiness | None = None
+    header_rules: tuple[HeaderRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -220,6 +220,8 @@ class RouteTable:
             by_tag = {tag: _split_of(targets) for tag, targets in rule.by_tag}
             if not default.decisions:
                 continue  # nothing to route to (every split at 0 %): such hosts answer 404
+            if rule.sticky is not None or rule.header_rules:
+                default = _rule_affinity(rule, default, by_tag)
             entry = _HostEntry(default, by_tag)
             for host in rule.hosts:
                 name = normalise_host(host)
@@ -339,3 +341,26 @@ def _split_of(targets: tuple[WeightedTarget, ...]) -> _Split:
 def _hosts_for(label: str, namespace: str, domain: str, cluster_domain: str) -> list[str]:
     base = f"{label}.{namespace}".lower()
     return [f"{base}.{domain}", base, f"{base}.svc", f"{base}.svc.{cluster_domain}"]
+
+
+def _rule_affinity(rule: HostRule, split: _Split, by_tag: Mapping[str, _Split]) -> _Split:
+    """``split`` (an Ingress's default path) with the rule's ``Affinity``: a header rule's tag
+    goes where that tag's path goes (its largest share), a revision with the default path's
+    headers. A rule naming what the Ingress lacks is skipped (``decode_ingress`` refuses it)."""
+    headers = split.decisions[0].set_headers
+    namespace = split.decisions[0].namespace
+    rules = []
+    for header_rule in rule.header_rules:
+        if header_rule.tag is not None:
+            path = by_tag.get(header_rule.tag)
+            if path is None or not path.decisions:
+                continue
+            widths = [b - a for a, b in zip((0, *path.bounds), path.bounds, strict=False)]
+            rules.append((header_rule, path.decisions[widths.index(max(widths))]))
+        elif header_rule.revision is not None:
+            rules.append((header_rule, RouteDecision(namespace, header_rule.revision, headers)))
+    policy = Affinity(rules, rule.sticky, list(zip(split.decisions, split.bounds, strict=True)))
+    decisions = tuple(
+        RouteDecision(d.namespace, d.revision, d.set_headers, policy) for d in split.decisions
+    )
+    return _Split(decisions, split.bounds)

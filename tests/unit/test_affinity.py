@@ -17,6 +17,8 @@ from activator.affinity_config import (
     server_timing_from_annotations,
     sticky,
 )
+from activator.kube.ingress import SLUICE_INGRESS_CLASS, decode_ingress, host_rules
+from activator.kube.objects import DecodeError
 from activator.model import HeaderRule, Revision, Route, RoutingConfig, Stickiness, TrafficTarget
 from activator.routing import RouteDecision, RouteTable
 from activator.static_yaml import ConfigError, parse_config
@@ -31,6 +33,7 @@ from serving.state import (
     _route_to_dict,
     routed_revisions,
 )
+from tests.unit.test_kube_ingress import kingress
 
 NS = "default"
 HOST = b"hello.default.localhost"
@@ -402,3 +405,62 @@ def test_a_revision_only_a_header_rule_names_counts_as_routed() -> None:
     )  # fmt: skip
     state = ClusterState({svc.key: ServiceRecord(svc, (), route)})
     assert routed_revisions(state) == {(NS, "hello-00001"), (NS, "hello-00002")}
+
+
+# ------------------------------------------------------------------- Kubernetes ingress mode
+
+
+def _kingress(annotations: dict[str, str]) -> dict[str, Any]:
+    ingress = kingress()
+    ingress["metadata"]["annotations"].update(annotations)
+    return ingress
+
+
+def test_ingress_mode_reads_the_routes_annotations_from_its_ingress() -> None:
+    info = decode_ingress(
+        _kingress(
+            {
+                "sluice.dev/sticky": "header",
+                "sluice.dev/sticky-header": "X-User",
+                "sluice.dev/header-routes": "- {header: X-Beta, value: 'yes', tag: canary}",
+            }
+        ),
+        SLUICE_INGRESS_CLASS,
+    )
+    assert info is not None
+    assert info.sticky == Stickiness("header", "x-user")
+    t = RouteTable.build(RoutingConfig(), "cluster.local")
+    t.put_rules(info.key, host_rules(info))
+    host = b"hello.default.svc.cluster.local"
+    picked = t.resolve_raw(host, None, lambda: 0.0)
+    assert picked is not None and picked.policy is not None
+    beta, _ = picked.policy.choose(cast(Exchange, FakeExchange([(b"x-beta", b"yes")])), picked)
+    assert (beta.revision, beta.set_headers) == (
+        "hello-00002", (("Knative-Serving-Tag", "canary"),),
+    )  # fmt: skip
+    seen: Counter[str] = Counter()
+    for i in range(1000):
+        ex = cast(Exchange, FakeExchange([(b"X-User", b"u%d" % i)]))
+        seen[picked.policy.choose(ex, picked)[0].revision] += 1
+    assert 870 <= seen["hello-00001"] <= 930
+    # The tag host has no policy: its one split is never pinned elsewhere.
+    tag_host = t.resolve_raw(b"canary-hello.default.svc.cluster.local", None, lambda: 0.0)
+    assert tag_host is not None and tag_host.policy is None
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({"sluice.dev/sticky": "always"}, "metadata.annotations[sluice.dev/sticky]: invalid"),
+        ({"sluice.dev/header-routes": "- {header: x, value: '1', tag: beta}"},
+         'metadata.annotations[sluice.dev/header-routes][0].tag: tag "beta" not found'),
+        ({"sluice.dev/header-routes": "- {header: x, value: '1', revisionName: hello-9}"},
+         "metadata.annotations[sluice.dev/header-routes][0].revisionName: revision"),
+    ],
+)  # fmt: skip
+def test_ingress_with_bad_annotations_is_skipped_naming_the_field(
+    annotations: dict[str, str], message: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_ingress(_kingress(annotations), SLUICE_INGRESS_CLASS)
+    assert str(info.value).startswith(message), str(info.value)
