@@ -5,8 +5,9 @@ Order, outermost first, written once in ``ActivatorHandler.__call__``:
 1. probe and health answers (``probes.answer_probe``), before any routing;
 2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present (Knative's
    activator contract), else the Host through the ``RouteTable`` (tag host, tag header,
-   weighted split), else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no
-   poke and nothing held;
+   weighted split, then the route's opt-in header rules and stickiness: ``activator.affinity``),
+   else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no poke and nothing
+   held;
 3. metrics (only requests that resolved to a revision are measured);
 4. concurrency accounting; the first request of an idle revision pokes the scaler at once;
 5. the request deadline (revision timeouts, 504 ``activator request timeout``);

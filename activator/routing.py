@@ -19,8 +19,10 @@ Semantics (reference §3):
   through to the weighted split. The default path then adds ``Knative-Serving-Default-Route:
   true`` and a tag host adds ``Knative-Serving-Tag: <tag>``. With it disabled the header is
   ignored and neither header is added.
-* Each request draws independently (no stickiness): ``r = rand() * total`` over the cumulative
-  percents, ``total`` being 100 for any validated route.
+* Each request draws independently: ``r = rand() * total`` over the cumulative percents,
+  ``total`` being 100 for any validated route. A route with header rules or stickiness
+  (opt-in) has its weighted split's decisions carry an ``activator.affinity.Affinity``, which
+  the handler consults after the draw; tag hosts and tag-header paths never carry one.
 """
 
 from __future__ import annotations
