@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +17,11 @@ from activator.coldstart import (
 )
 from activator.kube.objects import decode_revision
 from activator.kube.source import to_revision
+from activator.main import parse_settings
 from activator.model import Revision
 from activator.throttler import RevisionThrottler
 from serving import render
+from serving.cli import build_parser
 
 REV = Revision("hello-1", "default")
 
@@ -178,3 +181,11 @@ def test_revisions_that_went_away_are_forgotten() -> None:
     assert list(cs.marks) == [REV.key] and cs.recent == {}
     cs.forget(REV.key)
     assert cs.marks == {}
+
+
+def test_the_server_timing_flags_reach_the_settings(tmp_path: Path) -> None:
+    config = ["--config", str(tmp_path / "a.yaml")]
+    assert parse_settings([*config, "--server-timing"], {}).server_timing
+    assert not parse_settings(config, {}).server_timing
+    up = build_parser().parse_args(["up", "--server-timing"])
+    assert up.server_timing
