@@ -64,7 +64,16 @@ def cookie_value(headers: Sequence[bytes], name: bytes) -> bytes | None:
 class Affinity:
     """One route's compiled header rules and stickiness (see the module docstring)."""
 
-    __slots__ = ("_bounds", "_cookie", "_decisions", "_header", "_live", "_max_age", "_rules")
+    __slots__ = (
+        "_bounds",
+        "_cookie",
+        "_decisions",
+        "_header",
+        "_live",
+        "_max_age",
+        "_rules",
+        "_wanted",
+    )
 
     def __init__(
         self,
@@ -93,35 +102,47 @@ class Affinity:
             else:
                 self._header = name.lower()
             self._max_age = sticky.ttl_seconds
+        #: Every header name ``choose`` reads (lower-case).
+        self._wanted = frozenset(
+            [name for name, _, _ in self._rules]
+            + ([_COOKIE] if self._cookie is not None else [])
+            + ([self._header] if self._header is not None else [])
+        )
 
     def choose(
         self, ex: Exchange, picked: RouteDecision
     ) -> tuple[RouteDecision, tuple[Header, ...]]:
         """The decision for ``ex`` given the weighted ``picked``, and the response headers to
         add (a ``Set-Cookie`` for a new or replaced pin)."""
-        names = ex.names
+        # One pass over the request's headers, keeping only the names this route reads.
+        wanted = self._wanted
+        seen: set[tuple[bytes, bytes]] = set()
+        cookies: list[bytes] = []
+        key: bytes | None = None
+        header = self._header
         headers = ex.headers
-        for name, value, decision in self._rules:
-            for i, low in enumerate(names):
-                if low == name and headers[i][1] == value:
+        for i, low in enumerate(ex.names):
+            if low in wanted:
+                value = headers[i][1]
+                seen.add((low, value))
+                if low == _COOKIE:
+                    cookies.append(value)
+                elif low == header:
+                    key = value  # the last one wins, as for the routing headers
+        if seen:
+            for name, value, decision in self._rules:
+                if (name, value) in seen:
                     return decision, _NO_REPLY
         cookie = self._cookie
         if cookie is not None:
-            values = [headers[i][1] for i, low in enumerate(names) if low == _COOKIE]
-            pinned = cookie_value(values, cookie) if values else None
+            pinned = cookie_value(cookies, cookie) if cookies else None
             if pinned is not None:
                 kept = self._live.get(pinned)
                 if kept is not None:
                     return kept, _NO_REPLY
             return picked, (self.set_cookie(picked.revision),)
-        header = self._header
-        if header is not None:
-            key: bytes | None = None
-            for i, low in enumerate(names):
-                if low == header:
-                    key = headers[i][1]
-            if key is not None:
-                return self.pick(hash_fraction(key)), _NO_REPLY
+        if key is not None:
+            return self.pick(hash_fraction(key)), _NO_REPLY
         return picked, _NO_REPLY
 
     def pick(self, fraction: float) -> RouteDecision:
