@@ -104,6 +104,8 @@ class Activator:
         )
         self.metrics.watch_queue_depth(self._queue_depths)
         self.handler = ActivatorHandler(self.pool, self.reporter, self.metrics, scaler, rand)
+        self.handler.cold_starts.header_everywhere = settings.server_timing
+        self.handler.cold_starts.observers.append(self.metrics.record_cold_start)
         self._rng = rng or random.Random()
         self.updates: asyncio.Queue[Update] = asyncio.Queue()
         self.backends = Backends(
@@ -333,6 +335,7 @@ class Activator:
         self.backends.drop(key)
         self._healthy.pop(key, None)
         self._shares.pop(key, None)
+        self.handler.cold_starts.forget(key)
 
     def _queue_depth(self) -> int:
         return self.config.queue_depth if self.config is not None else DEFAULT_QUEUE_DEPTH
@@ -370,6 +373,7 @@ class Activator:
             throttler.retire()  # after publishing, so its waiters find the successor
         for key in [k for k in self._healthy if k not in throttlers]:
             del self._healthy[key]
+        self.handler.cold_starts.forget_all_but(throttlers)
         self.backends.set_endpoints({rev.key: frozenset(rev.endpoints) for rev in cfg.revisions})
         if self.webhook is not None and self.settings.scaler_url is None:
             self.webhook.url = cfg.scaler_url
@@ -384,6 +388,9 @@ class Activator:
         throttler = self.handler.snapshot.throttlers.get(update.key)
         if throttler is None:
             return
+        if update.dests and not throttler.pods:
+            # The first ready pods of an activation: the end of what Kubernetes does unseen.
+            self.handler.cold_starts.mark(update.key, "endpoints")
         throttler.apply(update.dests, update.cluster_ip)
         log.info(
             "revision %s/%s: %d healthy pod(s)%s, capacity %d",

@@ -5,8 +5,9 @@ Order, outermost first, written once in ``ActivatorHandler.__call__``:
 1. probe and health answers (``probes.answer_probe``), before any routing;
 2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present (Knative's
    activator contract), else the Host through the ``RouteTable`` (tag host, tag header,
-   weighted split), else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no
-   poke and nothing held;
+   weighted split, then the route's opt-in header rules and stickiness: ``activator.affinity``),
+   else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no poke and nothing
+   held;
 3. metrics (only requests that resolved to a revision are measured);
 4. concurrency accounting; the first request of an idle revision pokes the scaler at once;
 5. the request deadline (revision timeouts, 504 ``activator request timeout``);
@@ -27,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from activator.backends import split_dest
+from activator.coldstart import ColdStarts, Timing, waits_for_capacity
 from activator.kube.objects import private_service_name
 from activator.metrics import ActivatorMetrics
 from activator.model import Revision, RevisionKey, RoutingConfig
@@ -39,17 +42,21 @@ from activator.routing import RouteTable
 from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
 from activator.throttler import Admission, Retired, RevisionThrottler
+from proxy.client import Upstream
 from proxy.errors import NotFound, ProxyError
 from proxy.exchange import Exchange
 from proxy.forward import NO_REWRITE, Forwarding, Rewrite
-from proxy.headers import Header
+from proxy.headers import Header, HeaderList
 from proxy.pool import UpstreamPool
 
 __all__ = ["ActivatorHandler", "Snapshot", "not_found"]
 
-#: A routed request: its revision, the headers its route sets, and the Host to keep as
-#: ``K-Original-Host`` (None when the client sent one).
-_Resolved = tuple[Revision, tuple[tuple[str, str], ...], bytes | None]
+#: A routed request: its revision, the headers its route sets, the Host to keep as
+#: ``K-Original-Host`` (None when the client sent one), and headers for the response (a
+#: sticky route's ``Set-Cookie``; usually empty).
+_Resolved = tuple[Revision, tuple[tuple[str, str], ...], bytes | None, tuple[Header, ...]]
+_NO_REPLY: tuple[Header, ...] = ()
+_SERVER_TIMING = b"Server-Timing"
 
 #: Client headers never passed to a pod: the split headers (the pod learns nothing from
 #: them and must not trust a client's) and the network-probe hash.
@@ -126,6 +133,10 @@ def _passthrough(
     return (*set_headers, _PASSTHROUGH_HEADER), _private_host(revision.namespace, revision.name)
 
 
+#: The clock of cold-start stamps (the control plane's too).
+timing_clock = time.monotonic
+
+
 def _always_ready() -> str | None:
     return None
 
@@ -161,6 +172,35 @@ class _Request(Forwarding):
         self.ex.complete()
 
 
+class _Annotated(_Request):
+    """A request whose response gets headers of the activator's own: a sticky route's
+    ``Set-Cookie`` (``reply``), and for one that waited for capacity its cold-start
+    breakdown (``timing``: recorded at the pod's first byte, shown as ``Server-Timing`` when
+    enabled). Only such requests pay for the subclass."""
+
+    __slots__ = ("reply", "timing")
+
+    reply: tuple[Header, ...]
+    timing: Timing | None
+
+    async def run(self, conn: Upstream | None) -> int:
+        timing = self.timing
+        if timing is not None:
+            timing.dispatched = timing_clock()
+        return await super().run(conn)
+
+    def on_head(self, status: int, headers: HeaderList, content_length: int | None) -> None:
+        if self.reply:
+            headers.extend(self.reply)
+        timing = self.timing
+        if timing is not None:
+            self.timing = None
+            value = self.handler.cold_starts.first_byte(timing)
+            if value is not None:
+                headers.append((_SERVER_TIMING, value))
+        super().on_head(status, headers, content_length)
+
+
 class ActivatorHandler:
     """The engine handler of the activator's data port. See the module docstring."""
 
@@ -184,6 +224,8 @@ class ActivatorHandler:
         #: Why kubelet probes fail right now (None: ready); the activator replaces it.
         self.health_check: Callable[[], str | None] = _always_ready
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Milestones and breakdowns of the requests that waited for capacity.
+        self.cold_starts = ColdStarts(timing_clock)
 
     def _resolve(self, ex: Exchange) -> _Resolved | ProbeAnswer:
         """Steps 1-2: a probe's answer, or the revision (a ``ProxyError`` when there is none:
@@ -219,6 +261,7 @@ class ActivatorHandler:
 
         table = self.snapshot.table
         set_headers: tuple[tuple[str, str], ...] = ()
+        reply = _NO_REPLY
         if rev and ns:
             revision = table.lookup_revision(ns.decode("latin-1"), rev.decode("latin-1"))
             if revision is None:
@@ -226,6 +269,8 @@ class ActivatorHandler:
         else:
             decision = table.resolve_raw(host or b"", tag, self.rand)
             if decision is not None:
+                if decision.policy is not None:  # header rules, stickiness (opt-in)
+                    decision, reply = decision.policy.choose(ex, decision)
                 revision = table.lookup_revision(decision.namespace, decision.revision)
                 if revision is None:
                     raise not_found(decision.revision)
@@ -240,7 +285,7 @@ class ActivatorHandler:
                 revision = table.lookup_revision(*key)
                 if revision is None:
                     raise not_found(key[1])
-        return revision, set_headers, host if orig is None else None
+        return revision, set_headers, host if orig is None else None, reply
 
     # ------------------------------------------------------------ the one chain
 
@@ -302,7 +347,7 @@ class ActivatorHandler:
             return False  # the task path resolves again and answers the error
         if isinstance(resolved, ProbeAnswer):
             return False
-        revision, set_headers, original_host = resolved
+        revision, set_headers, original_host, reply = resolved
         admission: Admission | None = self.snapshot.throttlers.get(revision.key)
         if admission is None:
             return False
@@ -314,7 +359,13 @@ class ActivatorHandler:
         if self.passthrough:
             set_headers, host_header = _passthrough(revision, set_headers)
         rewrite = _rewrite(set_headers, original_host, host_header)
-        req = _Request(ex, self.pool, host, port, rewrite)
+        req: _Request
+        if reply:
+            req = _Annotated(ex, self.pool, host, port, rewrite)
+            req.reply = reply
+            req.timing = None
+        else:
+            req = _Request(ex, self.pool, host, port, rewrite)
         self.begin(req, revision, admission, release)
         req.start(self.pool.take_idle(host, port))
         return True
@@ -326,8 +377,18 @@ class ActivatorHandler:
         if isinstance(resolved, ProbeAnswer):
             ex.send(resolved.status, resolved.body, list(resolved.headers))
             return
-        revision, set_headers, original_host = resolved
-        req = _Request(ex, self.pool, "", 0, NO_REWRITE)  # the pod: once the throttler chose it
+        revision, set_headers, original_host, reply = resolved
+        timing = self.cold_starts.arrived(
+            revision, waits_for_capacity(self.snapshot.throttlers.get(revision.key))
+        )
+        req: _Request
+        if reply or timing is not None:
+            req = annotated = _Annotated(ex, self.pool, "", 0, NO_REWRITE)
+            annotated.reply = reply
+            annotated.timing = timing
+        else:
+            # The pod: once the throttler chose it.
+            req = _Request(ex, self.pool, "", 0, NO_REWRITE)
         self.begin(req, revision)
         try:
             await self._throttled(req, revision.key, set_headers, original_host)

@@ -104,6 +104,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--pod-name", default=env.get("POD_NAME") or "activator")
     p.add_argument("--scaler-url", default=None, help="file mode: POST stats here")
     p.add_argument("--log-level", default="info", choices=_LOG_LEVELS)
+    p.add_argument(
+        "--server-timing",
+        action="store_true",
+        help="answer every request that waited for capacity with a Server-Timing breakdown",
+    )
     return p
 
 
@@ -147,6 +152,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         kubeconfig=ns.kubeconfig,
         autoscaler_url=ns.autoscaler_url,
         ingress_class=ns.ingress_class,
+        server_timing=ns.server_timing,
         **extra,  # type: ignore[arg-type]
     )
 

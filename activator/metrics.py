@@ -15,6 +15,8 @@ Series, each carrying the revision's resource labels (``namespace_name``, ``serv
 * ``activator_request_concurrency`` (gauge): the figure last reported to the autoscaler;
 * ``activator_revision_queue_depth`` (gauge, Sluice's): requests waiting in the throttler;
 * ``activator_scaler_dropped`` (counter, Sluice's, no labels but pod): stat payloads dropped;
+* ``activator_cold_start_phase_latencies`` (histogram, ms, Sluice's, with ``phase``): where
+  the time of each request that waited for capacity went (``activator.coldstart``);
 * ``kn_activator_stats_conn_reachable{peer="autoscaler"}`` (gauge) and
   ``kn_activator_stats_conn_errors_total{peer="autoscaler"}`` (counter), Knative v1.23's
   OpenTelemetry names in Prometheus form: 1 while the autoscaler's websocket is connected,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from activator.coldstart import Breakdown
 from activator.model import Revision, RevisionKey
 from proxy.dataplane.procmetrics import render_process_metrics
 from proxy.dataplane.promtext import (
@@ -63,6 +66,7 @@ class ActivatorMetrics:
         self._reachable: Callable[[], int] | None = None
         self._conn_errors: Callable[[], int] | None = None
         self._process_metrics = process_metrics
+        self._cold: dict[tuple[RevisionKey, str], Series] = {}
 
     def _base(self, revision: Revision) -> dict[str, str]:
         base = self._resource.get(revision.key)
@@ -87,6 +91,15 @@ class ActivatorMetrics:
             )
             series = self._requests[(revision.key, status)] = Series(labels(pairs))
         series.observe(int(latency_seconds * 1000))
+
+    def record_cold_start(self, revision: Revision, record: Breakdown) -> None:
+        """One request that waited for capacity: each phase into its histogram (ms)."""
+        for phase, seconds in record.phases:
+            series = self._cold.get((revision.key, phase))
+            if series is None:
+                pairs = dict(self._base(revision), phase=phase)
+                series = self._cold[(revision.key, phase)] = Series(labels(pairs))
+            series.observe(int(seconds * 1000))
 
     def set_concurrency(self, revision: Revision, value: float) -> None:
         self._base(revision)
@@ -114,6 +127,12 @@ class ActivatorMetrics:
         render_counter(out, "activator_request_count", "The number of requests received", series)
         render_histogram(
             out, "activator_request_latencies", "The response time in millisecond", series
+        )
+        render_histogram(
+            out,
+            "activator_cold_start_phase_latencies",
+            "Where the time of requests that waited for capacity went, per phase, in millisecond",
+            list(self._cold.values()),
         )
         if self._concurrency:
             out.append(

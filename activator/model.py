@@ -34,11 +34,42 @@ class TrafficTarget:
     tag: str | None = None
 
 
+#: How a sticky route pins a client: by a cookie the activator sets, or by a request header
+#: the client sends (its value hashed onto the split).
+StickyMode = Literal["cookie", "header"]
+DEFAULT_STICKY_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Stickiness:
+    """A route's revision pinning during a split (``activator.affinity``). ``name`` is the
+    cookie's name (cookie mode) or the request header's, lower-case (header mode)."""
+
+    mode: StickyMode
+    name: str
+    ttl_seconds: int = DEFAULT_STICKY_TTL_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRule:
+    """``header: value`` → a revision or a tag of the route (exactly one of them).
+    ``header`` is lower-case; ``value`` matches exactly."""
+
+    header: str
+    value: str
+    revision: str | None = None
+    tag: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
     namespace: str
     traffic: tuple[TrafficTarget, ...]
+    #: Opt-in stickiness of the weighted split (None: every request draws anew).
+    sticky: Stickiness | None = None
+    #: Evaluated in order before the weighted pick; the first match wins.
+    header_rules: tuple[HeaderRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +89,9 @@ class Revision:
     #: Whether a pod may take traffic once its queue-proxy passes the activator's probe,
     #: before Kubernetes calls it ready (off for exec readiness probes and startup probes).
     probe_optimisation: bool = True
+    #: ``sluice.dev/server-timing``: cold starts of this revision answer with a
+    #: ``Server-Timing`` header (``activator.coldstart``).
+    server_timing: bool = False
     #: ``(namespace, name)``: the revision's identity everywhere in the activator.
     key: RevisionKey = field(init=False, repr=False, compare=False)
     #: The three timeouts above as the policy every request to this revision is watched by.
@@ -175,6 +209,10 @@ class HostRule:
     hosts: tuple[str, ...]
     default: tuple[WeightedTarget, ...]
     by_tag: tuple[tuple[str, tuple[WeightedTarget, ...]], ...] = ()
+    #: The route's stickiness and header rules (from the Ingress's ``sluice.dev/``
+    #: annotations, which Knative copies from the Route); see ``activator.affinity``.
+    sticky: Stickiness | None = None
+    header_rules: tuple[HeaderRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,10 @@ Semantics (reference §3):
   through to the weighted split. The default path then adds ``Knative-Serving-Default-Route:
   true`` and a tag host adds ``Knative-Serving-Tag: <tag>``. With it disabled the header is
   ignored and neither header is added.
-* Each request draws independently (no stickiness): ``r = rand() * total`` over the cumulative
-  percents, ``total`` being 100 for any validated route.
+* Each request draws independently: ``r = rand() * total`` over the cumulative percents,
+  ``total`` being 100 for any validated route. A route with header rules or stickiness
+  (opt-in) has its weighted split's decisions carry an ``activator.affinity.Affinity``, which
+  the handler consults after the draw; tag hosts and tag-header paths never carry one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from activator.affinity import Affinity
 from activator.model import HostRule, Revision, RevisionKey, Route, RoutingConfig, WeightedTarget
 
 __all__ = [
@@ -53,6 +56,9 @@ class RouteDecision:
     namespace: str
     revision: str
     set_headers: tuple[tuple[str, str], ...] = ()
+    #: The route's header rules and stickiness, on its weighted split's decisions only
+    #: (``activator.affinity``); None for every route without them.
+    policy: Affinity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +222,8 @@ class RouteTable:
             by_tag = {tag: _split_of(targets) for tag, targets in rule.by_tag}
             if not default.decisions:
                 continue  # nothing to route to (every split at 0 %): such hosts answer 404
+            if rule.sticky is not None or rule.header_rules:
+                default = _rule_affinity(rule, default, by_tag)
             entry = _HostEntry(default, by_tag)
             for host in rule.hosts:
                 name = normalise_host(host)
@@ -266,6 +274,8 @@ def _compile_route(
     )
     if not default.decisions:
         return tag_hosts  # every split is 0 %: nothing to route to on the default hosts
+    if route.sticky is not None or route.header_rules:
+        default = _with_affinity(route, default, default_headers, tag_header_routing)
     entry = _HostEntry(default, header_paths if tag_header_routing else {})
     return [(h, entry) for h in _hosts_for(route.name, ns, domain, cluster_domain)] + tag_hosts
 
@@ -292,6 +302,30 @@ def _make_split(
     return _Split(tuple(decisions), tuple(bounds))
 
 
+def _with_affinity(
+    route: Route, split: _Split, headers: tuple[tuple[str, str], ...], tag_header_routing: bool
+) -> _Split:
+    """``split`` with the route's ``Affinity`` on each decision (see ``activator.affinity``).
+    A rule naming a tag the route lacks is skipped (sources refuse such rules)."""
+    ns = route.namespace
+    tags = {t.tag: t.revision_name for t in route.traffic if t.tag is not None}
+    rules = []
+    for rule in route.header_rules:
+        if rule.tag is not None:
+            revision = tags.get(rule.tag)
+            if revision is None:
+                continue
+            tag_headers = ((TAG_HEADER, rule.tag),) if tag_header_routing else ()
+            rules.append((rule, RouteDecision(ns, revision, tag_headers)))
+        elif rule.revision is not None:
+            rules.append((rule, RouteDecision(ns, rule.revision, headers)))
+    policy = Affinity(rules, route.sticky, list(zip(split.decisions, split.bounds, strict=True)))
+    decisions = tuple(
+        RouteDecision(d.namespace, d.revision, d.set_headers, policy) for d in split.decisions
+    )
+    return _Split(decisions, split.bounds)
+
+
 def _split_of(targets: tuple[WeightedTarget, ...]) -> _Split:
     """A split of already-resolved targets (an ingress did the merging); 0 % ones dropped."""
     decisions: list[RouteDecision] = []
@@ -309,3 +343,26 @@ def _split_of(targets: tuple[WeightedTarget, ...]) -> _Split:
 def _hosts_for(label: str, namespace: str, domain: str, cluster_domain: str) -> list[str]:
     base = f"{label}.{namespace}".lower()
     return [f"{base}.{domain}", base, f"{base}.svc", f"{base}.svc.{cluster_domain}"]
+
+
+def _rule_affinity(rule: HostRule, split: _Split, by_tag: Mapping[str, _Split]) -> _Split:
+    """``split`` (an Ingress's default path) with the rule's ``Affinity``: a header rule's tag
+    goes where that tag's path goes (its largest share), a revision with the default path's
+    headers. A rule naming what the Ingress lacks is skipped (``decode_ingress`` refuses it)."""
+    headers = split.decisions[0].set_headers
+    namespace = split.decisions[0].namespace
+    rules = []
+    for header_rule in rule.header_rules:
+        if header_rule.tag is not None:
+            path = by_tag.get(header_rule.tag)
+            if path is None or not path.decisions:
+                continue
+            widths = [b - a for a, b in zip((0, *path.bounds), path.bounds, strict=False)]
+            rules.append((header_rule, path.decisions[widths.index(max(widths))]))
+        elif header_rule.revision is not None:
+            rules.append((header_rule, RouteDecision(namespace, header_rule.revision, headers)))
+    policy = Affinity(rules, rule.sticky, list(zip(split.decisions, split.bounds, strict=True)))
+    decisions = tuple(
+        RouteDecision(d.namespace, d.revision, d.set_headers, policy) for d in split.decisions
+    )
+    return _Split(decisions, split.bounds)

@@ -56,6 +56,9 @@ class Settings:
     probe_interval: float = PROBE_INTERVAL
     probe_timeout: float = PROBE_TIMEOUT
     report_interval: float = REPORT_INTERVAL
+    #: ``--server-timing``: every cold start answers with its ``Server-Timing`` breakdown,
+    #: whatever its revision's ``sluice.dev/server-timing`` annotation says.
+    server_timing: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -11,6 +11,11 @@ file with no control plane behind it needs them):
 * every ``revisionName`` must name a revision of the file in the route's namespace, because the
   static source cannot resolve ``configurationName`` or ``latestRevision: true``;
 * route and revision names are unique per namespace, and no two hosts collide;
+* a route's ``headerRoutes`` (``[{header, value, revisionName | tag}]``, checked in order
+  before the weighted split) may name only revisions of the file and tags of the route;
+  ``sticky`` is ``{mode: cookie, cookie, ttlSeconds}`` or ``{mode: header, header,
+  ttlSeconds}``; a revision's ``serverTiming: true`` answers its cold starts with
+  ``Server-Timing`` (``activator.affinity``, ``activator.coldstart``);
 * ``timeoutSeconds`` (and the two other timeouts) must be in [0, 3600]; an explicit or missing
   ``timeoutSeconds: 0`` means the default of 300 s. Knative's own ceiling is the operator
   setting ``max-revision-timeout-seconds`` (600 by default); 3600 is Sluice's fixed ceiling.
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from activator.affinity_config import PolicyError, header_rules, sticky
 from activator.model import (
     DEFAULT_DOMAIN,
     DEFAULT_QUEUE_DEPTH,
@@ -51,7 +57,7 @@ MAX_TIMEOUT_SECONDS = 3600
 _TOP_KEYS = frozenset(
     {"domain", "tagHeaderBasedRouting", "queueDepth", "routes", "revisions", "scaler"}
 )
-_ROUTE_KEYS = frozenset({"name", "namespace", "traffic"})
+_ROUTE_KEYS = frozenset({"name", "namespace", "traffic", "sticky", "headerRoutes"})
 _TARGET_KEYS = frozenset({"revisionName", "percent", "tag", "latestRevision"})
 _REVISION_KEYS = frozenset(
     {
@@ -65,6 +71,7 @@ _REVISION_KEYS = frozenset(
         "service",
         "configuration",
         "protocol",
+        "serverTiming",
     }
 )
 _SCALER_KEYS = frozenset({"url"})
@@ -189,7 +196,21 @@ def _parse_route(data: object, path: str, revisions: Mapping[RevisionKey, int]) 
     total = sum(t.percent for t in targets)
     if total != 100:
         raise ConfigError(f"{path}.traffic: traffic targets sum to {total}, want 100")
-    return Route(name=name, namespace=namespace, traffic=tuple(targets))
+    try:
+        pin = sticky(m.get("sticky"), f"{path}.sticky", name)
+        rules = header_rules(m.get("headerRoutes"), f"{path}.headerRoutes")
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    for i, rule in enumerate(rules):
+        rpath = f"{path}.headerRoutes[{i}]"
+        if rule.revision is not None and (namespace, rule.revision) not in revisions:
+            raise ConfigError(
+                f'{rpath}.revisionName: revision "{rule.revision}" not found in '
+                f'namespace "{namespace}"'
+            )
+        if rule.tag is not None and rule.tag not in tags:
+            raise ConfigError(f'{rpath}.tag: tag "{rule.tag}" not found in {path}.traffic')
+    return Route(name, namespace, tuple(targets), pin, rules)
 
 
 def _parse_target(data: object, path: str) -> TrafficTarget:
@@ -248,6 +269,7 @@ def _parse_revision(data: object, path: str) -> Revision:
         endpoints.append(ep)
     service = _opt_label(m, "service", path)
     configuration = _opt_label(m, "configuration", path)
+    server_timing = _opt_bool(m, "serverTiming", f"{path}.serverTiming", False)
     protocol = m.get("protocol", "http1")
     if protocol not in ("http1", "h2c"):
         raise ConfigError(f"{path}.protocol: invalid value {protocol!r}: want http1 or h2c")
@@ -262,6 +284,7 @@ def _parse_revision(data: object, path: str) -> Revision:
         service=service,
         configuration=configuration,
         protocol=protocol,
+        server_timing=server_timing,
     )
 
 

@@ -127,6 +127,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             queue_proxy_argv=queue_proxy_argv(),
             reapply=args.reapply,
             fresh=args.fresh,
+            server_timing=args.server_timing,
         )
     except ValueError as exc:
         raise CliError([str(exc)]) from None
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--fresh", action="store_true",
                     help="clear the state first (as sluice reset), then apply PATHs")  # fmt: skip
     up.add_argument("-v", "--verbose", action="store_true", help="log activator details")
+    up.add_argument("--server-timing", action="store_true",
+                    help="answer every cold start with a Server-Timing breakdown of its wait "
+                    "(per revision: annotation sluice.dev/server-timing)")  # fmt: skip
 
     reset = add("reset", "clear the saved state and logs (sluice up must not be running)")
     reset.add_argument("--state-dir", help="state directory (default $XDG_DATA_HOME/sluice)")

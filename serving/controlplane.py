@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from activator.coldstart import ColdStarts
 from activator.model import RevisionKey, RoutingConfig
 from proxy.dataplane.autoscaler_stat_pb import Stat, decode_stat
 from proxy.dataplane.prober import ProbeError, probe_http
@@ -83,6 +84,9 @@ class ControlPlane:
         self.on_event: Callable[[Event], None] = lambda e: None
         #: Requests the activator holds per revision (set by whoever embeds the activator).
         self.queue_depths: Callable[[], Mapping[RevisionKey, int]] = dict
+        #: Where cold starts' milestones go and their breakdowns are kept: the embedded
+        #: activator's (``activator.coldstart``), set by whoever embeds it.
+        self.cold_starts = ColdStarts()
         self._dirty = asyncio.Event()
         self._published: RoutingConfig | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -166,6 +170,7 @@ class ControlPlane:
                 continue
             desired = runtime.autoscaler.poke(now, stat, len(runtime.ready_pods))
             if desired is not None:
+                self.cold_starts.mark((namespace, revision), "decided")
                 self.event(
                     "Normal",
                     "Activating",
@@ -333,13 +338,23 @@ class ControlPlane:
                 runtime.failure = str(exc)
                 self.event("Warning", "NotRunnable", f"revision/{revision}", str(exc), svc.key)
             return None
+        key = runtime.key
+
+        def changed(pod: LocalPod) -> None:
+            if pod.ready:
+                self.cold_starts.mark(key, "ready")
+            self._dirty.set()
+
+        def event(pod: LocalPod, kind: str, reason: str, msg: str) -> None:
+            if reason == "Started":
+                self.cold_starts.mark(key, "started")
+            self.event(kind, reason, f"pod/{pod.name}", msg, svc.key)
+
         return LocalPod(
             plan,
             self.settings.revision_log_dir(namespace, revision),
-            on_change=lambda pod: self._dirty.set(),
-            on_event=lambda pod, kind, reason, msg: self.event(
-                kind, reason, f"pod/{pod.name}", msg, svc.key
-            ),
+            on_change=changed,
+            on_event=event,
         )
 
     def _mark_ready(self) -> None:

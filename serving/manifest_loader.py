@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from activator.affinity_config import (
+    PolicyError,
+    route_policy_from_annotations,
+    server_timing_from_annotations,
+)
 from activator.model import DEFAULT_TIMEOUT_SECONDS
 from serving import schema
 from serving.autoscaling_config import AutoscalerConfig, annotation_errors
@@ -216,6 +221,11 @@ class _Parser:
     def err(self, message: str, *paths: str) -> None:
         self.errors.append(f"{message}: {', '.join(paths)}")
 
+    def policy_error(self, exc: PolicyError) -> None:
+        """A ``path: message`` from ``activator.affinity_config`` in this parser's order."""
+        path, _, message = str(exc).partition(": ")
+        self.err(message, path)
+
     def service(self, doc: dict[str, Any]) -> ServiceManifest:
         if doc.get("apiVersion") != API_VERSION:
             self.err(
@@ -242,6 +252,10 @@ class _Parser:
             )
         labels = self.str_map(meta, "labels", "metadata.labels")
         annotations = self.str_map(meta, "annotations", "metadata.annotations")
+        try:
+            route_policy_from_annotations(annotations, "metadata.annotations", name)
+        except PolicyError as exc:
+            self.policy_error(exc)
         spec = self.mapping(doc, "spec", "spec")
         template = self.template(self.mapping(spec, "template", "spec.template"), name)
         traffic = self.traffic(spec.get("traffic"), "spec.traffic")
@@ -265,6 +279,10 @@ class _Parser:
         self.errors.extend(
             annotation_errors(annotations, self.cfg, "spec.template.metadata.annotations")
         )
+        try:
+            server_timing_from_annotations(annotations, "spec.template.metadata.annotations")
+        except PolicyError as exc:
+            self.policy_error(exc)
         try:
             progress_deadline(annotations)
         except ValueError as exc:

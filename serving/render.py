@@ -128,6 +128,24 @@ def describe(d: Mapping[str, Any], now: float | None = None) -> str:
         if event_rows
         else "  (none)"
     )
+    cold = d.get("coldStarts") or {}
+    if cold:
+        out += ["", "Cold starts (ms):"]
+        for revision, summary in cold.items():
+            out.append(
+                f"  {revision}: {summary['count']} kept, total p50 {summary['totalP50Ms']:.1f}, "
+                f"p95 {summary['totalP95Ms']:.1f}"
+            )
+            phases = summary["phases"]
+            rows = [[name, f"{v['p50']:.1f}", f"{v['p95']:.1f}"] for name, v in phases.items()]
+            out.append(_indent(_indent(table(["PHASE", "P50", "P95"], rows))))
+            last_rows = [
+                [_age(now - b["at"]), f"{b['totalMs']:.1f}"]
+                + [f"{b['phases'].get(name, 0):.1f}" for name in phases]
+                for b in reversed(summary["last"])
+            ]
+            heads = ["AGE", "TOTAL", *(name.upper() for name in phases)]
+            out.append(_indent(_indent(table(heads, last_rows))))
     return "\n".join(out)
 
 
@@ -140,12 +158,23 @@ def top(data: Mapping[str, Any]) -> str:
             r["concurrency"],
             f"{r['readyPods']}/{r['actual']}/{r['desired']}",
             r["queue"],
+            _cold(r),
         ]
         for r in data["revisions"]
     ]
-    header = time.strftime("sluice top  %H:%M:%S  (pods: ready/actual/desired)")
-    body = table(["REVISION", "TRAFFIC", "RPS", "CONCURRENCY", "PODS", "QUEUE"], rows)
+    header = time.strftime(
+        "sluice top  %H:%M:%S  (pods: ready/actual/desired; cold starts: count p50/p95 ms)"
+    )
+    heads = ["REVISION", "TRAFFIC", "RPS", "CONCURRENCY", "PODS", "QUEUE", "COLD STARTS"]
+    body = table(heads, rows)
     return header + "\n" + body
+
+
+def _cold(row: Mapping[str, Any]) -> str:
+    count = row.get("coldStarts") or 0
+    if not count:
+        return "-"
+    return f"{count} {row['coldP50Ms']:.0f}/{row['coldP95Ms']:.0f}"
 
 
 def _indent(text: str) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from activator.affinity_config import SERVER_TIMING_ANNOTATION, route_policy_from_annotations
 from activator.model import Revision, Route, TrafficTarget
 from serving.manifest import API_VERSION, KIND, RevisionTemplate, ServiceManifest
 from serving.manifest_loader import parse_service
@@ -187,10 +188,29 @@ def resolve_route(
             problems.append((REASON_REVISION_NOT_READY, f'Revision "{name}" is not ready'))
             continue
         targets.append(TrafficTarget(name, entry.percent, entry.tag or None))
+    # Validated by the manifest loader: a bad annotation never gets this far.
+    pin, rules = route_policy_from_annotations(
+        manifest.annotations, "metadata.annotations", manifest.name
+    )
+    tags = {e.tag for e in manifest.traffic if e.tag}
+    for rule in rules:
+        # A rule is a traffic target too: a missing or unready revision is refused alike.
+        if rule.revision is not None:
+            if rule.revision not in by_name:
+                missing = f'Revision "{rule.revision}" referenced in header routes not found'
+                problems.append((REASON_REVISION_MISSING, missing))
+            elif not by_name[rule.revision].ready:
+                problems.append(
+                    (REASON_REVISION_NOT_READY, f'Revision "{rule.revision}" is not ready')
+                )
+        elif rule.tag not in tags:
+            missing = f'tag "{rule.tag}" referenced in header routes not found in traffic'
+            problems.append((REASON_REVISION_MISSING, missing))
     if problems:
         message = "; ".join(dict.fromkeys(m for _, m in problems))
         return RouteResolution(previous, False, problems[0][0], message)
-    return RouteResolution(Route(manifest.name, manifest.namespace, tuple(targets)), True)
+    route = Route(manifest.name, manifest.namespace, tuple(targets), pin, rules)
+    return RouteResolution(route, True)
 
 
 def build_revision(
@@ -209,6 +229,7 @@ def build_revision(
         service=manifest.name,
         configuration=manifest.name,
         protocol="h2c" if t.container.port_name == "h2c" else "http1",
+        server_timing=t.annotations.get(SERVER_TIMING_ANNOTATION, "").strip().lower() == "true",
     )
 
 

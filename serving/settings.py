@@ -66,6 +66,8 @@ class UpSettings:
     reapply: bool = False
     #: Clear the state before starting (``--fresh``), as ``sluice reset`` does.
     fresh: bool = False
+    #: ``--server-timing``: every cold start answers with its ``Server-Timing`` breakdown.
+    server_timing: bool = False
 
     @property
     def log_dir(self) -> Path:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from activator.affinity_config import header_rules, sticky
 from activator.model import Route, TrafficTarget
 from serving.envsources import EnvSource, SourceKey, merge_sources, missing_sources
 from serving.manifest import ManifestError, ServiceManifest
@@ -206,10 +207,16 @@ def routes(state: ClusterState) -> tuple[Route, ...]:
 
 
 def routed_revisions(state: ClusterState) -> frozenset[tuple[str, str]]:
-    """``(namespace, revision)`` of every revision a route points at (tags included)."""
-    return frozenset(
-        (route.namespace, t.revision_name) for route in routes(state) for t in route.traffic
-    )
+    """``(namespace, revision)`` of every revision a route points at (tags and header
+    rules included)."""
+    found = {(route.namespace, t.revision_name) for route in routes(state) for t in route.traffic}
+    found |= {
+        (route.namespace, r.revision)
+        for route in routes(state)
+        for r in route.header_rules
+        if r.revision is not None
+    }
+    return frozenset(found)
 
 
 def all_revisions(state: ClusterState) -> Iterable[tuple[ServiceRecord, RevisionRecord]]:
@@ -233,7 +240,23 @@ def _route_to_dict(route: Route | None) -> dict[str, Any] | None:
             {"revisionName": t.revision_name, "percent": t.percent, "tag": t.tag}
             for t in route.traffic
         ],
+        **_policy_to_dict(route),
     }
+
+
+def _policy_to_dict(route: Route) -> dict[str, Any]:
+    """A route's stickiness and header rules in the static source's shapes (if any)."""
+    out: dict[str, Any] = {}
+    pin = route.sticky
+    if pin is not None:
+        out["sticky"] = {"mode": pin.mode, pin.mode: pin.name, "ttlSeconds": pin.ttl_seconds}
+    if route.header_rules:
+        out["headerRoutes"] = [
+            {"header": r.header, "value": r.value}
+            | ({"revisionName": r.revision} if r.revision is not None else {"tag": r.tag})
+            for r in route.header_rules
+        ]
+    return out
 
 
 def _route_from_dict(data: Any) -> Route | None:
@@ -246,6 +269,8 @@ def _route_from_dict(data: Any) -> Route | None:
             TrafficTarget(str(t["revisionName"]), int(t["percent"]), t.get("tag") or None)
             for t in data["traffic"]
         ),
+        sticky(data.get("sticky"), "route.sticky", str(data["name"])),
+        header_rules(data.get("headerRoutes"), "route.headerRoutes"),
     )
 
 

@@ -112,6 +112,8 @@ async def _serve(settings: UpSettings, paths: Sequence[str], out: TextIO) -> int
     await _sweep(printer, settings)
     activator = make_activator(settings.host, settings.port, source, cp.handle_stats)
     cp.queue_depths = lambda: queue_depths(activator)
+    cp.cold_starts = activator.handler.cold_starts
+    cp.cold_starts.header_everywhere = settings.server_timing
     cp.publish_routing()  # the activator listens once it has a first configuration
     info: dict[str, Any] = {
         "activator": f"http://{settings.host}:{settings.port}",

@@ -193,7 +193,18 @@ def describe(cp: ControlPlane, key: ServiceKey) -> dict[str, Any]:
         "revisions": revisions(cp, svc.manifest.name),
         "events": events_for(cp, key),
         "manifest": svc.manifest.to_dict(),
+        "coldStarts": cold_starts(cp, svc),
     }
+
+
+def cold_starts(cp: ControlPlane, svc: ServiceRecord) -> dict[str, Any]:
+    """Per revision of ``svc`` that had any: its last cold starts and p50/p95 per phase."""
+    out: dict[str, Any] = {}
+    for rec in sorted(svc.history, key=lambda r: r.generation, reverse=True):
+        summary = cp.cold_starts.summary((svc.key[0], rec.name))
+        if summary["count"]:
+            out[rec.name] = summary
+    return out
 
 
 def top(cp: ControlPlane) -> dict[str, Any]:
@@ -205,7 +216,16 @@ def top(cp: ControlPlane) -> dict[str, Any]:
         key = (row["namespace"], row["name"])
         if not (row["actual"] or row["desired"] or key in routed):
             continue
-        rows.append({**row, "queue": queued.get(key, 0)})
+        cold = cp.cold_starts.summary(key, last=1)
+        rows.append(
+            {
+                **row,
+                "queue": queued.get(key, 0),
+                "coldStarts": cold["count"],
+                "coldP50Ms": cold["totalP50Ms"],
+                "coldP95Ms": cold["totalP95Ms"],
+            }
+        )
     return {"revisions": rows}
 
 

@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from activator.affinity_config import PolicyError, route_policy_from_annotations
 from activator.kube.client import Resource
 from activator.kube.objects import DecodeError, object_key
 from activator.kubeenv import SLUICE_INGRESS_CLASS
-from activator.model import HostRule, WeightedTarget
+from activator.model import HeaderRule, HostRule, Stickiness, WeightedTarget
 
 __all__ = [
     "INGRESSES",
@@ -76,6 +77,10 @@ class IngressInfo:
     rules: tuple[RuleInfo, ...]
     #: Whether the status already says Ready for this generation (no write needed).
     ready: bool = False
+    #: ``sluice.dev/sticky*`` and ``sluice.dev/header-routes`` (Knative copies a Route's
+    #: annotations onto its Ingress).
+    sticky: Stickiness | None = None
+    header_rules: tuple[HeaderRule, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -163,6 +168,7 @@ def decode_ingress(obj: Mapping[str, Any], ingress_class: str) -> IngressInfo | 
             for i, p in enumerate(_seq(http.get("paths"), f"spec.rules[{r}].http.paths"))
         )
         rules.append(RuleInfo(hosts, str(rule.get("visibility", "ExternalIP")), paths))
+    sticky, header_rules = _policy(annotations, name, rules)
     generation = meta.get("generation", 0)
     status = _map(obj.get("status"), "status")
     ready = status.get("observedGeneration") == generation and any(
@@ -170,8 +176,39 @@ def decode_ingress(obj: Mapping[str, Any], ingress_class: str) -> IngressInfo | 
         for c in _seq(status.get("conditions"), "status.conditions")
     )
     return IngressInfo(
-        namespace, name, generation if isinstance(generation, int) else 0, tuple(rules), ready
+        namespace,
+        name,
+        generation if isinstance(generation, int) else 0,
+        tuple(rules),
+        ready,
+        sticky,
+        header_rules,
     )
+
+
+def _policy(
+    annotations: Mapping[str, Any], route: str, rules: list[RuleInfo]
+) -> tuple[Stickiness | None, tuple[HeaderRule, ...]]:
+    """The Ingress's stickiness and header rules; a malformed one, or a rule naming a tag or
+    revision none of the Ingress's paths has, is a ``DecodeError`` (the Ingress is skipped,
+    as for a bad traffic target)."""
+    where = "metadata.annotations"
+    texts = {str(k): str(v) for k, v in annotations.items() if str(k).startswith("sluice.dev/")}
+    try:
+        sticky, header_rules = route_policy_from_annotations(texts, where, route)
+    except PolicyError as exc:
+        raise DecodeError(str(exc)) from None
+    tags = {p.tag for r in rules for p in r.paths if p.tag is not None}
+    revisions = {s.revision for r in rules for p in r.paths for s in p.splits}
+    for i, rule in enumerate(header_rules):
+        path = f"{where}[sluice.dev/header-routes][{i}]"
+        if rule.tag is not None and rule.tag not in tags:
+            raise DecodeError(f'{path}.tag: tag "{rule.tag}" not found in the Ingress\'s paths')
+        if rule.revision is not None and rule.revision not in revisions:
+            raise DecodeError(
+                f'{path}.revisionName: revision "{rule.revision}" not found in the Ingress\'s paths'
+            )
+    return sticky, header_rules
 
 
 def _targets(path: PathInfo) -> tuple[WeightedTarget, ...]:
@@ -200,7 +237,18 @@ def host_rules(info: IngressInfo) -> tuple[HostRule, ...]:
             else:
                 by_tag.setdefault(path.tag, _targets(path))
         if default is not None or by_tag:
-            out.append(HostRule(rule.hosts, default or (), tuple(by_tag.items())))
+            # The policy belongs to the route's own hosts (``<route>.<ns>...``; the Ingress is
+            # named after its Route), never to its tag hosts (``<tag>-<route>.<ns>...``).
+            own = any(h.split(".", 1)[0] == info.name for h in rule.hosts)
+            out.append(
+                HostRule(
+                    rule.hosts,
+                    default or (),
+                    tuple(by_tag.items()),
+                    info.sticky if own else None,
+                    info.header_rules if own else (),
+                )
+            )
     return tuple(out)
 
 

@@ -57,6 +57,8 @@ SERVICE_LABEL: Final = "serving.knative.dev/service"
 CONFIGURATION_LABEL: Final = "serving.knative.dev/configuration"
 SERVICE_TYPE_LABEL: Final = "networking.internal.knative.dev/serviceType"
 FULL_DUPLEX_ANNOTATION: Final = "features.knative.dev/http-full-duplex"
+#: Sluice's: cold starts of the revision answer with ``Server-Timing`` (``activator.coldstart``).
+SERVER_TIMING_ANNOTATION: Final = "sluice.dev/server-timing"
 
 #: The revision pods: Knative filters on both labels (the UID label only has to exist).
 PRIVATE_ENDPOINTS_SELECTOR: Final = f"{SERVICE_TYPE_LABEL}=Private,{REVISION_UID_LABEL}"
@@ -193,6 +195,9 @@ class RevisionInfo:
     configuration: str = ""
     #: ``features.knative.dev/http-full-duplex: Enabled`` (case-insensitive).
     http_full_duplex: bool = False
+    #: ``sluice.dev/server-timing: "true"`` (case-insensitive; Knative copies the template's
+    #: annotations onto the Revision): cold starts answer with ``Server-Timing``.
+    server_timing: bool = False
 
     @property
     def key(self) -> Key:
@@ -254,6 +259,7 @@ def decode_revision(obj: Mapping[str, Any]) -> RevisionInfo:
         service=labels.get(SERVICE_LABEL, ""),
         configuration=labels.get(CONFIGURATION_LABEL, ""),
         http_full_duplex=annotations.get(FULL_DUPLEX_ANNOTATION, "").lower() == "enabled",
+        server_timing=annotations.get(SERVER_TIMING_ANNOTATION, "").strip().lower() == "true",
     )
 
 

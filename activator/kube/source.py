@@ -127,6 +127,7 @@ def to_revision(info: RevisionInfo) -> Revision:
         configuration=info.configuration,
         protocol="h2c" if info.protocol == "h2c" else "http1",
         probe_optimisation=info.probe_optimisation,
+        server_timing=info.server_timing,
     )
 
 
