@@ -16,10 +16,13 @@ in ``proxy.headrules``.
   handler actually asks for the body.
 * Any framing or validation error answers with one status from ``proxy.errors`` and closes the
   connection, after earlier pipelined responses have gone out. Nothing after it is parsed.
-* A client that goes away cancels the exchange's owner. A client that half-closes (FIN)
-  cancels it only while the request has not been dispatched upstream (HAProxy's
-  ``abortonclose``): a request waiting in a queue frees its place at once, while a
-  half-closed client that is already being served still gets its response.
+* A client that goes away cancels the exchange's owner, whether it resets (RST) or closes
+  (FIN), queued or in flight, as Go's server cancels a request's context when its background
+  read sees EOF: a request waiting in a queue frees its place at once and an upstream request
+  is cut. A FIN cannot be told from a half-close, and a proxy must not hold a slot for a
+  client that may be gone. So reading goes on after the last request of a connection
+  (``Connection: close``, HTTP/1.0), discarding what comes, up to ``body_high_water`` bytes:
+  otherwise the FIN or RST of a client that sends nothing more would never be seen.
 * Timeouts (head read, keep-alive idle) are checked by the server's one-second sweeper from
   timestamps, so a request costs no timer operations; the body-idle timeout is applied only
   while a handler waits for body bytes.
@@ -127,6 +130,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel_close: Callable[[], None] | None = None
         self._tunnel_eof: Callable[[], None] | None = None
         self._upgrade_buffer: bytearray | None = None
+        #: Bytes dropped after the connection's last request (bounded: see ``data_received``).
+        self._discarded = 0
         #: Told when writes to the client pause and resume (``flow(paused)``): the upstream
         #: side of the exchange being served, so that it stops reading meanwhile.
         self.flow_listener: FlowListener | None = None
@@ -172,15 +177,19 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._tunnel_eof()
             return True
         ex = self._current
-        if ex is not None and not ex.body_complete:
-            ex.body_failed(ClientDisconnected("client closed before sending the whole body"))
-        if ex is not None and not ex.dispatched:
-            ex.cancel()
         if ex is None:
             return False
-        # Keep the write side open: a half-closed client still gets its response.
-        self._to(_LAST)
-        return True
+        if not ex.body_complete:
+            ex.body_failed(ClientDisconnected("client closed before sending the whole body"))
+        if ex.response_done:
+            # Answered; its owner is finishing: the connection closes after it.
+            self._to(_LAST)
+            return True
+        # The client left (or half-closed, which looks the same): cut the connection first,
+        # so the owner stopped below finds the exchange over instead of answering it.
+        ex.abort()
+        ex.cancel()
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -215,6 +224,11 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         state = self.state
         if state is _LAST or state is _CLOSED:
+            # After the last request: dropped, but read on (up to a bound) so that the
+            # client's FIN or RST is seen while its request waits or runs.
+            self._discarded += len(data)
+            if self._discarded > self.ctx.limits.body_high_water:
+                self.pause_reading()
             return
         if state is _IDLE:
             self._to(_HEAD)
@@ -234,6 +248,11 @@ class HttpServerProtocol(asyncio.Protocol):
             cause = exc.__context__
             self._reject(cause if isinstance(cause, ProxyError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
+            if self.state is _LAST and self._parsing is None:
+                # Bytes after a ``Connection: close`` request, which llhttp refuses to
+                # parse: dropped, as in the branch above.
+                self._discarded += len(data)
+                return
             text = str(exc).strip() or type(exc).__name__
             self._reject(BadRequest(f"malformed request: {text}"))
         else:
@@ -336,12 +355,13 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.wake_body()
         self._parsing = None
         self._head_bytes = 0
-        if ex is not self._current or not ex.keep_alive:
-            # A pipelined request is waiting, or this connection ends with this request:
-            # stop reading until the current response is done.
+        if ex is not self._current:
+            # A pipelined request is waiting: stop reading until the current one is done.
             self.pause_reading()
-            if not ex.keep_alive:
-                self._to(_LAST)
+        if not ex.keep_alive:
+            # The connection ends with this request; reading goes on, discarding, to see the
+            # client leave (``data_received``).
+            self._to(_LAST)
 
     # ----------------------------------------------------------------- exchanges
 
@@ -391,6 +411,9 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if self._pipeline:
             self._start(self._pipeline.popleft())
+            if not self._pipeline and self._parsing is None and not self._body_paused:
+                # Read on while it runs: the next request, or the client's leaving.
+                self.resume_reading()
             return
         if state is _LAST:
             self.close()
