@@ -23,9 +23,11 @@ in ``proxy.headrules``.
   client that may be gone. So reading goes on after the last request of a connection
   (``Connection: close``, HTTP/1.0), discarding what comes, up to ``body_high_water`` bytes:
   otherwise the FIN or RST of a client that sends nothing more would never be seen.
-* Timeouts (head read, keep-alive idle) are checked by the server's one-second sweeper from
-  timestamps, so a request costs no timer operations; the body-idle timeout is applied only
-  while a handler waits for body bytes.
+* Timeouts (head read, keep-alive idle, write idle) are checked by the server's one-second
+  sweeper from timestamps, so a request costs no timer operations; the body-idle timeout is
+  applied only while a handler waits for body bytes. Write idle: bytes that sat in the
+  write buffer, its size unchanged, for ``write_idle_timeout`` mean a client that stopped
+  reading; the connection is cut (also one that is closing, so a drain always ends).
 * The fast path: a handler may also offer ``fast(ex) -> bool`` (``FastPath``). It is called
   first, inside llhttp's callbacks; True means it took the exchange and will finish it from
   later callbacks with ``Exchange.complete()`` (``Exchange.canceller`` stops it): no task,
@@ -39,7 +41,10 @@ in ``proxy.headrules``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import sys
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -83,6 +88,21 @@ _IDLE, _HEAD, _BUSY, _LAST, _TUNNEL, _CLOSED = ConnState
 CHECK_TRANSITIONS = False
 #: ``TRANSITIONS`` as a table indexed by state, then by next state: what ``_to`` checks.
 _ALLOWED = tuple(tuple(nxt in TRANSITIONS[state] for nxt in ConnState) for state in ConnState)
+
+
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux
+
+
+def _kernel_unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes the kernel holds for the peer (sent or not, unacknowledged); 0 if unknown."""
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is None or sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def parser_is_compiled() -> bool:
@@ -132,6 +152,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._upgrade_buffer: bytearray | None = None
         #: Bytes dropped after the connection's last request (bounded: see ``data_received``).
         self._discarded = 0
+        #: The write buffer's size at the last sweep that saw it change, and when.
+        self._unsent = 0
+        self._unsent_since = 0.0
         #: Told when writes to the client pause and resume (``flow(paused)``): the upstream
         #: side of the exchange being served, so that it stops reading meanwhile.
         self.flow_listener: FlowListener | None = None
@@ -505,8 +528,25 @@ class HttpServerProtocol(asyncio.Protocol):
     # ----------------------------------------------------------------- sweeper
 
     def check_timeouts(self, now: float) -> None:
-        """Close the connection if it idled past keep-alive or dawdled over a request head."""
+        """Close the connection if it idled past keep-alive or dawdled over a request head;
+        cut it if the client took no byte of what waits to be written for write-idle."""
         limits = self.ctx.limits
+        transport = self.transport
+        if transport is not None:
+            unsent = transport.get_write_buffer_size()
+            if unsent:
+                # With the kernel's unacknowledged bytes: a client reading slowly frees
+                # those long before the kernel asks for more of ours.
+                unsent += _kernel_unsent(transport)
+            if unsent == 0:
+                self._unsent = 0
+            elif unsent != self._unsent:
+                self._unsent = unsent
+                self._unsent_since = now
+            elif now - self._unsent_since > limits.write_idle_timeout:
+                log.info("cutting a client that read nothing for %gs", limits.write_idle_timeout)
+                transport.abort()
+                return
         if self.state is _IDLE:
             if now - self.state_since > limits.keepalive_timeout or self.ctx.closing:
                 self.close()
