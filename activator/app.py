@@ -129,6 +129,7 @@ class Activator:
         self._terminating = False
         self.source_error: str | None = None
         self.handler.health_check = self.health_error
+        self.handler.routing_trust = settings.routing_trust
         self.config: RoutingConfig | None = None
         if settings.cluster_domain != "cluster.local":
             self.handler.snapshot = Snapshot(

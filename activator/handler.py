@@ -3,8 +3,9 @@
 Order, outermost first, written once in ``ActivatorHandler.__call__``:
 
 1. probe and health answers (``probes.answer_probe``), before any routing;
-2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present (Knative's
-   activator contract), else the Host through the ``RouteTable`` (tag host, tag header,
+2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present and the
+   client is trusted to set them (``activator.trust``; Knative's activator contract), else
+   the Host through the ``RouteTable`` (tag host, tag header,
    weighted split), else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no
    poke and nothing held;
 3. metrics (only requests that resolved to a revision are measured);
@@ -39,6 +40,7 @@ from activator.routing import RouteTable
 from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
 from activator.throttler import Admission, Retired, RevisionThrottler
+from activator.trust import NOBODY, RoutingTrust
 from proxy.errors import NotFound, ProxyError
 from proxy.exchange import Exchange
 from proxy.forward import NO_REWRITE, Forwarding, Rewrite
@@ -183,6 +185,8 @@ class ActivatorHandler:
         self.passthrough = False
         #: Why kubelet probes fail right now (None: ready); the activator replaces it.
         self.health_check: Callable[[], str | None] = _always_ready
+        #: Whose routing headers are believed; others' are ignored (and always stripped).
+        self.routing_trust: RoutingTrust = NOBODY
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _resolve(self, ex: Exchange) -> _Resolved | ProbeAnswer:
@@ -219,7 +223,7 @@ class ActivatorHandler:
 
         table = self.snapshot.table
         set_headers: tuple[tuple[str, str], ...] = ()
-        if rev and ns:
+        if rev and ns and self.routing_trust.trusts(ex.peer):
             revision = table.lookup_revision(ns.decode("latin-1"), rev.decode("latin-1"))
             if revision is None:
                 raise not_found(rev.decode("latin-1"))
