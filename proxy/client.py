@@ -141,6 +141,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = state
 
     @property
+    def untouched(self) -> bool:
+        """Whether not one byte answered the current request: the one case where the
+        request may never have reached the upstream (a malformed answer, an unasked 101,
+        a 1xx or part of a head all prove that it did)."""
+        return self.state is _WAITING and self._head_read == 0
+
+    @property
     def got_head(self) -> bool:
         """Whether the current (or last) response's head was passed on."""
         return self.state >= _BODY
@@ -353,7 +360,6 @@ class UpstreamConnection(asyncio.Protocol):
             # handled in ``_upgraded``.
             self._to(_SWITCHING)
             return
-        self._to(_BODY)
         length: int | None = None
         chunked = False
         plain = True  # no Connection header names headers to drop
@@ -361,9 +367,14 @@ class UpstreamConnection(asyncio.Protocol):
             if low == b"content-length":
                 length = int(value)  # llhttp has checked it: digits, one value
             elif low == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    # Another coding (gzip...) would reach the client unlabelled, since the
+                    # server side frames the body itself: refused, as Go's client does.
+                    raise BadGateway("upstream sent an unsupported Transfer-Encoding")
                 chunked = True
             elif low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 plain = False
+        self._to(_BODY)
         no_body = self._is_head or status in (204, 304)
         if chunked:
             length = None

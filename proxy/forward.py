@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.client import UpstreamConnection
+from proxy.client import UpstreamClosed, UpstreamConnection
 from proxy.errors import BadGateway, ProxyError
 from proxy.exchange import ClientDisconnected, Exchange, answer_error
 from proxy.headers import HeaderList
@@ -187,10 +187,18 @@ class Forwarding:
             ex.abort()
         elif isinstance(failure, ProxyError | ClientDisconnected):
             self._end(failure)  # the client's body broke: too large, malformed, gone
-        elif conn.requests > 1 and pump is None and not ex.response_started and _replayable(ex):
-            # A reused keep-alive connection that died before answering: the request most
-            # likely never reached the application; one fresh try of an idempotent request
-            # is safe (Go's ``Request.isReplayable``).
+        elif (
+            conn.requests > 1
+            and pump is None
+            and isinstance(error, UpstreamClosed)
+            and conn.untouched
+            and not ex.response_started
+            and _replayable(ex)
+        ):
+            # A reused keep-alive connection that closed before one byte of an answer: the
+            # request most likely never reached the application; one fresh try of an
+            # idempotent request is safe (Go's ``Request.isReplayable``). Any answer byte
+            # (malformed, an unasked 101) proves it arrived: never replayed then.
             self.conn = self.task = None
             self.start(None)
         else:

@@ -55,6 +55,8 @@ from proxy.context import FastPath, FlowListener, Handler, ServerContext
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
+    MethodNotAllowed,
+    NotImplementedCoding,
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
@@ -62,7 +64,13 @@ from proxy.errors import (
 )
 from proxy.exchange import ClientDisconnected, Exchange, answer_error, status_line
 from proxy.headers import UNDERSCORE, cached_lower, lower_name
-from proxy.headrules import PLAIN, check_head, check_header_sizes
+from proxy.headrules import (
+    PLAIN,
+    check_head,
+    check_header_sizes,
+    coding_refusal,
+    split_absolute,
+)
 from proxy.states import TRANSITIONS, ConnState
 
 __all__ = [
@@ -150,6 +158,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel_close: Callable[[], None] | None = None
         self._tunnel_eof: Callable[[], None] | None = None
         self._upgrade_buffer: bytearray | None = None
+        #: An upgrade request with a Content-Length body, served as a plain request: llhttp
+        #: stops at its head, so its body bytes are counted off here (``_raw_body``).
+        self._raw_body_of: Exchange | None = None
+        self._raw_remaining = 0
         #: Bytes dropped after the connection's last request (bounded: see ``data_received``).
         self._discarded = 0
         #: The write buffer's size at the last sweep that saw it change, and when.
@@ -240,6 +252,9 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._tunnel_data is not None:
             self._tunnel_data(data)
             return
+        if self._raw_body_of is not None:
+            self._raw_body(data)
+            return
         if self._upgrade_buffer is not None:
             self._upgrade_buffer += data
             if len(self._upgrade_buffer) > self.ctx.limits.body_high_water:
@@ -262,9 +277,12 @@ class HttpServerProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
-            self._upgrade_buffer = bytearray(data[offset:])
             # The parser is past the upgrade point: no request can follow this one.
             self._to(_LAST)
+            if self._raw_body_of is not None:
+                self._raw_body(data[offset:])
+            else:
+                self._upgrade_buffer = bytearray(data[offset:])
         except ProxyError as exc:
             self._reject(exc)
         except httptools.HttpParserCallbackError as exc:
@@ -277,7 +295,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._discarded += len(data)
                 return
             text = str(exc).strip() or type(exc).__name__
-            self._reject(BadRequest(f"malformed request: {text}"))
+            self._reject(self._coding_error(text) or BadRequest(f"malformed request: {text}"))
         else:
             if self._head_bytes > self._cap:
                 # Bytes that never make progress: a head that never ends, or (once the head
@@ -340,11 +358,15 @@ class HttpServerProtocol(asyncio.Protocol):
         else:
             ex.version = parser.get_http_version()
         ex.keep_alive = keep_alive
-        ex.upgrade = parser.should_upgrade()
+        ex.upgrade = upgrade = parser.should_upgrade()
+        if upgrade and ex.method == b"CONNECT":  # llhttp marks every CONNECT an upgrade
+            raise MethodNotAllowed("CONNECT is not supported")
         ex.started_at = self.ctx.loop.time()
         if self._fed - self._head_base > self._small_head:
             check_header_sizes(ex.headers, self._max_field, self._max_total)
         framing = check_head(ex.headers, names, ex.version, self.ctx.limits)
+        if self._url[:1] != b"/":
+            self._absolute_form(ex)
         self._head_bytes = 0
         if framing is PLAIN:
             ex.body_complete = True
@@ -354,6 +376,8 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.expect_continue = framing.expect_continue
             if not (ex.chunked or ex.content_length):
                 ex.body_complete = True
+        if ex.upgrade and not ex.body_complete:
+            self._upgrade_with_body(ex)
         if self._current is None:  # ``_dispatch``, inlined: once per request
             self._start(ex)
         else:
@@ -373,6 +397,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self._parsing
         assert ex is not None
+        if ex is self._raw_body_of:
+            return  # llhttp took no body: ``_raw_body`` completes it
         ex.body_complete = True
         if ex.body_waiter is not None:
             ex.wake_body()
@@ -385,6 +411,71 @@ class HttpServerProtocol(asyncio.Protocol):
             # The connection ends with this request; reading goes on, discarding, to see the
             # client leave (``data_received``).
             self._to(_LAST)
+
+    def _coding_error(self, text: str) -> ProxyError | None:
+        """llhttp refuses some Transfer-Encoding values before ``check_head`` sees them; Go
+        answers those 501 (an unknown coding), not 400: the same answer here."""
+        ex = self._parsing
+        if ex is None or "Transfer-Encoding" not in text:
+            return None
+        if "Content-Length" not in text:
+            # A Transfer-Encoding value llhttp refused as it read it (not yet in ``ex``).
+            return NotImplementedCoding("unsupported Transfer-Encoding")
+        # Both framing headers: 501 if the coding is unknown, else the conflict's 400.
+        headers = ex.headers
+        te = [headers[i][1] for i, low in enumerate(ex.names) if low == b"transfer-encoding"]
+        return coding_refusal(te) if te else None
+
+    def _absolute_form(self, ex: Exchange) -> None:
+        """One authority for routing and forwarding: an absolute-form target becomes origin
+        form and its authority the Host (RFC 9112 section 3.2.2, as Go's server reads it)."""
+        split = split_absolute(ex.target)
+        if split is None:
+            return  # ``*`` or an unknown form: the handler's business
+        ex.target, authority = split
+        names = ex.names
+        if b"host" in names:
+            i = names.index(b"host")
+            ex.headers[i] = (ex.headers[i][0], authority)
+        else:
+            ex.headers.append((b"Host", authority))
+            names.append(b"host")
+
+    def _upgrade_with_body(self, ex: Exchange) -> None:
+        """An upgrade request with a body (``curl --http2 -d``: an h2c upgrade): llhttp
+        switches at its head and would never deliver the body, so the upgrade is declined
+        (RFC 9110 section 7.8 lets a server ignore Upgrade) and the request is served as
+        a plain one whose Content-Length body is counted off the bytes after the head. A
+        chunked one is refused at once. Either way it is the connection's last request."""
+        if ex.chunked:
+            raise BadRequest("upgrade request with a chunked body")
+        ex.upgrade = False
+        ex.keep_alive = False
+        self._raw_body_of = ex
+        self._raw_remaining = ex.content_length or 0
+
+    def _raw_body(self, data: bytes) -> None:
+        """Body bytes of ``_raw_body_of`` (see ``_upgrade_with_body``); any after it are
+        dropped, as after every connection's last request."""
+        ex = self._raw_body_of
+        assert ex is not None
+        chunk = data[: self._raw_remaining]
+        if chunk:
+            self._raw_remaining -= len(chunk)
+            limit = self.ctx.limits.max_body_bytes
+            if limit is not None and ex.body_received + len(chunk) > limit:
+                self._raw_body_of = self._parsing = None
+                ex.body_failed(PayloadTooLarge("request body too large"))
+                self.pause_reading()
+                return
+            ex.push_body(chunk)
+        if self._raw_remaining == 0:
+            self._raw_body_of = self._parsing = None
+            ex.body_complete = True
+            ex.wake_body()
+        self._discarded += len(data) - len(chunk)
+        if self._discarded > self.ctx.limits.body_high_water:
+            self.pause_reading()
 
     # ----------------------------------------------------------------- exchanges
 
