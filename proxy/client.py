@@ -61,6 +61,14 @@ _IDLE, _WAITING, _INTERIM, _SWITCHING, _BODY, _TUNNEL = UpstreamState
 CHECK_TRANSITIONS = False
 
 
+class _Spent:
+    """The callbacks of a closed connection's parser: none."""
+
+
+#: What a closed connection's parser becomes (``connection_lost``): it holds no protocol.
+_SPENT_PARSER = httptools.HttpResponseParser(_Spent())
+
+
 class UpstreamClosed(BadGateway):
     """The upstream connection ended before the response was complete."""
 
@@ -234,6 +242,11 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 reason = f": {exc}" if exc else ""
                 self._resolve(UpstreamClosed(f"upstream closed the connection{reason}"))
+        # Break the connection's cycles (parser callbacks, transport, sink), as the server
+        # side does (``HttpServerProtocol.connection_lost``): freed by reference counting.
+        self._parser = _SPENT_PARSER
+        self.transport = None
+        self._sink = None
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -151,3 +151,54 @@ async def test_activator_client_leaving_while_in_flight_frees_the_slot_and_cuts_
     leave(quitter, how)
     await asyncio.wait_for(cut.wait(), 3)  # the pod's request was cut
     await _wait(lambda: throttler.breaker.in_flight == 0)
+
+
+# ------------------------------------------------------------------- memory (issue 15, 7)
+
+
+def cyclic_garbage() -> list[str]:
+    """Type names of what only the cyclic collector would free, right now."""
+    import gc
+
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+
+
+@pytest.mark.parametrize("where", ["queued", "in flight"])
+async def test_abandoned_connections_leave_no_cycles(
+    harness: Callable[..., Awaitable[Harness]], where: str
+) -> None:
+    """A connection (and the upstream one cut with it) is freed by reference counting.
+    Left as cycles (protocol and parser, protocol and transport), abandoned connections
+    waited for the rare gen-2 collection: RSS grew for minutes under #13583's load."""
+
+    async def hang(ex: Exchange) -> None:
+        await asyncio.sleep(30)
+
+    if where == "queued":
+        h = await harness(config(revision(container_concurrency=1)))  # no pods: all wait
+    else:
+        pod = await Pod(hang).start()
+        h = await harness(config(revision(pods=[pod], container_concurrency=0)))
+
+    async def storm(n: int) -> None:
+        clients = [await RawClient.connect(h.activator.port) for _ in range(n)]
+        for client in clients:
+            await client.send(STYLES["http/1.1 close"] % b"/gone")
+        await asyncio.sleep(0.05)
+        for client in clients:
+            client.close()
+        await _wait(lambda: h.activator.server.connection_count == 0)
+        await asyncio.sleep(0.05)
+
+    await storm(5)  # warm: first-use caches, pooled objects
+    cyclic_garbage()
+    await storm(20)
+    leaked = cyclic_garbage()
+    assert not {"HttpServerProtocol", "Exchange", "UpstreamConnection"} & set(leaked), leaked
