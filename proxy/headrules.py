@@ -60,12 +60,11 @@ def host_ok(value: bytes) -> bool:
     return _BAD_HOST.search(value) is None
 
 
-def _host_checked(headers: HeaderList, i: int) -> None:
-    """Refuse an invalid Host value; one whose only fault is trailing whitespace is trimmed
-    in place, as Go trims every field value (``Host: name `` is accepted as ``name``)."""
+def _trim_host(headers: HeaderList, i: int) -> None:
+    """``headers[i]`` is a Host value ``host_ok`` refused: trimmed in place if its only fault
+    is trailing whitespace, as Go trims every field value (``Host: name `` is ``name``),
+    else ``BadRequest``. Called only then: the check itself stays inline (hot path)."""
     name, value = headers[i]
-    if host_ok(value):
-        return
     trimmed = value.rstrip(b" \t")
     if trimmed == value or not host_ok(trimmed):
         raise BadRequest("invalid Host header")
@@ -130,7 +129,9 @@ def check_head(
         # The common case, found in C: Host is the only field to check, if present.
         hosts = names.count(b"host")
         if hosts == 1:
-            _host_checked(headers, names.index(b"host"))
+            i = names.index(b"host")
+            if not host_ok(headers[i][1]):
+                _trim_host(headers, i)
             return PLAIN
         if hosts > 1:
             raise BadRequest("more than one Host header")
@@ -147,7 +148,8 @@ def check_head(
         value = headers[i][1]
         if low == b"host":
             hosts += 1
-            _host_checked(headers, i)
+            if not host_ok(value):
+                _trim_host(headers, i)
         elif low == b"transfer-encoding":
             te_values.append(value)
         elif low == b"content-length":

@@ -45,6 +45,7 @@ import fcntl
 import logging
 import sys
 import termios
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -113,6 +114,15 @@ def _kernel_unsent(transport: asyncio.BaseTransport) -> int:
     return int.from_bytes(raw, sys.byteorder)
 
 
+_NOTHING_UNSENT = (0, 0.0)
+#: For each connection with bytes waiting to be written: their number at the last sweep that
+#: saw it change, and when (``check_timeouts``). Kept here, not on the connection: few have
+#: any, and each attribute of a connection costs every request (see its ``__init__``).
+_UNSENT: weakref.WeakKeyDictionary[HttpServerProtocol, tuple[int, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class _Spent:
     """The callbacks of a closed connection's parser: none."""
 
@@ -166,15 +176,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel_close: Callable[[], None] | None = None
         self._tunnel_eof: Callable[[], None] | None = None
         self._upgrade_buffer: bytearray | None = None
-        #: An upgrade request with a Content-Length body, served as a plain request: llhttp
-        #: stops at its head, so its body bytes are counted off here (``_raw_body``).
-        self._raw_body_of: Exchange | None = None
-        self._raw_remaining = 0
-        #: Bytes dropped after the connection's last request (bounded: see ``data_received``).
-        self._discarded = 0
-        #: The write buffer's size at the last sweep that saw it change, and when.
-        self._unsent = 0
-        self._unsent_since = 0.0
+        # No more attributes without measuring (``python -m bench.instructions``): two more
+        # cost every proxied request about 3k instructions (CPython 3.11's instance dicts,
+        # whose shared keys stop being shared past a size), so state that is rarely needed
+        # lives elsewhere: ``_UNSENT``, and ``_tunnel_data`` for ``_raw_body``.
         #: Told when writes to the client pause and resume (``flow(paused)``): the upstream
         #: side of the exchange being served, so that it stops reading meanwhile.
         self.flow_listener: FlowListener | None = None
@@ -208,6 +213,7 @@ class HttpServerProtocol(asyncio.Protocol):
         # grew without a plateau under a storm of clients giving up (issue 15).
         self._parser = _SPENT_PARSER
         self.transport = None
+        self._tunnel_data = None
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ClientDisconnected("client connection lost"))
         if self._tunnel_close is not None:
@@ -267,9 +273,6 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._tunnel_data is not None:
             self._tunnel_data(data)
             return
-        if self._raw_body_of is not None:
-            self._raw_body(data)
-            return
         if self._upgrade_buffer is not None:
             self._upgrade_buffer += data
             if len(self._upgrade_buffer) > self.ctx.limits.body_high_water:
@@ -278,9 +281,10 @@ class HttpServerProtocol(asyncio.Protocol):
         state = self.state
         if state is _LAST or state is _CLOSED:
             # After the last request: dropped, but read on (up to a bound) so that the
-            # client's FIN or RST is seen while its request waits or runs.
-            self._discarded += len(data)
-            if self._discarded > self.ctx.limits.body_high_water:
+            # client's FIN or RST is seen while its request waits or runs. (No head is read
+            # any more: ``_head_bytes`` counts the bytes dropped.)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.ctx.limits.body_high_water:
                 self.pause_reading()
             return
         if state is _IDLE:
@@ -294,8 +298,8 @@ class HttpServerProtocol(asyncio.Protocol):
             offset = exc.args[0] if exc.args else len(data)
             # The parser is past the upgrade point: no request can follow this one.
             self._to(_LAST)
-            if self._raw_body_of is not None:
-                self._raw_body(data[offset:])
+            if self._tunnel_data is not None:  # an upgrade declined: ``_raw_body``
+                self._tunnel_data(data[offset:])
             else:
                 self._upgrade_buffer = bytearray(data[offset:])
         except ProxyError as exc:
@@ -307,7 +311,7 @@ class HttpServerProtocol(asyncio.Protocol):
             if self.state is _LAST and self._parsing is None:
                 # Bytes after a ``Connection: close`` request, which llhttp refuses to
                 # parse: dropped, as in the branch above.
-                self._discarded += len(data)
+                self._head_bytes = len(data)
                 return
             text = str(exc).strip() or type(exc).__name__
             self._reject(self._coding_error(text) or BadRequest(f"malformed request: {text}"))
@@ -380,7 +384,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._fed - self._head_base > self._small_head:
             check_header_sizes(ex.headers, self._max_field, self._max_total)
         framing = check_head(ex.headers, names, ex.version, self.ctx.limits)
-        if self._url[:1] != b"/":
+        if self._url[0] != 47:  # not "/": llhttp allows no empty target
             self._absolute_form(ex)
         self._head_bytes = 0
         if framing is PLAIN:
@@ -412,8 +416,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self._parsing
         assert ex is not None
-        if ex is self._raw_body_of:
-            return  # llhttp took no body: ``_raw_body`` completes it
+        if self._tunnel_data is not None:
+            return  # an upgrade declined: llhttp took no body, ``_raw_body`` completes it
         ex.body_complete = True
         if ex.body_waiter is not None:
             ex.wake_body()
@@ -466,30 +470,36 @@ class HttpServerProtocol(asyncio.Protocol):
             raise BadRequest("upgrade request with a chunked body")
         ex.upgrade = False
         ex.keep_alive = False
-        self._raw_body_of = ex
-        self._raw_remaining = ex.content_length or 0
+        # Every later byte goes to ``_raw_body``, as a tunnel's would (no attribute of its
+        # own: see ``__init__``); ``_parsing`` stays ``ex`` until its body is whole.
+        self._tunnel_data = self._raw_body
 
     def _raw_body(self, data: bytes) -> None:
-        """Body bytes of ``_raw_body_of`` (see ``_upgrade_with_body``); any after it are
-        dropped, as after every connection's last request."""
-        ex = self._raw_body_of
-        assert ex is not None
-        chunk = data[: self._raw_remaining]
+        """Body bytes of ``_parsing``, an upgrade declined (see ``_upgrade_with_body``); any
+        after it are dropped, as after every connection's last request."""
+        ex = self._parsing
+        if ex is None:  # whole already: the rest is dropped
+            self._head_bytes += len(data)
+            if self._head_bytes > self.ctx.limits.body_high_water:
+                self.pause_reading()
+            return
+        remaining = (ex.content_length or 0) - ex.body_received
+        chunk = data[:remaining]
         if chunk:
-            self._raw_remaining -= len(chunk)
+            remaining -= len(chunk)
             limit = self.ctx.limits.max_body_bytes
             if limit is not None and ex.body_received + len(chunk) > limit:
-                self._raw_body_of = self._parsing = None
+                self._parsing = None
                 ex.body_failed(PayloadTooLarge("request body too large"))
                 self.pause_reading()
                 return
             ex.push_body(chunk)
-        if self._raw_remaining == 0:
-            self._raw_body_of = self._parsing = None
+        if remaining == 0:
+            self._parsing = None
             ex.body_complete = True
             ex.wake_body()
-        self._discarded += len(data) - len(chunk)
-        if self._discarded > self.ctx.limits.body_high_water:
+        self._head_bytes += len(data) - len(chunk)  # dropped (see ``data_received``)
+        if self._head_bytes > self.ctx.limits.body_high_water:
             self.pause_reading()
 
     # ----------------------------------------------------------------- exchanges
@@ -645,11 +655,10 @@ class HttpServerProtocol(asyncio.Protocol):
                 # those long before the kernel asks for more of ours.
                 unsent += _kernel_unsent(transport)
             if unsent == 0:
-                self._unsent = 0
-            elif unsent != self._unsent:
-                self._unsent = unsent
-                self._unsent_since = now
-            elif now - self._unsent_since > limits.write_idle_timeout:
+                _UNSENT.pop(self, None)
+            elif unsent != _UNSENT.get(self, _NOTHING_UNSENT)[0]:
+                _UNSENT[self] = (unsent, now)
+            elif now - _UNSENT[self][1] > limits.write_idle_timeout:
                 log.info("cutting a client that read nothing for %gs", limits.write_idle_timeout)
                 transport.abort()
                 return
