@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup check test test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-h2load bench-instructions clean
+.PHONY: setup check test test-chaos test-kube test-conformance peers lint typecheck unit demo bench bench-smoke bench-hotpath bench-h2load bench-instructions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ peers:
 
 ## The kube tier: the real API server and Knative control plane on loopback (tests/kube), in a
 ## network namespace of its own where possible (tests/kube/run.sh).
+## The chaos tier: abandoned clients of every style, stalled readers during a drain,
+## crashing upstreams and pods, a worker killed under load (about 15 s).
+test-chaos: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m chaos tests/chaos
+
 test-kube: $(STAMP)
 	tests/kube/run.sh -q
 

@@ -41,6 +41,7 @@ from activator.kube.objects import private_service_name
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics
 from activator.model import (
     DEFAULT_QUEUE_DEPTH,
+    DEFAULT_TIMEOUT_SECONDS,
     ActivatorsChanged,
     ClusterIPChanged,
     IncrementalUpdate,
@@ -70,6 +71,10 @@ from proxy.server import HttpServer
 __all__ = ["DRAIN_SECONDS", "Activator", "Settings"]
 
 log = logging.getLogger("sluice.activator")
+
+#: Seconds in-flight requests get past the longest revision timeout when a drain stops
+#: listening (``Activator.drain_grace``).
+DRAIN_MARGIN = 10.0
 
 Update = RoutingConfig | BackendsUpdate | IncrementalUpdate | SourceHealth
 
@@ -126,6 +131,7 @@ class Activator:
         self._terminating = False
         self.source_error: str | None = None
         self.handler.health_check = self.health_error
+        self.handler.routing_trust = settings.routing_trust
         self.config: RoutingConfig | None = None
         if settings.cluster_domain != "cluster.local":
             self.handler.snapshot = Snapshot(
@@ -205,8 +211,16 @@ class Activator:
         self.terminate()
         log.info("draining for %gs", self.settings.drain_seconds)
         await asyncio.sleep(self.settings.drain_seconds)
-        await self.server.shutdown()
+        await self.server.shutdown(grace=self.drain_grace())
         await self.close()
+
+    def drain_grace(self) -> float:
+        """How long in-flight requests may still run once the drain stops listening: the
+        longest revision timeout known (a hard maximum; Knative's default when none is
+        known) and a margin. Then what is left is cut, so a drain always ends."""
+        revisions = self.config.revisions if self.config is not None else ()
+        longest = max((rev.timeout_seconds for rev in revisions), default=DEFAULT_TIMEOUT_SECONDS)
+        return max(longest, 1) + DRAIN_MARGIN
 
     async def close(self) -> None:
         """Stop everything now (in-flight requests are cut)."""

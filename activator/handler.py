@@ -3,11 +3,11 @@
 Order, outermost first, written once in ``ActivatorHandler.__call__``:
 
 1. probe and health answers (``probes.answer_probe``), before any routing;
-2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present (Knative's
-   activator contract), else the Host through the ``RouteTable`` (tag host, tag header,
-   weighted split, then the route's opt-in header rules and stickiness: ``activator.affinity``),
-   else a ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no poke and nothing
-   held;
+2. routing: ``Knative-Serving-Revision`` + ``-Namespace`` when both are present and the
+   client is trusted to set them (``activator.trust``; Knative's activator contract), else
+   the Host through the ``RouteTable`` (tag host, tag header, weighted split, then the
+   route's opt-in header rules and stickiness: ``activator.affinity``), else a
+   ``<rev>.<ns>.svc.<cluster-domain>`` Host. Unknown → 404 with no poke and nothing held;
 3. metrics (only requests that resolved to a revision are measured);
 4. concurrency accounting; the first request of an idle revision pokes the scaler at once;
 5. the request deadline (revision timeouts, 504 ``activator request timeout``);
@@ -42,6 +42,7 @@ from activator.routing import RouteTable
 from activator.scaler import NullScaler, Scaler
 from activator.stats import ConcurrencyReporter
 from activator.throttler import Admission, Retired, RevisionThrottler
+from activator.trust import NOBODY, RoutingTrust
 from proxy.client import Upstream
 from proxy.errors import NotFound, ProxyError
 from proxy.exchange import Exchange
@@ -223,6 +224,8 @@ class ActivatorHandler:
         self.passthrough = False
         #: Why kubelet probes fail right now (None: ready); the activator replaces it.
         self.health_check: Callable[[], str | None] = _always_ready
+        #: Whose routing headers are believed; others' are ignored (and always stripped).
+        self.routing_trust: RoutingTrust = NOBODY
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Milestones and breakdowns of the requests that waited for capacity.
         self.cold_starts = ColdStarts(timing_clock)
@@ -262,7 +265,7 @@ class ActivatorHandler:
         table = self.snapshot.table
         set_headers: tuple[tuple[str, str], ...] = ()
         reply = _NO_REPLY
-        if rev and ns:
+        if rev and ns and self.routing_trust.trusts(ex.peer):
             revision = table.lookup_revision(ns.decode("latin-1"), rev.decode("latin-1"))
             if revision is None:
                 raise not_found(rev.decode("latin-1"))

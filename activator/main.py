@@ -88,6 +88,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="Kubernetes mode: also be the Knative ingress for Ingresses of this class "
         f"(e.g. {SLUICE_INGRESS_CLASS}; needs deploy/kubernetes/ingress RBAC)",
     )
+    p.add_argument(
+        "--trust-routing-headers-from",
+        default=None,
+        metavar="CIDR[,CIDR...]",
+        help="client networks whose Knative-Serving-Namespace/-Revision headers pick the "
+        "revision (default: any client in Kubernetes mode without --ingress-class, as behind "
+        "Knative's ingress; none otherwise, where the activator faces clients)",
+    )
     p.add_argument("--host", default="", help="listen address (default: all interfaces)")
     p.add_argument("--port", type=int, default=8012)
     p.add_argument(
@@ -153,6 +161,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         autoscaler_url=ns.autoscaler_url,
         ingress_class=ns.ingress_class,
         server_timing=ns.server_timing,
+        trust_routing_headers_from=ns.trust_routing_headers_from,
         **extra,  # type: ignore[arg-type]
     )
 

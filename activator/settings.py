@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from activator.backends import PROBE_INTERVAL, PROBE_TIMEOUT
+from activator.trust import ANYONE, NOBODY, RoutingTrust
 
 __all__ = ["DRAIN_SECONDS", "MAX_IDLE", "MAX_IDLE_PER_HOST", "REPORT_INTERVAL", "Settings"]
 
@@ -53,6 +54,10 @@ class Settings:
     autoscaler_url: str | None = None
     #: Kubernetes mode: also serve Knative Ingresses of this class (ingress mode).
     ingress_class: str | None = None
+    #: Client networks whose ``Knative-Serving-Namespace``/``-Revision`` are believed
+    #: (``activator.trust``); None: the mode's default (Kubernetes mode without an ingress
+    #: class: everyone, as Knative's activator behind its ingress; otherwise nobody).
+    trust_routing_headers_from: str | None = None
     probe_interval: float = PROBE_INTERVAL
     probe_timeout: float = PROBE_TIMEOUT
     report_interval: float = REPORT_INTERVAL
@@ -75,6 +80,17 @@ class Settings:
             raise ValueError(f"--drain-seconds: invalid value {self.drain_seconds}: must be >= 0")
         if not self.pod_name:
             raise ValueError("--pod-name: must not be empty")
+        if self.trust_routing_headers_from is not None:
+            RoutingTrust.parse(self.trust_routing_headers_from)  # raises naming the flag
+
+    @property
+    def routing_trust(self) -> RoutingTrust:
+        """Whose routing headers the activator believes (see the field)."""
+        if self.trust_routing_headers_from is not None:
+            return RoutingTrust.parse(self.trust_routing_headers_from)
+        if self.config is None and self.ingress_class is None:
+            return ANYONE
+        return NOBODY
 
     @property
     def own_metrics_port(self) -> int:

@@ -59,6 +59,14 @@ _IDLE, _WAITING, _INTERIM, _SWITCHING, _BODY, _TUNNEL = UpstreamState
 CHECK_TRANSITIONS = False
 
 
+class _Spent:
+    """The callbacks of a closed connection's parser: none."""
+
+
+#: What a closed connection's parser becomes (``connection_lost``): it holds no protocol.
+_SPENT_PARSER = httptools.HttpResponseParser(_Spent())
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream. Not shared between concurrent requests."""
 
@@ -145,6 +153,13 @@ class UpstreamConnection(asyncio.Protocol):
     def _check(self, state: UpstreamState) -> None:
         if state not in UPSTREAM_TRANSITIONS[self.state]:
             raise RuntimeError(f"upstream state {self.state.name} cannot become {state.name}")
+
+    @property
+    def untouched(self) -> bool:
+        """Whether not one byte answered the current request: the one case where the
+        request may never have reached the upstream (a malformed answer, an unasked 101,
+        a 1xx or part of a head all prove that it did)."""
+        return self.state is _WAITING and self._head_read == 0
 
     @property
     def got_head(self) -> bool:
@@ -250,6 +265,11 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 reason = f": {exc}" if exc else ""
                 self._resolve(UpstreamClosed(f"upstream closed the connection{reason}"))
+        # Break the connection's cycles (parser callbacks, transport, sink), as the server
+        # side does (``HttpServerProtocol.connection_lost``): freed by reference counting.
+        self._parser = _SPENT_PARSER
+        self.transport = None
+        self._sink = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -376,9 +396,6 @@ class UpstreamConnection(asyncio.Protocol):
             # handled in ``_upgraded``.
             self._to(_SWITCHING)
             return
-        if CHECK_TRANSITIONS:
-            self._check(_BODY)
-        self.state = _BODY
         length: int | None = None
         chunked = False
         plain = True  # no Connection header names headers to drop
@@ -386,9 +403,16 @@ class UpstreamConnection(asyncio.Protocol):
             if low == b"content-length":
                 length = int(value)  # llhttp has checked it: digits, one value
             elif low == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    # Another coding (gzip...) would reach the client unlabelled, since the
+                    # server side frames the body itself: refused, as Go's client does.
+                    raise BadGateway("upstream sent an unsupported Transfer-Encoding")
                 chunked = True
             elif low == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 plain = False
+        if CHECK_TRANSITIONS:
+            self._check(_BODY)
+        self.state = _BODY
         no_body = self._is_head or status in (204, 304)
         if chunked:
             length = None

@@ -36,6 +36,13 @@ class NotFound(ProxyError):
     status = 404
 
 
+class MethodNotAllowed(ProxyError):
+    """A method the proxy does not carry (``CONNECT``: no tunnels to arbitrary hosts)."""
+
+    status = 405
+    close = True
+
+
 class ExpectationFailed(ProxyError):
     status = 417
     close = True
@@ -58,6 +65,13 @@ class HeadersTooLarge(ProxyError):
 
 class NotImplementedCoding(ProxyError):
     status = 501
+    close = True
+
+
+class VersionNotSupported(ProxyError):
+    """A request line naming an HTTP major version other than 1 (``HTTP/2.0``)."""
+
+    status = 505
     close = True
 
 
@@ -125,6 +139,7 @@ STATUS_PHRASES: dict[int, bytes] = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 

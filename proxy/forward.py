@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.client import NotProcessed, Upstream
+from proxy.client import NotProcessed, Upstream, UpstreamClosed
 from proxy.errors import BadGateway, ProxyError
 from proxy.exchange import ClientDisconnected, Exchange, answer_error
 from proxy.h2stream import VERSION as H2
@@ -213,10 +213,18 @@ class Forwarding:
             # body byte was taken from the client yet, so none is lost).
             self.conn = self.task = None
             self.start(None)
-        elif conn.requests > 1 and pump is None and ex.response is _PENDING and _replayable(ex):
-            # A reused keep-alive connection that died before answering: the request most
-            # likely never reached the application; one fresh try of an idempotent request
-            # is safe (Go's ``Request.isReplayable``).
+        elif (
+            conn.requests > 1
+            and pump is None
+            and isinstance(error, UpstreamClosed)
+            and conn.untouched
+            and ex.response is _PENDING
+            and _replayable(ex)
+        ):
+            # A reused keep-alive connection that closed before one byte of an answer: the
+            # request most likely never reached the application; one fresh try of an
+            # idempotent request is safe (Go's ``Request.isReplayable``). Any answer byte
+            # (malformed, an unasked 101) proves it arrived: never replayed then.
             self.conn = self.task = None
             self.start(None)
         else:

@@ -240,6 +240,7 @@ class H2Call:
     """One request/response stream on an ``H2Upstream``: ``proxy.client.Upstream``."""
 
     multiplexed = True
+    untouched = False  # replayed only when ``NotProcessed`` says so
 
     __slots__ = (
         "_callback",

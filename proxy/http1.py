@@ -16,16 +16,20 @@ in ``proxy.headrules``.
   handler actually asks for the body.
 * Any framing or validation error answers with one status from ``proxy.errors`` and closes the
   connection, after earlier pipelined responses have gone out. Nothing after it is parsed.
-* A client that goes away cancels the exchange's owner; one that half-closes (FIN) only
-  while its request was not dispatched upstream (HAProxy's ``abortonclose``): a queued
-  request frees its place at once, one being served still gets its response.
-* Timeouts (head read, keep-alive idle) are checked by the server's one-second sweeper from
-  timestamps (no timer per request); the body-idle one only while a handler waits for body.
+* A client that goes away cancels the exchange's owner, whether it resets (RST) or closes
+  (FIN), queued or in flight, as Go's server does: a queued request frees its place at once
+  and an upstream request is cut. So reading goes on after a connection's last request
+  (``Connection: close``, HTTP/1.0), discarding up to ``body_high_water`` bytes, or the FIN
+  of a client that sends nothing more would never be seen.
+* Timeouts (head read, keep-alive idle, write idle) are checked by the server's one-second
+  sweeper from timestamps (no timer per request); the body-idle one only while a handler
+  waits. Write idle: bytes unmoved in the write buffer for ``write_idle_timeout`` mean a
+  client that stopped reading; the connection is cut (a closing one too: drains end).
 * Exchanges reach the handler through ``proxy.context.serve``, as HTTP/2 streams do: its
   task-free ``fast(ex)`` first (``FastPath``, called inside llhttp's callbacks), else a
   task. Both end in ``Exchange.ensure_answered`` and ``exchange_over``.
-* HTTP/2: a fresh connection opening with the h2 preface, or an ``Upgrade: h2c`` request
-  answered 101, is handed to ``proxy.http2`` (imported only then).
+* HTTP/2: a fresh connection opening with the h2 preface, or a bodiless ``Upgrade: h2c``
+  request answered 101, is handed to ``proxy.http2`` (imported only then).
 * The hot-path rules (``docs/design.md``, "Hot-path rules") hold for this module; the tests
   and ``python -m bench.instructions --check`` check the ones a machine can.
 """
@@ -44,19 +48,23 @@ from proxy.context import FastPath, FlowListener, Handler, ServerContext, serve
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
+    MethodNotAllowed,
+    NotImplementedCoding,
     PayloadTooLarge,
     ProxyError,
-    RequestTimeout,
     UriTooLong,
 )
 from proxy.exchange import ClientDisconnected, Exchange, status_line
-from proxy.headers import (
-    UNDERSCORE,
-    HeaderList,
-    cached_lower,
-    lower_name,
+from proxy.h1upgrade import Upgrades
+from proxy.headers import UNDERSCORE, cached_lower, lower_name
+from proxy.headrules import (
+    PLAIN,
+    check_head,
+    check_header_sizes,
+    coding_refusal,
+    parser_is_compiled,
+    split_absolute,
 )
-from proxy.headrules import PLAIN, check_head, check_header_sizes, parser_is_compiled
 from proxy.states import TRANSITIONS, ConnState
 
 __all__ = [
@@ -84,7 +92,15 @@ CHECK_TRANSITIONS = False
 _ALLOWED = tuple(tuple(nxt in TRANSITIONS[state] for nxt in ConnState) for state in ConnState)
 
 
-class HttpServerProtocol(asyncio.Protocol):
+class _Spent:
+    """The callbacks of a closed connection's parser: none."""
+
+
+#: What a closed connection's parser becomes (``connection_lost``): it holds no protocol.
+_SPENT_PARSER = httptools.HttpRequestParser(_Spent())
+
+
+class HttpServerProtocol(Upgrades):
     """One client connection. See the module docstring for the rules it keeps."""
 
     def __init__(self, ctx: ServerContext) -> None:
@@ -122,12 +138,13 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel_close: Callable[[], None] | None = None
         self._tunnel_eof: Callable[[], None] | None = None
         self._upgrade_buffer: bytearray | None = None
+        # No more attributes without measuring (``python -m bench.instructions``): two more
+        # cost every proxied request about 3k instructions (CPython 3.11's instance dicts,
+        # whose shared keys stop being shared past a size), so state that is rarely needed
+        # lives elsewhere: ``_UNSENT``, and ``_tunnel_data`` for ``_raw_body``.
         #: Told when writes to the client pause and resume (``flow(paused)``): the upstream
         #: side of the exchange being served, so that it stops reading meanwhile.
         self.flow_listener: FlowListener | None = None
-        #: An ``Upgrade: h2c`` request answered 101: (HTTP2-Settings, method, target,
-        #: headers), served as stream 1 once llhttp hands over the bytes after it.
-        self._h2c: tuple[bytes, bytes, bytes, HeaderList] | None = None
 
     # ------------------------------------------------------------ transport events
 
@@ -151,6 +168,14 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         self.ctx.connections.discard(self)
+        # A connection is a cycle (the parser holds this protocol's callbacks; the transport
+        # and this protocol hold each other): broken here, so that a closed connection is
+        # freed at once by reference counting. Left to the cyclic collector, whose gen-2
+        # passes are rare (``proxy.runner.settle_gc``), abandoned connections piled up: RSS
+        # grew without a plateau under a storm of clients giving up (issue 15).
+        self._parser = _SPENT_PARSER
+        self.transport = None
+        self._tunnel_data = None
         if self._writable is not None and not self._writable.done():
             self._writable.set_exception(ClientDisconnected("client connection lost"))
         if self._tunnel_close is not None:
@@ -170,37 +195,19 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._tunnel_eof()
             return True
         ex = self._current
-        if ex is not None and not ex.body_complete:
-            ex.body_failed(ClientDisconnected("client closed before sending the whole body"))
-        if ex is not None and not ex.dispatched:
-            ex.cancel()
         if ex is None:
             return False
-        # Keep the write side open: a half-closed client still gets its response.
-        self._to(_LAST)
-        return True
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.flow_listener is not None:
-            self.flow_listener.flow(True)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self._writable
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if self.flow_listener is not None:
-            self.flow_listener.flow(False)
-
-    async def wait_writable(self) -> None:
-        if self.state is _CLOSED:
-            raise ClientDisconnected("client connection lost")
-        if not self.write_paused:
-            return
-        if self._writable is None or self._writable.done():
-            self._writable = self.ctx.loop.create_future()
-        await self._writable
+        if not ex.body_complete:
+            ex.body_failed(ClientDisconnected("client closed before sending the whole body"))
+        if ex.response_done:
+            # Answered; its owner is finishing: the connection closes after it.
+            self._to(_LAST)
+            return True
+        # The client left (or half-closed, which looks the same): cut the connection first,
+        # so the owner stopped below finds the exchange over instead of answering it.
+        ex.abort()
+        ex.cancel()
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel_data is not None:
@@ -213,6 +220,12 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         state = self.state
         if state is _LAST or state is _CLOSED:
+            # After the last request: dropped, but read on (up to a bound) so that the
+            # client's FIN or RST is seen while its request waits or runs. (No head is read
+            # any more: ``_head_bytes`` counts the bytes dropped.)
+            self._head_bytes += len(data)
+            if self._head_bytes > self.ctx.limits.body_high_water:
+                self.pause_reading()
             return
         if state is _IDLE:
             if not self._fed and data[:3] == b"PRI" and self.ctx.limits.h2c:
@@ -226,20 +239,27 @@ class HttpServerProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
-            if self._h2c is not None:
-                self._switch_to_h2(data[offset:])
+            if self._switched_to_h2(data[offset:]):
                 return
-            self._upgrade_buffer = bytearray(data[offset:])
             # The parser is past the upgrade point: no request can follow this one.
             self._to(_LAST)
+            if self._tunnel_data is not None:  # an upgrade declined: ``_raw_body``
+                self._tunnel_data(data[offset:])
+            else:
+                self._upgrade_buffer = bytearray(data[offset:])
         except ProxyError as exc:
             self._reject(exc)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self._reject(cause if isinstance(cause, ProxyError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
+            if self.state is _LAST and self._parsing is None:
+                # Bytes after a ``Connection: close`` request, which llhttp refuses to
+                # parse: dropped, as in the branch above.
+                self._head_bytes = len(data)
+                return
             text = str(exc).strip() or type(exc).__name__
-            self._reject(BadRequest(f"malformed request: {text}"))
+            self._reject(self._coding_error(text) or BadRequest(f"malformed request: {text}"))
         else:
             if self._head_bytes > self._cap:
                 # Bytes that never make progress: a head that never ends, or (once the head
@@ -302,11 +322,15 @@ class HttpServerProtocol(asyncio.Protocol):
         else:
             ex.version = parser.get_http_version()
         ex.keep_alive = keep_alive
-        ex.upgrade = parser.should_upgrade()
+        ex.upgrade = upgrade = parser.should_upgrade()
+        if upgrade and ex.method == b"CONNECT":  # llhttp marks every CONNECT an upgrade
+            raise MethodNotAllowed("CONNECT is not supported")
         ex.started_at = self.ctx.loop.time()
         if self._fed - self._head_base > self._small_head:
             check_header_sizes(ex.headers, self._max_field, self._max_total)
         framing = check_head(ex.headers, names, ex.version, self.ctx.limits)
+        if self._url[0] != 47:  # not "/": llhttp allows no empty target
+            self._absolute_form(ex)
         self._head_bytes = 0
         if framing is PLAIN:
             ex.body_complete = True
@@ -316,8 +340,11 @@ class HttpServerProtocol(asyncio.Protocol):
             ex.expect_continue = framing.expect_continue
             if not (ex.chunked or ex.content_length):
                 ex.body_complete = True
-        if ex.upgrade and self._h2c_upgrade(ex):
-            return
+        if ex.upgrade:
+            if not ex.body_complete:
+                self._upgrade_with_body(ex)  # h2c's too: served on HTTP/1.1, RFC 7540 3.2
+            elif self._h2c_upgrade(ex):
+                return
         if self._current is None:
             self._start(ex)
         else:
@@ -337,17 +364,49 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self._parsing
         assert ex is not None
+        if self._tunnel_data is not None:
+            return  # an upgrade declined: llhttp took no body, ``_raw_body`` completes it
         ex.body_complete = True
         if ex.body_waiter is not None:
             ex.wake_body()
         self._parsing = None
         self._head_bytes = 0
-        if ex is not self._current or not ex.keep_alive:
-            # A pipelined request is waiting, or this connection ends with this request:
-            # stop reading until the current response is done.
+        if ex is not self._current:
+            # A pipelined request is waiting: stop reading until the current one is done.
             self.pause_reading()
-            if not ex.keep_alive:
-                self._to(_LAST)
+        if not ex.keep_alive:
+            # The connection ends with this request; reading goes on, discarding, to see the
+            # client leave (``data_received``).
+            self._to(_LAST)
+
+    def _coding_error(self, text: str) -> ProxyError | None:
+        """llhttp refuses some Transfer-Encoding values before ``check_head`` sees them; Go
+        answers those 501 (an unknown coding), not 400: the same answer here."""
+        ex = self._parsing
+        if ex is None or "Transfer-Encoding" not in text:
+            return None
+        if "Content-Length" not in text:
+            # A Transfer-Encoding value llhttp refused as it read it (not yet in ``ex``).
+            return NotImplementedCoding("unsupported Transfer-Encoding")
+        # Both framing headers: 501 if the coding is unknown, else the conflict's 400.
+        headers = ex.headers
+        te = [headers[i][1] for i, low in enumerate(ex.names) if low == b"transfer-encoding"]
+        return coding_refusal(te) if te else None
+
+    def _absolute_form(self, ex: Exchange) -> None:
+        """One authority for routing and forwarding: an absolute-form target becomes origin
+        form and its authority the Host (RFC 9112 section 3.2.2, as Go's server reads it)."""
+        split = split_absolute(ex.target)
+        if split is None:
+            return  # ``*`` or an unknown form: the handler's business
+        ex.target, authority = split
+        names = ex.names
+        if b"host" in names:
+            i = names.index(b"host")
+            ex.headers[i] = (ex.headers[i][0], authority)
+        else:
+            ex.headers.append((b"Host", authority))
+            names.append(b"host")
 
     # ----------------------------------------------------------------- exchanges
 
@@ -370,6 +429,9 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if self._pipeline:
             self._start(self._pipeline.popleft())
+            if not self._pipeline and self._parsing is None and not self._body_paused:
+                # Read on while it runs: the next request, or the client's leaving.
+                self.resume_reading()
             return
         if state is _LAST:
             self.close()
@@ -409,92 +471,3 @@ class HttpServerProtocol(asyncio.Protocol):
             self._start(ex)
         else:
             self._pipeline.append(ex)
-
-    # ------------------------------------------------------------------ HTTP/2
-
-    def _h2c_upgrade(self, ex: Exchange) -> bool:
-        """Whether ``proxy.http2.accept_upgrade`` took an ``Upgrade: h2c`` (and wrote 101)."""
-        from proxy.h2conn import accept_upgrade
-
-        self._h2c = accept_upgrade(ex, self.ctx, alone=self._current is None)
-        return self._h2c is not None
-
-    def _switch_to_h2(self, data: bytes) -> None:
-        """Hand the transport to an HTTP/2 connection (``proxy.http2``) with ``data``."""
-        from proxy.http2 import serve_h2
-
-        self.resume_reading()
-        self.ctx.connections.discard(self)
-        self._to(_CLOSED)
-        serve_h2(self.ctx, cast(asyncio.Transport, self.transport), data, self._h2c)
-
-    # --------------------------------------------------------------------- I/O
-
-    def write_raw(self, data: bytes) -> None:
-        if self.state is not _CLOSED and self.transport is not None:
-            self.transport.write(data)
-
-    def write_lines(self, parts: tuple[bytes, ...]) -> None:
-        if self.state is not _CLOSED and self.transport is not None:
-            self.transport.writelines(parts)
-
-    def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None and self.state is not _CLOSED:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and self.state is not _CLOSED:
-            self._reading_paused = False
-            self.transport.resume_reading()
-
-    def pause_body(self) -> None:
-        self._body_paused = True
-        self.pause_reading()
-
-    def resume_body(self) -> None:
-        if self._body_paused:
-            self._body_paused = False
-            if self._current is not None and not self._pipeline:
-                self.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None and self.state is not _CLOSED:
-            self._to(_CLOSED)
-            self.transport.close()
-
-    def enter_tunnel(
-        self,
-        on_data: Callable[[bytes], None],
-        on_close: Callable[[], None],
-        on_eof: Callable[[], None] | None = None,
-    ) -> None:
-        self._tunnel_data = on_data
-        self._tunnel_close = on_close
-        self._tunnel_eof = on_eof
-        self._to(_TUNNEL)
-        pending = self._upgrade_buffer
-        self._upgrade_buffer = None
-        if pending:
-            on_data(bytes(pending))
-        self.resume_reading()
-
-    # ----------------------------------------------------------------- sweeper
-
-    def check_timeouts(self, now: float) -> None:
-        """Close the connection if it idled past keep-alive or dawdled over a request head."""
-        limits = self.ctx.limits
-        if self.state is _IDLE:
-            if now - self.state_since > limits.keepalive_timeout or self.ctx.closing:
-                self.close()
-        elif self.state is _HEAD and now - self.state_since > limits.head_timeout:
-            self._reject(RequestTimeout("request head read timeout"))
-
-    @property
-    def idle(self) -> bool:
-        return self.state is _IDLE
-
-    @property
-    def tunnelled(self) -> bool:
-        """Whether the connection was switched to a byte tunnel (websocket) by a 101."""
-        return self.state is _TUNNEL

@@ -25,6 +25,11 @@ class ServerLimits:
     body_idle_timeout: float = 60.0
     #: Seconds an idle keep-alive connection stays open between requests.
     keepalive_timeout: float = 75.0
+    #: Seconds bytes may wait in a connection's write buffer without the client taking any
+    #: (a client that stopped reading); the connection is then cut. 300 s: Knative's default
+    #: revision timeout and Envoy's stream idle timeout, as Knative's ingresses run it.
+    #: Without it, one stalled reader would hold a graceful drain open for ever.
+    write_idle_timeout: float = 300.0
     #: Open client connections per server; more are answered 503 and closed.
     max_connections: int = 10000
     #: Bytes buffered from a request body before reading from the client pauses.
@@ -56,7 +61,12 @@ class ServerLimits:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerLimits.{name} must be positive")
-        for name in ("head_timeout", "body_idle_timeout", "keepalive_timeout"):
+        for name in (
+            "head_timeout",
+            "body_idle_timeout",
+            "keepalive_timeout",
+            "write_idle_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ServerLimits.{name} must be positive seconds")
         if not 65535 <= self.h2_window < 1 << 31:

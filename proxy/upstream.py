@@ -51,6 +51,11 @@ class Upstream(Protocol):
     def authority(self) -> bytes: ...
     @property
     def got_head(self) -> bool: ...
+    @property
+    def untouched(self) -> bool:
+        """Whether no byte of an answer arrived (HTTP/1.1's replay rule; an HTTP/2 stream
+        never says so: its own refusals say ``NotProcessed``)."""
+
     def begin(
         self, sink: ResponseSink, is_head: bool, callback: Callable[[BaseException | None], None]
     ) -> None: ...

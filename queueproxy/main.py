@@ -65,6 +65,10 @@ PRESTOP_RESET_AFTER = 1.0
 _NOT_FOUND = b"404 page not found\n"
 #: After the drain, how long open websockets may go on before they are cut (Knative HEAD).
 TUNNEL_GRACE = 60.0
+#: After the quiet period, in-flight requests get the revision timeout (a hard maximum: no
+#: request outlives it) and this margin, then what is left is cut, so a drain always ends
+#: (issue 15: a stalled reader held one open past the pod's grace period).
+DRAIN_MARGIN = 10.0
 
 
 class StatsReporter:
@@ -214,8 +218,9 @@ class QueueProxy:
         servers = [self.main, self.admin, self.stats_server]
         if self.metrics_server is not None:
             servers.append(self.metrics_server)
+        grace = max(self.cfg.revision_timeout_seconds, 1) + DRAIN_MARGIN
         await asyncio.gather(
-            *(server.shutdown(grace=None, tunnel_grace=TUNNEL_GRACE) for server in servers)
+            *(server.shutdown(grace=grace, tunnel_grace=TUNNEL_GRACE) for server in servers)
         )
         for task in self._tasks:
             task.cancel()

@@ -21,6 +21,8 @@ from proxy.server import HttpServer
 pytestmark = pytest.mark.timeout(20)
 
 NS = "default"
+#: ``--trust-routing-headers-from`` for tests whose client plays Knative's ingress.
+LOOPBACK = "127.0.0.0/8"
 HOST = "hello.default.localhost"
 
 
@@ -199,7 +201,7 @@ async def test_unknown_revision_header_is_404_with_no_poke_and_no_metrics(
     harness: Callable[..., Awaitable[Harness]],
 ) -> None:
     pod = await Pod().start()
-    h = await harness(config(revision(pods=[pod])))
+    h = await harness(config(revision(pods=[pod])), trust_routing_headers_from=LOOPBACK)
     status, body, _ = await h.get(
         **{"Knative-Serving-Revision": "fooname", "Knative-Serving-Namespace": NS}
     )
@@ -223,7 +225,10 @@ async def test_revision_headers_route_even_without_a_route_host(
     harness: Callable[..., Awaitable[Harness]],
 ) -> None:
     p1, p2 = await Pod().start(), await Pod().start()
-    h = await harness(config(revision("hello-1", [p1]), revision("hello-2", [p2])))
+    h = await harness(
+        config(revision("hello-1", [p1]), revision("hello-2", [p2])),
+        trust_routing_headers_from=LOOPBACK,
+    )
     status, body, _ = await h.get(
         Host="whatever.example",
         **{"Knative-Serving-Revision": "hello-2", "Knative-Serving-Namespace": NS},
@@ -331,7 +336,8 @@ async def test_response_start_timeout_gives_504_and_idle_timeout_cuts_the_body(
         config(
             revision("hello-1", [p1], response_start_timeout_seconds=1),
             revision("hello-2", [p2], idle_timeout_seconds=1),
-        )
+        ),
+        trust_routing_headers_from=LOOPBACK,
     )
     status, body, _ = await h.get()
     assert (status, body) == (504, b"activator request timeout")
@@ -447,3 +453,41 @@ async def test_metrics_use_knative_names_without_total_suffix(
     assert line.endswith(" 1")
     assert "activator_request_latencies_bucket{" in text
     assert "activator_revision_queue_depth{" in text
+
+
+# ------------------------------------------------------------- routing-header trust
+
+
+SPOOF = {"Knative-Serving-Revision": "secret-1", "Knative-Serving-Namespace": NS}
+
+
+@pytest.mark.parametrize("host", [HOST, "nobody.example"])
+async def test_routing_headers_from_untrusted_clients_are_ignored_and_stripped(
+    harness: Callable[..., Awaitable[Harness]], host: str
+) -> None:
+    """Issue 15 item 3: facing clients (file mode here), the split headers pick nothing."""
+    public, secret = await Pod().start(), await Pod().start()
+    hidden = Revision("secret-1", NS, endpoints=(secret.dest,))  # no route exposes it
+    h = await harness(config(revision(pods=[public]), hidden))
+    status, body, _ = await h.get(Host=host, **SPOOF)
+    if host == HOST:
+        assert (status, body) == (200, public.dest.encode())  # routed by its Host alone
+        assert "knative-serving-revision" not in public.seen[0]
+        assert "knative-serving-namespace" not in public.seen[0]
+    else:
+        assert status == 404
+    assert secret.seen == []
+
+
+async def test_routing_headers_are_trusted_from_a_configured_ingress_network(
+    harness: Callable[..., Awaitable[Harness]],
+) -> None:
+    public, secret = await Pod().start(), await Pod().start()
+    hidden = Revision("secret-1", NS, endpoints=(secret.dest,))  # no route exposes it
+    h = await harness(
+        config(revision(pods=[public]), hidden), trust_routing_headers_from="10.0.0.0/8"
+    )
+    assert (await h.get(**SPOOF))[0] == 200 and secret.seen == []  # 127.0.0.1 is no ingress
+    h2 = await harness(config(revision(pods=[public]), hidden), trust_routing_headers_from=LOOPBACK)
+    status, body, _ = await h2.get(**SPOOF)
+    assert (status, body) == (200, secret.dest.encode())

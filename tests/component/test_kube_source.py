@@ -312,6 +312,7 @@ async def test_a_revision_from_the_api_becomes_reachable_through_the_activator(
         metrics_port=0,
         pod_name="activator-0",
         probe_interval=0.02,
+        trust_routing_headers_from="127.0.0.0/8",  # the test plays Knative's ingress
     )
     source = KubeSource(client, ENV, api_url=api.url, reflector_options=FAST, health_interval=0.01)
     act = Activator(settings, source, scaler=NullScaler())

@@ -42,6 +42,12 @@ BOTH_REFUSE: dict[str, tuple[bytes, int]] = {
     "two host headers": (b"GET /headers HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     "invalid method token": (b"G(T /headers HTTP/1.1\r\n" + H + b"\r\n", 400),
     "header section over 1 MiB": (GET + b"X-Big: " + b"a" * (1100 * 1024) + b"\r\n\r\n", 431),
+    # Go's statuses since issue 15 (Sluice answered 400): RFC 9112 section 6.1 says 501 for
+    # an unknown transfer coding, RFC 9110 section 15.6.6 505 for another major version.
+    "transfer-encoding gzip, chunked": (POST + TE + b"gzip, chunked\r\n\r\n" + ABC, 501),
+    "transfer-encoding identity": (POST + TE + b"identity\r\n" + CL + b"3\r\n\r\nabc", 501),
+    "transfer-encoding chunked twice": (POST + (TE + b"chunked\r\n") * 2 + b"\r\n" + ABC, 501),
+    "HTTP/2.0 request line": (b"GET /headers HTTP/2.0\r\n" + H + b"\r\n", 505),
 }  # fmt: skip
 
 
@@ -125,17 +131,11 @@ def test_sluice_is_stricter(pair: Pair, raw: bytes, go_answer: list[int], why: s
     assert (go, sluice) == (go_answer, [400]), why
 
 
-# Both refuse, with a different status. Go answers 501 for a transfer coding it does not
-# implement and 505 for HTTP/2.0 on an HTTP/1 connection (RFC 9112 section 6.1 says 501
-# SHOULD, RFC 9110 section 15.6.6 505); Sluice's parser reports all of them as malformed
-# framing, 400. A chunk-size error reaches Go's handler only while the body is being copied
-# to the app, so Go answers 502; Sluice's parser sees it first and answers 400. Not
-# deliberate: a status change in proxy/http1.py, outside this suite's files.
+# Both refuse, with a different status. A chunk-size error reaches Go's handler only while
+# the body is being copied to the app, so Go answers 502; Sluice's parser sees it first and
+# answers 400. (Unknown transfer codings and HTTP/2.0 request lines used to be here too: Go
+# answers 501 and 505, and so does Sluice since issue 15; they are in ``BOTH_REFUSE``.)
 DIFFERENT_REFUSAL: dict[str, tuple[bytes, int]] = {
-    "transfer-encoding gzip, chunked": (POST + TE + b"gzip, chunked\r\n\r\n" + ABC, 501),
-    "transfer-encoding identity": (POST + TE + b"identity\r\n" + CL + b"3\r\n\r\nabc", 501),
-    "transfer-encoding chunked twice": (POST + (TE + b"chunked\r\n") * 2 + b"\r\n" + ABC, 501),
-    "HTTP/2.0 request line": (b"GET /headers HTTP/2.0\r\n" + H + b"\r\n", 505),
     "invalid chunk size": (POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 502),
 }  # fmt: skip
 

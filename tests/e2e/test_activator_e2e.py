@@ -322,7 +322,8 @@ async def test_unknown_revision_is_404_without_poke(tmp_path: Path, procs: Procs
             [{"revisionName": "hello-1", "percent": 100}],
             scaler={"url": hook.url},
         )
-        _, port = await procs.activator(cfg)
+        # File mode believes the split headers only from a network named as an ingress.
+        _, port = await procs.activator(cfg, "--trust-routing-headers-from", "127.0.0.0/8")
         async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
             for i in range(20):
                 status, body = await fetch(
