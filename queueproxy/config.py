@@ -343,7 +343,11 @@ def load_config(environ: Mapping[str, str]) -> Config:
         enable_request_log=request_log,
         enable_probe_request_log=probe_log,
         request_metrics_backend=metrics_backend,
-        enable_http2_auto_detection=boolean("ENABLE_HTTP2_AUTO_DETECTION"),
+        # v1.10.2's envconfig split the field name into ENABLE_HTT_P2_AUTO_DETECTION (what
+        # it reads), so the variable its controller sets is inert there (#14564).
+        enable_http2_auto_detection=boolean(
+            "ENABLE_HTTP2_AUTO_DETECTION" if v123 else "ENABLE_HTT_P2_AUTO_DETECTION"
+        ),
         enable_profiling=profiling,
         tracing_backend=tracing,
         admin_port=integer("SLUICE_ADMIN_PORT", 8022, port=True),

@@ -120,7 +120,12 @@ class QueueProxy:
         metrics = request_metrics(cfg, queue_depth_enabled=breaker is not None)
         self.metrics = metrics
         request_log = request_logger(cfg)
-        self.prober = ReadinessProber(cfg.probes, user_host=cfg.user_host, user_port=cfg.user_port)
+        self.prober = ReadinessProber(
+            cfg.probes,
+            user_host=cfg.user_host,
+            user_port=cfg.user_port,
+            auto_http2=cfg.enable_http2_auto_detection,
+        )
         idle = cfg.container_concurrency if cfg.container_concurrency > 0 else 1000
         self.pool = UpstreamPool(max_idle_per_host=idle)
         state = QueueProxyState(

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from proxy.dataplane.prober import ProbeError, probe_http, probe_tcp
+from proxy.dataplane.prober import HttpProbeResponse, ProbeError, probe_h2c, probe_http, probe_tcp
 from queueproxy.probe_spec import (
     GrpcAction,
     HttpGetAction,
@@ -89,6 +89,7 @@ class ReadinessProber:
         attempt_timeout: float = AGGRESSIVE_ATTEMPT_TIMEOUT,
         poll_timeout: float = AGGRESSIVE_POLL_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        auto_http2: bool = False,
     ) -> None:
         if spec is None:
             self.specs: tuple[ProbeSpec, ...] = ()
@@ -105,6 +106,8 @@ class ReadinessProber:
         self._attempt_timeout = attempt_timeout
         self._poll_timeout = poll_timeout
         self._clock = clock
+        #: ``ENABLE_HTTP2_AUTO_DETECTION``: HTTP probes try h2c first (``_http_attempt``).
+        self._auto_http2 = auto_http2
         #: Consecutive passing attempts in aggressive mode, one per probe; reset only by
         #: a failure of that probe.
         self._counts = [0] * len(self.specs)
@@ -213,17 +216,37 @@ class ReadinessProber:
         headers = list(get.headers)
         if not any(name.lower() == "user-agent" for name, _ in headers):
             headers.insert(0, ("User-Agent", PROBE_USER_AGENT))
-        resp = await probe_http(
-            self._host(get.host),
-            self._resolve(get.port),
-            # Knative >= 1.13 accepts a path without its leading slash.
-            "/" + get.path.removeprefix("/"),
-            headers,
-            timeout,
-            scheme=get.scheme or "http",
-        )
+        host, port = self._host(get.host), self._resolve(get.port)
+        # Knative >= 1.13 accepts a path without its leading slash.
+        path = "/" + get.path.removeprefix("/")
+        scheme = get.scheme or "http"
+        if self._auto_http2 and scheme.lower() == "http":
+            resp = await self._detect_http2(host, port, path, headers, timeout)
+            if resp is None:
+                return  # ready over HTTP/1.1 during detection, as Knative returns early
+        else:
+            resp = await probe_http(host, port, path, headers, timeout, scheme=scheme)
         if not 200 <= resp.status < 400:
             raise ProbeError(f"HTTP probe did not respond Ready, got status code: {resp.status}")
+
+    async def _detect_http2(
+        self, host: str, port: int, path: str, headers: list[tuple[str, str]], timeout: float
+    ) -> HttpProbeResponse | None:
+        """Knative's HTTP/2 auto-detection (v1.21+, ``pkg/queue/health/probe.go``), done
+        again at every attempt as Knative does: a bare h2c ``GET`` (User-Agent only); if
+        that is ready, the probe itself over h2c (returned); else a bare HTTP/1.1 ``GET``,
+        which passing means ready (None) and failing fails the attempt."""
+        bare = [(name, value) for name, value in headers if name.lower() == "user-agent"]
+        try:
+            detect = await probe_h2c(host, port, path, bare, timeout)
+        except ProbeError:
+            detect = None
+        if detect is not None and 200 <= detect.status < 400:
+            return await probe_h2c(host, port, path, headers, timeout)
+        fallback = await probe_http(host, port, path, bare, timeout)
+        if 200 <= fallback.status < 400:
+            return None
+        raise ProbeError(f"HTTP probe did not respond Ready, got status code: {fallback.status}")
 
     async def _probe_grpc(self, action: GrpcAction, timeout: float) -> None:
         # Imported on first use: most revisions never declare a gRPC probe, and the idle

@@ -156,6 +156,70 @@ async def probe_http(
             writer.transport.abort()
 
 
+async def probe_h2c(
+    host: str,
+    port: int,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    timeout: float,
+) -> HttpProbeResponse:
+    """``probe_http`` over HTTP/2 with prior knowledge (h2c), on a connection of its own:
+    one ``GET`` on stream 1, the answer's status and (at most ``MAX_BODY_BYTES`` of) its
+    body. A ``Host`` among ``headers`` becomes ``:authority``. Raises ``ProbeError`` as
+    ``probe_http`` does, also when the peer does not speak HTTP/2."""
+    import h2.events  # loaded only when a probe speaks HTTP/2
+    import h2.exceptions
+
+    from proxy.h2conn import new_connection
+
+    hostport = _hostport(host, port)
+    target = path if path.startswith("/") else "/" + path
+    url = f"http://{hostport}{target}"
+    authority = hostport
+    fields: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name.lower() == "host":
+            authority = value
+        else:
+            fields.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", target.encode("latin-1"))]
+    conn = new_connection(client_side=True)
+    writer: asyncio.StreamWriter | None = None
+    status = 0
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            conn.initiate_connection()
+            head.insert(2, (b":authority", authority.encode("latin-1")))
+            conn.send_headers(1, head + fields, end_stream=True)
+            writer.write(conn.data_to_send())
+            while True:
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    raise EOFError("connection closed before the response was complete")
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers or []).get(b":status", b"0"))
+                    elif isinstance(event, h2.events.DataReceived):
+                        body += (event.data or b"")[: MAX_BODY_BYTES - len(body)]
+                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        return HttpProbeResponse(status=status, body=bytes(body))
+                    elif isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                        raise EOFError("the server reset the stream")
+                writer.write(conn.data_to_send())
+    except TimeoutError:
+        raise ProbeError(f"GET {url} (h2c): timeout after {timeout:g}s") from None
+    except (h2.exceptions.ProtocolError, ValueError) as exc:
+        raise ProbeError(f"GET {url} (h2c): malformed response: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise ProbeError(f"GET {url} (h2c): {_os_reason(exc)}") from None
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+
+
 async def _read_response(reader: asyncio.StreamReader) -> HttpProbeResponse:
     sink = _ResponseSink()
     parser = httptools.HttpResponseParser(sink)

@@ -339,3 +339,12 @@ def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError, match="CONTAINER_CONCURRENCY"):
         dataclasses.replace(cfg, container_concurrency=-1)
     assert isinstance(dataclasses.replace(cfg, user_port=9000), Config)
+
+
+def test_v1_10_reads_http2_auto_detection_under_its_split_name() -> None:
+    # v1.10.2's envconfig read ENABLE_HTT_P2_AUTO_DETECTION, so the variable its controller
+    # sets changed nothing there (#14564); the v1.23 contract reads the right name.
+    assert not load_config(
+        knative_env(ENABLE_HTTP2_AUTO_DETECTION="true")
+    ).enable_http2_auto_detection
+    assert load_config(knative_env(ENABLE_HTT_P2_AUTO_DETECTION="true")).enable_http2_auto_detection
