@@ -66,6 +66,7 @@ _WANTED = frozenset(
         b"x-forwarded-for",
         b"x-forwarded-proto",
         b"x-forwarded-host",
+        b"grpc-timeout",
     }
 )
 _SHUTTING_DOWN = b"shutting down\n"
@@ -197,7 +198,8 @@ class QueueProxyHandler:
             s.drainer.on_request()
         if req.counted:
             s.stats.req_in(ex.started_at, proxied)
-        s.deadline.watch(ex)
+        grpc = h.get(b"grpc-timeout")  # a gRPC call's own deadline, within the revision's
+        (s.deadline if grpc is None else s.deadline.for_grpc(grpc)).watch(ex)
         if slot and s.breaker is not None:
             self._entered_app(req, s.breaker)
 

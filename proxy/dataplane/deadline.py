@@ -33,7 +33,7 @@ import weakref
 from proxy.errors import GatewayTimeout
 from proxy.exchange import Exchange
 
-__all__ = ["SWEEP_INTERVAL", "Deadline"]
+__all__ = ["SWEEP_INTERVAL", "Deadline", "grpc_timeout"]
 
 #: How often watched exchanges are checked (seconds).
 SWEEP_INTERVAL = 0.1
@@ -45,6 +45,7 @@ class Deadline:
 
     __slots__ = (
         "_listed",
+        "_narrowed",
         "_sweeper",
         "armed",
         "idle",
@@ -71,6 +72,8 @@ class Deadline:
         self.live: set[Exchange] = set()
         self._sweeper: _Sweeper | None = None
         self._listed = False  # whether the sweeper knows this policy
+        #: Policies with a shorter total, by milliseconds (``for_grpc``).
+        self._narrowed: dict[int, Deadline] = {}
 
     def __repr__(self) -> str:
         return (
@@ -84,6 +87,25 @@ class Deadline:
             self.live.add(ex)
             if not self._listed:
                 self._enlist(ex.conn.ctx.loop)
+
+    def for_grpc(self, value: bytes) -> Deadline:
+        """The policy for a request carrying ``grpc-timeout: value``: the same, with its
+        total cut to the call's deadline when that is sooner (the revision timeout still
+        bounds it). A malformed value is ignored, as gRPC servers ignore it. One policy per
+        distinct deadline (at most ``_MAX_NARROWED``, then the revision's own); exchanges
+        left on it are dropped by the sweeper once answered."""
+        seconds = grpc_timeout(value)
+        if seconds is None or (self.total and seconds >= self.total):
+            return self
+        key = max(1, int(seconds * 1000))
+        policy = self._narrowed.get(key)
+        if policy is None:
+            if len(self._narrowed) >= _MAX_NARROWED:
+                return self
+            policy = self._narrowed[key] = Deadline(
+                key / 1000, self.response_start, self.idle, self.message
+            )
+        return policy
 
     def forget(self, ex: Exchange) -> None:
         """Stop watching ``ex`` (its exchange is over); harmless if it was never watched."""
@@ -127,6 +149,21 @@ class Deadline:
         else:
             ex.fail(GatewayTimeout(self.message))
         ex.cancel()
+
+
+_MAX_NARROWED = 256
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes) -> float | None:
+    """Seconds of a ``grpc-timeout`` header (gRPC over HTTP/2: 1 to 8 digits and a unit, H M S
+    m u n), or None when it is not one."""
+    value = value.strip()
+    digits, unit = value[:-1], value[-1:]
+    scale = _GRPC_UNITS.get(unit)
+    if scale is None or not 0 < len(digits) <= 8 or not digits.isdigit():
+        return None
+    return int(digits) * scale
 
 
 class _Sweeper:

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 import h2.events
 import pytest
 
+from proxy.exchange import Exchange
+from proxy.server import HttpServer
 from tests.component.h2_peers import GrpcEcho, RawH2, channel, method
 from tests.component.test_queueproxy_handler import (
     QpRig,
@@ -74,3 +76,35 @@ async def test_activator_probes_answer_over_h2c(rig: QpRig, app: GrpcEcho) -> No
         assert body == b"queue"
     finally:
         await client.close()
+
+
+async def test_a_calls_grpc_timeout_is_its_deadline_within_the_revisions(rig: QpRig) -> None:
+    # The app never answers; the revision timeout is 300 s. A call saying grpc-timeout:
+    # 300m gets the queue-proxy's 504 at its own deadline; one without keeps waiting.
+    release = asyncio.Event()
+
+    async def hold(ex: Exchange) -> None:
+        await release.wait()
+        ex.send(200, b"late")
+
+    app = HttpServer(hold)
+    await app.start("127.0.0.1", 0)
+    qp = await rig.start(app.port)
+    client = await RawH2.connect(qp.main.port)
+    try:
+        grpc = [("content-type", "application/grpc"), ("te", "trailers")]
+        timed = client.request("/svc/Call", extra=[*grpc, ("grpc-timeout", "300m")])
+        untimed = client.request("/svc/Call", extra=grpc)
+        await client.flush()
+        events = await client.until(h2.events.StreamEnded, timeout=5)
+        heads = {
+            e.stream_id: dict(e.headers or [])[b":status"]
+            for e in events
+            if isinstance(e, h2.events.ResponseReceived)
+        }
+        assert heads == {timed: b"504"}  # and nothing yet for the call without a deadline
+        assert untimed not in heads
+    finally:
+        release.set()
+        await client.close()
+        await app.shutdown(1)

@@ -128,3 +128,31 @@ async def test_the_sweeper_stops_when_idle_and_a_later_watch_restarts_it() -> No
             await asyncio.sleep(SWEEP_INTERVAL / 4)
     assert responses(bytes(out))[0][0] == 504
     assert h1.cancelled == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(b"1S", 1.0), (b"300m", 0.3), (b"2M", 120.0), (b"1H", 3600.0), (b"5000u", 0.005),
+     (b"100n", 1e-7), (b"99999999m", 99999.999)],
+)  # fmt: skip
+def test_grpc_timeout_values(value: bytes, seconds: float) -> None:
+    from proxy.dataplane.deadline import grpc_timeout
+
+    assert grpc_timeout(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [b"", b"S", b"1", b"1s", b"-1S", b"123456789S", b"1.5S"])
+def test_malformed_grpc_timeouts_are_ignored(value: bytes) -> None:
+    from proxy.dataplane.deadline import grpc_timeout
+
+    assert grpc_timeout(value) is None
+    policy = Deadline(300)
+    assert policy.for_grpc(value) is policy
+
+
+def test_a_grpc_deadline_narrows_the_total_never_widens_it() -> None:
+    policy = Deadline(10, response_start=2, message="m")
+    short = policy.for_grpc(b"500m")
+    assert (short.total, short.response_start, short.message) == (0.5, 2, "m")
+    assert policy.for_grpc(b"500m") is short  # one policy per distinct deadline
+    assert policy.for_grpc(b"20S") is policy  # the revision's timeout still bounds it
