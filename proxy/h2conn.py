@@ -20,6 +20,7 @@ from hpack.table import HeaderTable
 from hyperframe.frame import SettingsFrame
 
 from proxy.headers import HOP_BY_HOP, HeaderList, connection_tokens
+from proxy.hpack_int import encode_integer
 
 if TYPE_CHECKING:
     from proxy.context import ServerContext
@@ -40,7 +41,7 @@ class _StaticEncoder(hpack.Encoder):
         parts = []
         if self.table_size_changes:  # the peer's SETTINGS_HEADER_TABLE_SIZE, acknowledged
             for size in self.table_size_changes:
-                parts.append(_integer(size, 5, 0x20))
+                parts.append(encode_integer(size, 5, 0x20))
             self.table_size_changes = []
         fields = _FIELDS
         for field in headers:  # type: ignore[attr-defined]
@@ -63,29 +64,15 @@ for _i, (_name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC_NAME.setdefault(_name, _i)
 
 
-def _integer(value: int, prefix: int, flags: int) -> bytes:
-    """An HPACK integer with a ``prefix``-bit prefix (RFC 7541 section 5.1)."""
-    limit = (1 << prefix) - 1
-    if value < limit:
-        return bytes([flags | value])
-    out = bytearray([flags | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field(name: bytes, value: bytes) -> bytes:
     index = _STATIC_FULL.get((name, value))
     if index is not None:
-        return _integer(index, 7, 0x80)  # indexed header field
+        return encode_integer(index, 7, 0x80)  # indexed header field
     name_index = _STATIC_NAME.get(name)
-    literal = _integer(len(value), 7, 0) + value  # no Huffman
+    literal = encode_integer(len(value), 7, 0) + value  # no Huffman
     if name_index is not None:  # literal without indexing, indexed name
-        return _integer(name_index, 4, 0) + literal
-    return b"\x00" + _integer(len(name), 7, 0) + name + literal
+        return encode_integer(name_index, 4, 0) + literal
+    return b"\x00" + encode_integer(len(name), 7, 0) + name + literal
 
 
 def new_connection(client_side: bool) -> h2.connection.H2Connection:

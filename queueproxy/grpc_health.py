@@ -25,6 +25,7 @@ import asyncio
 import struct
 
 from proxy.dataplane.prober import ProbeError
+from proxy.hpack_int import encode_integer
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 METHOD_PATH = b"/grpc.health.v1.Health/Check"
@@ -36,22 +37,9 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED = 0x1, 0x1, 0x4, 0x8
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
-def _hpack_int(value: int, prefix_bits: int, flags: int = 0) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([flags | value])
-    out = bytearray([flags | limit])
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _literal(name_index: int, value: bytes) -> bytes:
     """A literal header field without indexing, its name from the static table."""
-    return _hpack_int(name_index, 4) + _hpack_int(len(value), 7) + value
+    return encode_integer(name_index, 4) + encode_integer(len(value), 7) + value
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -72,7 +60,7 @@ def request_bytes(authority: str, service: str, user_agent: str) -> bytes:
             _literal(4, METHOD_PATH),  # :path
             _literal(1, authority.encode()),  # :authority
             _literal(31, b"application/grpc"),  # content-type
-            b"\x00" + _hpack_int(2, 7) + b"te" + _hpack_int(8, 7) + b"trailers",
+            b"\x00" + encode_integer(2, 7) + b"te" + encode_integer(8, 7) + b"trailers",
             _literal(58, user_agent.encode()),  # user-agent
         )
     )
