@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the kube tier's Go test peers into tests/kube/peers/bin/.
+# Build the Go test peers of the kube and conformance tiers into tests/kube/peers/bin/
 #
 # Idempotent: a binary that exists is not rebuilt (delete it to force a rebuild).
 # Uses the default Go module and build caches, so a second run costs seconds. Builds with
@@ -54,6 +54,7 @@ peers=(
   "queue           knative        knative.dev/serving/cmd/queue"
   "activator       knative        knative.dev/serving/cmd/activator"
   "queue-v1.10     knative-v1.10  knative.dev/serving/cmd/queue"
+  "h2spec          h2spec         github.com/summerwind/h2spec/cmd/h2spec"
 )
 
 total_start=$SECONDS
