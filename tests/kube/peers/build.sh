@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Go test peers of the kube and conformance tiers into tests/kube/peers/bin/
+# Build the Go test peers of the kube and conformance tiers into tests/kube/peers/bin/.
 #
 # Idempotent: a binary that exists is not rebuilt (delete it to force a rebuild).
 # Uses the default Go module and build caches, so a second run costs seconds. Builds with
