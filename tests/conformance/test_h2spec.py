@@ -155,6 +155,7 @@ def summary(name: str, cases: dict[str, Case]) -> str:
 def h2spec(host: str, port: int, out: Path, *selection: str) -> dict[str, Case]:
     """One h2spec run against ``host:port`` over h2c (``selection``: case ids to run, all by
     default); the per-case results as its report numbers them."""
+    assert os.access(H2SPEC, os.X_OK), f"{H2SPEC} missing: run tests/kube/peers/build.sh"
     report, log = out.with_name(f"{out.name}.xml"), out.with_name(f"{out.name}.log")
     report.unlink(missing_ok=True)
     argv = [str(H2SPEC), *selection, "-h", host, "-p", str(port), "-o", str(CASE_TIMEOUT_S)]
