@@ -22,14 +22,10 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-import h2.events
-import h2.exceptions
-import h2.settings
-
 from proxy.client import NotProcessed, ResponseSink, UpstreamClosed
 from proxy.errors import BadGateway
 from proxy.exchange import Exchange
-from proxy.h2conn import new_connection
+from proxy.h2codec import H2Codec, H2Error
 from proxy.headers import HeaderList
 from proxy.request_head import Rewrite, h2_request_fields
 
@@ -38,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["H2Call", "H2Upstream"]
 
-_SETTINGS = h2.settings.SettingCodes
 #: Response bytes one stream (and, separately, the connection) may have unread in flight.
 WINDOW = 1 << 20
 REFUSED_STREAM = 0x7
@@ -56,7 +51,7 @@ class H2Upstream(asyncio.Protocol):
         self.loop = loop
         self.authority = f"{key[0]}:{key[1]}".encode()
         self.transport: asyncio.Transport | None = None
-        self.h2 = new_connection(client_side=True)
+        self.h2 = H2Codec(self, client_side=True, window=WINDOW)
         self.calls: dict[int, H2Call] = {}
         self.closed = False
         #: Set by GOAWAY: no new streams (the pool dials another connection).
@@ -76,10 +71,10 @@ class H2Upstream(asyncio.Protocol):
     @property
     def has_room(self) -> bool:
         """Whether one more stream fits under the upstream's limit (until its SETTINGS
-        arrive, 100, as Go's client assumes: h2 would assume no limit)."""
+        arrive, 100, as Go's client assumes)."""
         if self.closed or self.draining:
             return False
-        limit = self.h2.remote_settings.max_concurrent_streams if self.settled else 100
+        limit = self.h2.peer_max_streams if self.settled else 100
         return self.reserved + len(self.calls) < limit
 
     def call(self) -> H2Call:
@@ -93,12 +88,7 @@ class H2Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        local = self.h2.local_settings
-        local[_SETTINGS.INITIAL_WINDOW_SIZE] = WINDOW
-        local[_SETTINGS.ENABLE_PUSH] = 0
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(WINDOW - 65535)
-        self.flush()
+        self.flush()  # the codec's preface
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -121,13 +111,13 @@ class H2Upstream(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             try:
-                self.h2.close_connection()
+                self.h2.goaway(0)
                 self.flush_now()
             finally:
                 self.transport.close()
 
     def flush(self) -> None:
-        """Write what h2 queued at the end of this loop iteration (one write per turn)."""
+        """Write what the codec queued at the end of this loop iteration (one write per turn)."""
         if not self._flush_due:
             self._flush_due = True
             self.loop.call_soon(self._flush_if_due)
@@ -145,15 +135,13 @@ class H2Upstream(asyncio.Protocol):
     # ------------------------------------------------------------------- input
 
     def data_received(self, data: bytes) -> None:
+        heads = self._heads = []
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+            self.h2.receive(data)
+        except H2Error as exc:
             self.flush_now()
             self._broken(BadGateway(f"upstream broke HTTP/2: {exc}"))
             return
-        heads = self._heads = []
-        for event in events:
-            self._event(event)
         for call in heads:
             # A head goes out once the whole read is handled: a response that also ended
             # in it (gRPC's trailers-only answer) leaves as one HEADERS frame.
@@ -168,65 +156,77 @@ class H2Upstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            call = self.calls.get(event.stream_id)
-            if call is None:
-                self.acknowledge(event.stream_id, event.flow_controlled_length)
-            else:
-                call.data(event.data or b"", event.flow_controlled_length)
-        elif isinstance(event, h2.events.ResponseReceived):
-            call = self.calls.get(event.stream_id)
-            if call is not None:
-                call.head(event.headers or [])
-                self._heads.append(call)
-        elif isinstance(event, h2.events.InformationalResponseReceived):
-            call = self.calls.get(event.stream_id)
-            if call is not None:
-                call.informational(event.headers or [])
-        elif isinstance(event, h2.events.TrailersReceived):
-            call = self.calls.get(event.stream_id)
-            if call is not None:
-                call.trailers(event.headers or [])
-        elif isinstance(event, h2.events.StreamEnded):
-            call = self.calls.pop(event.stream_id, None)
-            if call is not None:
+    # What the codec says the frames mean (``proxy.h2codec.H2Handler``).
+
+    def on_headers(self, sid: int, fields: HeaderList, ended: bool) -> None:
+        call = self.calls.get(sid)
+        if call is not None:
+            call.head(fields)
+            self._heads.append(call)
+            if ended:
+                del self.calls[sid]
                 call.complete()
-        elif isinstance(event, h2.events.StreamReset):
-            call = self.calls.pop(event.stream_id, None)
-            if call is not None:
-                if event.error_code == REFUSED_STREAM and not call.got_head:
-                    call.failed(NotProcessed("upstream refused the stream"))
-                else:
-                    call.failed(UpstreamClosed(f"upstream reset the stream ({event.error_code})"))
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                call = self.calls.get(event.stream_id)
-                if call is not None:
-                    call.wake()
+
+    def on_informational(self, sid: int, fields: HeaderList) -> None:
+        call = self.calls.get(sid)
+        if call is not None:
+            call.informational(fields)
+
+    def on_trailers(self, sid: int, fields: HeaderList) -> None:
+        call = self.calls.get(sid)
+        if call is not None:
+            call.trailers(fields)
+
+    def on_data(self, sid: int, data: bytes, flow: int, ended: bool) -> None:
+        call = self.calls.get(sid)
+        if call is None:
+            self.acknowledge(sid, flow)
+            return
+        if data or flow:
+            call.data(data, flow)
+        if ended:
+            del self.calls[sid]
+            call.complete()
+
+    def on_reset(self, sid: int, code: int) -> None:
+        call = self.calls.pop(sid, None)
+        if call is not None:
+            if code == REFUSED_STREAM and not call.got_head:
+                call.failed(NotProcessed("upstream refused the stream"))
             else:
-                for call in list(self.calls.values()):
-                    call.wake()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.settled = True
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.draining = True
-            last = event.last_stream_id if event.last_stream_id is not None else 0
-            for sid, call in list(self.calls.items()):
-                if sid > last:
-                    del self.calls[sid]
-                    call.failed(NotProcessed("upstream said GOAWAY before processing it"))
-            if self.pool is not None:
-                self.pool.forget_h2(self)
-            if not self.calls:
-                self.close()
+                call.failed(UpstreamClosed(f"upstream reset the stream ({code})"))
+
+    def on_window(self, sid: int) -> None:
+        if sid:
+            call = self.calls.get(sid)
+            if call is not None:
+                call.wake()
+        else:
+            for call in list(self.calls.values()):
+                call.wake()
+
+    def on_settings(self, changed: dict[int, int]) -> None:
+        self.settled = True
+        if 0x4 in changed:  # SETTINGS_INITIAL_WINDOW_SIZE: stream windows moved
+            self.on_window(0)
+
+    def on_ping(self) -> None:
+        """Answered by the codec."""
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        self.draining = True
+        for sid, call in list(self.calls.items()):
+            if sid > last_sid:
+                del self.calls[sid]
+                call.failed(NotProcessed("upstream said GOAWAY before processing it"))
+        if self.pool is not None:
+            self.pool.forget_h2(self)
+        if not self.calls:
+            self.close()
 
     def acknowledge(self, sid: int, n: int) -> None:
         if n and not self.closed:
-            try:
-                self.h2.acknowledge_received_data(n, sid)
-            except h2.exceptions.ProtocolError:
-                self.h2.increment_flow_control_window(n)
+            self.h2.acknowledge(sid, n)
 
     def finished(self, call: H2Call) -> None:
         """``call`` is over: drop it, and close a draining connection left empty."""
@@ -299,13 +299,12 @@ class H2Call:
         if conn.closed:
             self.failed(UpstreamClosed("upstream connection closed"))
             return
-        try:
-            self.sid = conn.h2.get_next_available_stream_id()
-            fields = h2_request_fields(ex, rewrite, conn.authority)
-            conn.h2.send_headers(self.sid, fields, end_stream=not ex.has_body)
-        except h2.exceptions.ProtocolError as exc:
-            self.failed(NotProcessed(f"upstream connection cannot open a stream: {exc}"))
+        if conn.h2.closed or conn.h2.goaway_received:
+            self.failed(NotProcessed("upstream connection cannot open a stream: GOAWAY"))
             return
+        self.sid = conn.h2.new_stream()
+        fields = h2_request_fields(ex, rewrite, conn.authority)
+        conn.h2.send_headers(self.sid, fields, not ex.has_body)
         conn.calls[self.sid] = self
         conn.flush()
 
@@ -314,18 +313,10 @@ class H2Call:
         conn = self.conn
         if self.closed or conn.closed:
             return
-        h2conn = conn.h2
-        view = memoryview(data)
-        while view:
-            room = h2conn.local_flow_control_window(self.sid)
-            if room <= 0:
-                break
-            size = min(room, len(view), h2conn.max_outbound_frame_size)
-            h2conn.send_data(self.sid, view[:size].tobytes())
-            view = view[size:]
+        sent = conn.h2.send_data(self.sid, data)
         conn.flush()
-        if view:
-            self._pending = view.tobytes()
+        if sent < len(data):
+            self._pending = data[sent:]
 
     async def drain(self) -> None:
         """Wait until the upstream's flow-control window took everything sent so far."""
@@ -335,12 +326,9 @@ class H2Call:
                 raise UpstreamClosed("upstream stream closed while sending the request body")
             self._waiter = self.conn.loop.create_future()
             await self._waiter
-            h2conn = self.conn.h2
-            room = h2conn.local_flow_control_window(self.sid)
-            if room > 0:
-                size = min(room, len(pending), h2conn.max_outbound_frame_size)
-                h2conn.send_data(self.sid, pending[:size])
-                pending = pending[size:]
+            sent = self.conn.h2.send_data(self.sid, pending)
+            if sent:
+                pending = pending[sent:]
                 self.conn.flush()
         self._pending = None
         while self.conn.write_paused and not self.conn.closed:
@@ -349,10 +337,7 @@ class H2Call:
 
     def end_body(self) -> None:
         if not self.closed and not self.conn.closed:
-            try:
-                self.conn.h2.end_stream(self.sid)
-            except h2.exceptions.ProtocolError:
-                return
+            self.conn.h2.end_stream(self.sid)
             self.conn.flush()
 
     def wake(self) -> None:
@@ -446,10 +431,7 @@ class H2Call:
     def _reset(self) -> None:
         conn = self.conn
         if self.sid and not conn.closed:
-            try:
-                conn.h2.reset_stream(self.sid, CANCEL)
-            except h2.exceptions.ProtocolError:
-                pass
+            conn.h2.reset_stream(self.sid, CANCEL)
             conn.flush()
         conn.calls.pop(self.sid, None)
 

@@ -61,6 +61,7 @@ class H2Stream:
         "_body_paused",
         "_end_after",
         "_outbox",
+        "_over",
         "_unacked",
         "_writable",
         "closed",
@@ -88,6 +89,8 @@ class H2Stream:
         self._outbox: deque[bytes] = deque()
         self._end_after: HeaderList | bool = False
         self._writable: asyncio.Future[None] | None = None
+        #: The exchange is over but its response's tail waits for the peer's window.
+        self._over = False
         #: Request body bytes received but not yet acknowledged (held while paused).
         self._unacked = 0
         self._body_paused = False
@@ -138,6 +141,9 @@ class H2Stream:
         self.reset(INTERNAL_ERROR)
 
     def exchange_over(self, ex: Exchange) -> None:
+        if self._outbox or self._end_after is not False:
+            self._over = True  # forgotten once the tail is out (``window_opened``)
+            return
         self.proto.stream_over(self)
 
     def enter_tunnel(
@@ -215,6 +221,10 @@ class H2Stream:
         if end is not False:
             self._end_after = False
             self.finish(end if isinstance(end, list) else None)
+        if self._over:
+            self._over = False
+            self.proto.stream_over(self)
+            return
         self._wake()
 
     def _wake(self) -> None:
@@ -355,7 +365,7 @@ class H2Exchange(Exchange):
 
 
 def read_head(ex: H2Exchange, fields: HeaderList) -> None:
-    """Fill ``ex``'s request side from a HEADERS frame h2 has validated (pseudo-fields
+    """Fill ``ex``'s request side from a HEADERS frame the codec has checked (pseudo-fields
     first, names lower-case): ``:authority`` becomes Host, as Go's server does."""
     method = path = authority = b""
     headers: HeaderList = []

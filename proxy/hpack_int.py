@@ -1,6 +1,6 @@
 """HPACK's integer representation (RFC 7541 section 5.1), the one piece of HPACK both the
-engine's static-table encoder (``proxy.h2conn``) and the queue-proxy's hand-framed gRPC
-health probe (``queueproxy.grpc_health``, which must not load the ``h2`` library) need."""
+engine's static-table encoder (``proxy.h2hpack``) and the queue-proxy's hand-framed gRPC
+health probe (``queueproxy.grpc_health``, which must not load ``hpack``) need."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Theory of operation (``docs/design.md`` has the whole request path)
 -------------------------------------------------------------------
-The ``h2`` library (sans-IO) does the framing, HPACK and flow-control bookkeeping; this
-module moves bytes between it and the socket and turns its events into exchanges. Each
+The codec (``proxy.h2codec``, sans-IO) does the framing, HPACK and flow-control
+bookkeeping; this module moves bytes between it and the socket and is its handler: it turns
+what the frames mean into exchanges. Each
 request stream becomes an ``H2Exchange`` (``proxy.h2stream``) handed to the same handler as
 an HTTP/1.1 request, through the same ``proxy.context.serve``: one stream is one request
 everywhere it counts (breaker, stats, timeouts, metrics).
@@ -13,15 +14,14 @@ fresh connection (prior knowledge), or by an ``Upgrade: h2c`` request answered 1
 becomes stream 1.
 
 Bounds, so that no client makes the server hold more than it was told:
-* streams: at most ``h2_max_streams`` being served; one more is refused with REFUSED_STREAM
-  (h2 itself would kill the connection: it is told a much higher figure than the peer);
+* streams: at most ``h2_max_streams`` being served; one more is refused with REFUSED_STREAM;
 * request bodies: the flow-control windows (``h2_window``), reopened only as handlers read;
 * response bodies: a stream whose client does not open its window keeps its bytes in its
   outbox and pauses its upstream; the socket's own back-pressure pauses reading the
   connection, which bounds control-frame replies too;
 * abuse: resets of streams being served (rapid reset) and PING/SETTINGS frames beyond
   ``h2_max_abuse_per_second`` close the connection with ENHANCE_YOUR_CALM; protocol errors
-  (HPACK bombs, window overflow, bad frames) with the code h2 names, after a GOAWAY.
+  (HPACK bombs, window overflow, bad frames) with the code the codec names, in a GOAWAY.
 """
 
 from __future__ import annotations
@@ -30,14 +30,9 @@ import asyncio
 import logging
 from typing import cast
 
-import h2.events
-import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame, SettingsFrame
-
 from proxy.context import ServerContext, serve
 from proxy.errors import BadRequest, PayloadTooLarge
-from proxy.h2conn import new_connection
+from proxy.h2codec import INITIAL_WINDOW_SIZE, PREFACE, H2Codec, H2Error
 from proxy.h2stream import CANCEL, NO_ERROR, REFUSED_STREAM, H2Exchange, H2Stream, read_head
 from proxy.headers import HeaderList
 
@@ -45,15 +40,7 @@ __all__ = ["PREFACE", "H2ServerProtocol", "serve_h2"]
 
 log = logging.getLogger("sluice.http2")
 
-#: What a prior-knowledge client sends first (RFC 9113 section 3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
 ENHANCE_YOUR_CALM = 0xB
-_SETTINGS = h2.settings.SettingCodes
-#: What h2 is told it advertised as the stream limit: far above the real one, which this
-#: module enforces itself with REFUSED_STREAM (a stream error) instead of h2's
-#: connection error.
-_H2_STREAM_CEILING = 1 << 20
 
 
 class H2ServerProtocol(asyncio.Protocol):
@@ -65,9 +52,15 @@ class H2ServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.peer_port = 0
-        self.h2 = new_connection(client_side=False)
-        self.streams: dict[int, H2Stream] = {}
         self.max_streams = limits.h2_max_streams
+        self.h2 = H2Codec(
+            self,
+            client_side=False,
+            window=limits.h2_window,
+            max_header_list_size=limits.max_total_header_bytes,
+            max_streams=self.max_streams,
+        )
+        self.streams: dict[int, H2Stream] = {}
         self.write_paused = False
         self.closed = False
         self.goaway_sent = False
@@ -88,31 +81,11 @@ class H2ServerProtocol(asyncio.Protocol):
         self.ctx.connections.add(self)
 
     def start(self, upgrade_settings: bytes | None = None) -> None:
-        """Send the server preface: SETTINGS with the real limits (after a 101, h2 also
-        takes the client's HTTP2-Settings)."""
-        limits = self.ctx.limits
-        local = self.h2.local_settings
-        local[_SETTINGS.MAX_CONCURRENT_STREAMS] = _H2_STREAM_CEILING
-        local[_SETTINGS.INITIAL_WINDOW_SIZE] = limits.h2_window
-        local[_SETTINGS.MAX_HEADER_LIST_SIZE] = limits.max_total_header_bytes
-        local[_SETTINGS.ENABLE_PUSH] = 0
-        local.acknowledge()  # these are the values h2 enforces from the start
-        self.h2.decoder.max_header_list_size = limits.max_total_header_bytes
-        if upgrade_settings is None:
-            self.h2.initiate_connection()
-        else:
-            self.h2.initiate_upgrade_connection(upgrade_settings)
-        self.h2.data_to_send()  # h2's SETTINGS (with the ceiling) is replaced by ours:
-        frame = SettingsFrame(0)
-        frame.settings = {
-            _SETTINGS.MAX_CONCURRENT_STREAMS: self.max_streams,
-            _SETTINGS.INITIAL_WINDOW_SIZE: limits.h2_window,
-            _SETTINGS.MAX_HEADER_LIST_SIZE: limits.max_total_header_bytes,
-            _SETTINGS.ENABLE_PUSH: 0,
-        }
-        self._write(frame.serialize())
-        # The connection's own window opens as far as a stream's (it starts at 64 KiB).
-        self.h2.increment_flow_control_window(limits.h2_window - 65535)
+        """Send the server preface (the codec's SETTINGS with the limits, and the
+        connection window opened as far as a stream's); after a 101 the client's
+        HTTP2-Settings apply."""
+        if upgrade_settings is not None:
+            self.h2.upgraded(upgrade_settings)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -132,21 +105,13 @@ class H2ServerProtocol(asyncio.Protocol):
             self.transport.close()
 
     def goaway(self, code: int) -> None:
-        """Say GOAWAY once: gracefully (NO_ERROR) the streams already open still finish,
-        so the frame is written here and h2 keeps serving them; an error code ends the
-        connection in h2 too."""
+        """Say GOAWAY once: gracefully (NO_ERROR) the streams already open still finish;
+        an error code ends the connection."""
         if self.goaway_sent or self.closed:
             return
         self.goaway_sent = True
-        if code == NO_ERROR:
-            self.flush()  # what h2 queued goes before the GOAWAY
-            frame = GoAwayFrame(0)
-            frame.last_stream_id = self.last_stream
-            frame.error_code = NO_ERROR
-            self._write(frame.serialize())
-        else:
-            self.h2.close_connection(error_code=code, last_stream_id=self.last_stream)
-            self.flush()
+        self.h2.goaway(code, self.last_stream)
+        self.flush()
 
     def _fail(self, code: int, reason: str) -> None:
         """End the connection at once: GOAWAY ``code``, every stream gone."""
@@ -179,58 +144,64 @@ class H2ServerProtocol(asyncio.Protocol):
         if self.closed:
             return
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self.flush()  # h2 has queued its GOAWAY with the error's code
-            code = getattr(exc, "error_code", None)
-            self._fail(int(code) if code is not None else 1, f"protocol error: {exc}")
+            self.h2.receive(data)
+        except H2Error as exc:
+            self.flush()  # the codec has queued its GOAWAY with the error's code
+            self._fail(exc.code, f"protocol error: {exc}")
             return
-        for event in events:
-            if self.closed:
-                return
-            self._event(event)
         self._flush()
 
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                # A stream already answered and forgotten: give the window back.
-                self.acknowledge(event.stream_id, event.flow_controlled_length)
-                return
-            self._body(stream, event.data or b"", event.flow_controlled_length)
-            if event.stream_ended is not None:
-                self._ended(stream)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                self._ended(stream)
-        elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                if stream.ex is not None and not stream.ex.response_done:
-                    self._count_abuse("streams reset while being served")
-                stream.gone("client reset the stream")
-                self._idle_check()
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream.window_opened()
-            else:
-                self._windows_opened()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._count_abuse("SETTINGS flood")
-            if _SETTINGS.INITIAL_WINDOW_SIZE in event.changed_settings:
-                self._windows_opened()
-        elif isinstance(event, h2.events.PingReceived):
-            self._count_abuse("PING flood")
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client is leaving: streams in progress may finish, no new ones come.
-            self.goaway(NO_ERROR)
+    # What the codec says the frames mean (``proxy.h2codec.H2Handler``).
+
+    def on_headers(self, sid: int, fields: HeaderList, ended: bool) -> None:
+        if not self.closed:
+            self._open(sid, fields, ended)
+
+    def on_informational(self, sid: int, fields: HeaderList) -> None:
+        """Only a client receives these (the codec refuses them here)."""
+
+    def on_trailers(self, sid: int, fields: HeaderList) -> None:
+        """Request trailers are not passed on (as Knative's proxies); the end follows."""
+
+    def on_data(self, sid: int, data: bytes, flow: int, ended: bool) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            # A stream already answered and forgotten: give the window back.
+            self.acknowledge(sid, flow)
+            return
+        if data or flow:
+            self._body(stream, data, flow)
+        if ended:
+            self._ended(stream)
+
+    def on_reset(self, sid: int, code: int) -> None:
+        stream = self.streams.pop(sid, None)
+        if stream is not None:
+            if stream.ex is not None and not stream.ex.response_done:
+                self._count_abuse("streams reset while being served")
+            stream.gone("client reset the stream")
             self._idle_check()
+
+    def on_window(self, sid: int) -> None:
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                stream.window_opened()
+        else:
+            self._windows_opened()
+
+    def on_settings(self, changed: dict[int, int]) -> None:
+        self._count_abuse("SETTINGS flood")
+        if INITIAL_WINDOW_SIZE in changed:
+            self._windows_opened()
+
+    def on_ping(self) -> None:
+        self._count_abuse("PING flood")
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        # The client is leaving: streams in progress may finish, no new ones come.
+        self.goaway(NO_ERROR)
+        self._idle_check()
 
     def _count_abuse(self, what: str) -> None:
         now = self.ctx.loop.time()
@@ -247,9 +218,6 @@ class H2ServerProtocol(asyncio.Protocol):
         fields: HeaderList = [(b":method", method), (b":path", target)]
         fields += [(name.lower(), value) for name, value in headers]
         self._open(1, fields, ended=True)
-
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        self._open(event.stream_id, event.headers or [], event.stream_ended is not None)
 
     def _open(self, sid: int, fields: HeaderList, ended: bool) -> None:
         if self.goaway_sent or self.ctx.closing or len(self.streams) >= self.max_streams:
@@ -298,14 +266,14 @@ class H2ServerProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def flush(self) -> None:
-        """Write what h2 has queued, now."""
+        """Write what the codec has queued, now."""
         self._flush_due = False
         data = self.h2.data_to_send()
         if data:
             self._write(data)
 
     def _flush(self) -> None:
-        """Write what h2 has queued at the end of this loop iteration: the frames of one
+        """Write what the codec has queued at the end of this loop iteration: the frames of one
         turn (a request's HEADERS, DATA, WINDOW_UPDATE, several streams') leave in one
         write instead of one each."""
         if not self._flush_due:
@@ -319,48 +287,29 @@ class H2ServerProtocol(asyncio.Protocol):
     def acknowledge(self, sid: int, n: int) -> None:
         """Reopen the windows by ``n`` bytes the handler took (stream and connection)."""
         if n and not self.closed:
-            try:
-                self.h2.acknowledge_received_data(n, sid)
-            except h2.exceptions.ProtocolError:
-                self.h2.increment_flow_control_window(n)
+            self.h2.acknowledge(sid, n)
             self._flush()
 
     def send_headers(self, sid: int, fields: HeaderList, end: bool) -> None:
         if self.closed:
             return
-        try:
-            self.h2.send_headers(sid, fields, end_stream=end)
-        except h2.exceptions.ProtocolError:
-            return
+        self.h2.send_headers(sid, fields, end)
         self._flush()
         if end:
             self._local_end(sid)
 
     def send_data(self, sid: int, data: bytes) -> int:
         """Send as much of ``data`` as the windows allow; returns how much that was."""
-        if self.closed:
+        if self.closed or sid not in self.h2.streams:
             return len(data)
-        h2conn = self.h2
-        sent = 0
-        try:
-            room = min(h2conn.local_flow_control_window(sid), len(data))
-            frame = h2conn.max_outbound_frame_size
-            while sent < room:
-                piece = data[sent : min(room, sent + frame)]
-                h2conn.send_data(sid, piece)
-                sent += len(piece)
-        except h2.exceptions.ProtocolError:
-            return len(data)
+        sent = self.h2.send_data(sid, data)
         self._flush()
         return sent
 
     def end_stream(self, sid: int) -> None:
         if self.closed:
             return
-        try:
-            self.h2.end_stream(sid)
-        except h2.exceptions.ProtocolError:
-            return
+        self.h2.end_stream(sid)
         self._flush()
         self._local_end(sid)
 
@@ -372,10 +321,7 @@ class H2ServerProtocol(asyncio.Protocol):
     def reset(self, stream: H2Stream, code: int) -> None:
         self.streams.pop(stream.sid, None)
         if not self.closed:
-            try:
-                self.h2.reset_stream(stream.sid, code)
-            except h2.exceptions.ProtocolError:
-                pass
+            self.h2.reset_stream(stream.sid, code)
             self._flush()
         stream.gone("stream reset")
         self._idle_check()

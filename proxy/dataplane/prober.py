@@ -167,10 +167,7 @@ async def probe_h2c(
     one ``GET`` on stream 1, the answer's status and (at most ``MAX_BODY_BYTES`` of) its
     body. A ``Host`` among ``headers`` becomes ``:authority``. Raises ``ProbeError`` as
     ``probe_http`` does, also when the peer does not speak HTTP/2."""
-    import h2.events  # loaded only when a probe speaks HTTP/2
-    import h2.exceptions
-
-    from proxy.h2conn import new_connection
+    from proxy.h2codec import H2Codec, H2Error  # loaded only when a probe speaks HTTP/2
 
     hostport = _hostport(host, port)
     target = path if path.startswith("/") else "/" + path
@@ -183,41 +180,72 @@ async def probe_h2c(
         else:
             fields.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", target.encode("latin-1"))]
-    conn = new_connection(client_side=True)
+    answer = _H2Answer()
+    conn = H2Codec(answer, client_side=True)
     writer: asyncio.StreamWriter | None = None
-    status = 0
-    body = bytearray()
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
-            conn.initiate_connection()
             head.insert(2, (b":authority", authority.encode("latin-1")))
-            conn.send_headers(1, head + fields, end_stream=True)
+            conn.send_headers(conn.new_stream(), head + fields, end=True)
             writer.write(conn.data_to_send())
-            while True:
+            while not answer.ended:
                 data = await reader.read(_READ_CHUNK)
                 if not data:
                     raise EOFError("connection closed before the response was complete")
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived):
-                        status = int(dict(event.headers or []).get(b":status", b"0"))
-                    elif isinstance(event, h2.events.DataReceived):
-                        body += (event.data or b"")[: MAX_BODY_BYTES - len(body)]
-                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
-                    elif isinstance(event, h2.events.StreamEnded):
-                        return HttpProbeResponse(status=status, body=bytes(body))
-                    elif isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
-                        raise EOFError("the server reset the stream")
+                conn.receive(data)
+                if answer.gone:
+                    raise EOFError("the server reset the stream")
                 writer.write(conn.data_to_send())
+            return HttpProbeResponse(status=answer.status, body=bytes(answer.body))
     except TimeoutError:
         raise ProbeError(f"GET {url} (h2c): timeout after {timeout:g}s") from None
-    except (h2.exceptions.ProtocolError, ValueError) as exc:
+    except (H2Error, ValueError) as exc:
         raise ProbeError(f"GET {url} (h2c): malformed response: {exc}") from None
     except (OSError, EOFError) as exc:
         raise ProbeError(f"GET {url} (h2c): {_os_reason(exc)}") from None
     finally:
         if writer is not None:
             writer.transport.abort()
+
+
+class _H2Answer:
+    """The one answer ``probe_h2c`` waits for (a ``proxy.h2codec.H2Handler``)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body = bytearray()
+        self.ended = False
+        self.gone = False
+
+    def on_headers(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self.status = int(dict(fields).get(b":status", b"0"))
+        self.ended = ended
+
+    def on_informational(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx before the answer: nothing to keep."""
+
+    def on_trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """Trailers are not part of a probe's answer."""
+
+    def on_data(self, sid: int, data: bytes, flow: int, ended: bool) -> None:
+        self.body += data[: MAX_BODY_BYTES - len(self.body)]
+        self.ended = ended
+
+    def on_reset(self, sid: int, code: int) -> None:
+        self.gone = True
+
+    def on_window(self, sid: int) -> None:
+        """Nothing to send."""
+
+    def on_settings(self, changed: dict[int, int]) -> None:
+        """Applied by the codec."""
+
+    def on_ping(self) -> None:
+        """Answered by the codec."""
+
+    def on_goaway(self, last_sid: int, code: int) -> None:
+        self.gone = True
 
 
 async def _read_response(reader: asyncio.StreamReader) -> HttpProbeResponse:
