@@ -41,6 +41,8 @@ __all__ = ["PREFACE", "H2ServerProtocol", "serve_h2"]
 log = logging.getLogger("sluice.http2")
 
 ENHANCE_YOUR_CALM = 0xB
+#: How long a connection ended by an error waits for the client to close (``_linger``).
+LINGER_S = 1.0
 
 
 class H2ServerProtocol(asyncio.Protocol):
@@ -70,6 +72,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self.last_stream = 0
         self._abuse = 0
         self._abuse_window = 0.0
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # --------------------------------------------------------------- lifecycle
 
@@ -90,6 +93,8 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self.ctx.connections.discard(self)
         for stream in list(self.streams.values()):
             stream.gone("client connection lost")
@@ -102,7 +107,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self.goaway(NO_ERROR)
         if not self.streams and self.transport is not None:
             self.closed = True
-            self.transport.close()
+            self._linger()
 
     def goaway(self, code: int) -> None:
         """Say GOAWAY once: gracefully (NO_ERROR) the streams already open still finish;
@@ -114,12 +119,30 @@ class H2ServerProtocol(asyncio.Protocol):
         self.flush()
 
     def _fail(self, code: int, reason: str) -> None:
-        """End the connection at once: GOAWAY ``code``, every stream gone."""
+        """End the connection at once: GOAWAY ``code``, every stream gone, then close
+        after the client had a moment to read the GOAWAY (``_linger``)."""
         log.info("closing HTTP/2 connection from %s: %s", self.peer, reason)
         self.goaway(code)
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        for stream in list(self.streams.values()):
+            stream.gone(f"HTTP/2 connection error: {reason}")
+        self.streams.clear()
+        self._linger()
+
+    def _linger(self) -> None:
+        """After the GOAWAY: half-close, drop whatever the client still sends, and close once
+        it closes or ``LINGER_S`` passed. Closing at once with its bytes unread would make
+        the kernel answer with a reset, which can reach the client before the GOAWAY and the
+        last frames do (Go's server waits too)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self._linger_timer = self.ctx.loop.call_later(LINGER_S, transport.close)
 
     @property
     def idle(self) -> bool:
@@ -370,6 +393,8 @@ class H2ServerProtocol(asyncio.Protocol):
         self._windows_opened()
 
     def eof_received(self) -> bool:
+        if self.closed:
+            return False  # lingering after an error (``_linger``): the close is now
         # A half-closed HTTP/2 client sends nothing more, not even RST_STREAM: the
         # responses in progress still go out, then the connection closes.
         self.goaway(NO_ERROR)

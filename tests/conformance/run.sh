@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 command -v unshare >/dev/null || { echo "run.sh: unshare not found (apt install util-linux)" >&2; exit 1; }
 command -v ip >/dev/null || { echo "run.sh: ip not found (apt install iproute2)" >&2; exit 1; }
-if [[ ! -x tests/kube/peers/bin/queue || ! -x tests/kube/peers/bin/queue-v1.10 ]]; then
+if [[ ! -x tests/kube/peers/bin/queue || ! -x tests/kube/peers/bin/queue-v1.10 || ! -x tests/kube/peers/bin/h2spec ]]; then
   tests/kube/peers/build.sh
 fi
 CONFORMANCE_HOST_NETNS="$(stat -L -c %i /proc/self/ns/net)"

@@ -14,8 +14,8 @@ its 1-based place in the group, ``http2/6.9.2/2``, as h2spec's own summary numbe
 The bars: every case Go passes, Sluice passes too (differential), and Sluice fails nothing
 outside ``SLUICE_ALLOWED_FAILURES``, each entry with its reason; an entry Sluice passes is
 stale and fails the test too, so the list only ever shrinks. A failed case is run alone
-twice more and counts as passed (``flaky``, printed) if it then passes; ``RST_RACE_CASES``
-may fail with a reset only (see there). ``-rP`` prints each run's summary.
+twice more and counts as passed (``flaky``, printed) if it then passes. ``-rP`` prints each
+run's summary.
 """
 
 from __future__ import annotations
@@ -72,17 +72,7 @@ SLUICE_ALLOWED_FAILURES = {
     # with HTTP/2's preface is read as an HTTP/1.1 request and refused with a 400, where h2spec
     # wants a GOAWAY. Go's queue-proxy fails this case the same way.
     "http2/3.5/2": "invalid connection preface on a port shared with HTTP/1.1",
-    # SETTINGS_INITIAL_WINDOW_SIZE lowered below what a stream already sent must make that
-    # stream's window negative and hold its DATA until a WINDOW_UPDATE.
-    "http2/6.9.2/2": "engine bug, being fixed",
 }
-
-#: Cases that end the connection right after a frame h2spec sent, with more of its bytes
-#: unread: the engine closes the socket then, so the kernel may send RST, which can reach h2spec
-#: before the GOAWAY it should read (Go waits before closing). Seen failing up to 3 runs in a
-#: row; tolerated only with that symptom, and printed. An engine finding, reported to the lead.
-RST_RACE_CASES = frozenset({"generic/3.8/1", "http2/5.4.1/1", "http2/6.7/4"})
-RST_SYMPTOM = "connection reset by peer"
 
 Outcome = Literal["passed", "failed", "skipped"]
 _XML_INVALID = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -132,11 +122,6 @@ def failed(cases: dict[str, Case]) -> set[str]:
 
 def passed(cases: dict[str, Case]) -> set[str]:
     return {c.id for c in cases.values() if c.outcome == "passed"}
-
-
-def tolerated(cases: dict[str, Case]) -> set[str]:
-    """Failed ``RST_RACE_CASES`` whose failure is the reset, not another answer."""
-    return {i for i in failed(cases) & RST_RACE_CASES if RST_SYMPTOM in cases[i].detail}
 
 
 def describe(cases: dict[str, Case], ids: set[str]) -> str:
@@ -191,7 +176,7 @@ def run_h2spec(host: str, port: int, out: Path) -> dict[str, Case]:
                 break
     print(summary(f"h2spec against {out.name}", cases))
     for case in cases.values():
-        if case.flaky or case.id in tolerated(cases):
+        if case.flaky:
             print(f"  {case.outcome} flaky {case.id} {case.desc}: {case.detail}")
     return cases
 
@@ -301,7 +286,7 @@ def test_both_ran_the_same_cases(results: dict[str, dict[str, Case]]) -> None:
 
 def test_sluice_passes_what_go_passes(results: dict[str, dict[str, Case]]) -> None:
     go, sluice = results["go"], results["sluice"]
-    regressions = passed(go) - passed(sluice) - SLUICE_ALLOWED_FAILURES.keys() - tolerated(sluice)
+    regressions = passed(go) - passed(sluice) - SLUICE_ALLOWED_FAILURES.keys()
     assert not regressions, (
         f"Go passes, Sluice does not: {describe(sluice, regressions)}\n"
         f"{summary('go', go)}\n{summary('sluice', sluice)}"
@@ -310,7 +295,7 @@ def test_sluice_passes_what_go_passes(results: dict[str, dict[str, Case]]) -> No
 
 def test_sluice_fails_only_the_allowed_cases(results: dict[str, dict[str, Case]]) -> None:
     sluice = results["sluice"]
-    unexpected = failed(sluice) - SLUICE_ALLOWED_FAILURES.keys() - tolerated(sluice)
+    unexpected = failed(sluice) - SLUICE_ALLOWED_FAILURES.keys()
     assert not unexpected, (
         f"Sluice fails: {describe(sluice, unexpected)}\n{summary('sluice', sluice)}"
     )
@@ -384,7 +369,7 @@ def activator_results(sluice_qp: int, tmp_path_factory: pytest.TempPathFactory) 
 
 def test_activator_fails_only_the_allowed_cases(activator_results: dict[str, Case]) -> None:
     cases = activator_results
-    unexpected = failed(cases) - SLUICE_ALLOWED_FAILURES.keys() - tolerated(cases)
+    unexpected = failed(cases) - SLUICE_ALLOWED_FAILURES.keys()
     assert not unexpected, (
         f"activator fails: {describe(cases, unexpected)}\n{summary('activator', cases)}"
     )
