@@ -16,10 +16,10 @@ import re
 
 import hpack
 import hpack.exceptions
+import hpack.hpack
 from hpack.table import HeaderTable
 
 from proxy.headers import HeaderList
-from proxy.hpack_int import encode_integer
 
 __all__ = [
     "IGNORED",
@@ -85,6 +85,13 @@ _STATIC_FULL = {entry: i for i, entry in enumerate(HeaderTable.STATIC_TABLE, 1)}
 _STATIC_NAME: dict[bytes, int] = {}
 for _i, (_name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC_NAME.setdefault(_name, _i)
+
+
+def encode_integer(value: int, prefix: int, flags: int = 0) -> bytes:
+    """``value`` with a ``prefix``-bit prefix, the other bits of the first byte ``flags``."""
+    out = hpack.hpack.encode_integer(value, prefix)
+    out[0] |= flags
+    return bytes(out)
 
 
 def _field(name: bytes, value: bytes) -> bytes:

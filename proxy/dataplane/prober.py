@@ -167,7 +167,7 @@ async def probe_h2c(
     one ``GET`` on stream 1, the answer's status and (at most ``MAX_BODY_BYTES`` of) its
     body. A ``Host`` among ``headers`` becomes ``:authority``. Raises ``ProbeError`` as
     ``probe_http`` does, also when the peer does not speak HTTP/2."""
-    from proxy.h2codec import H2Codec, H2Error  # loaded only when a probe speaks HTTP/2
+    from proxy.h2codec import H2Error  # loaded only when a probe speaks HTTP/2
 
     hostport = _hostport(host, port)
     target = path if path.startswith("/") else "/" + path
@@ -179,25 +179,17 @@ async def probe_h2c(
             authority = value
         else:
             fields.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", target.encode("latin-1"))]
-    answer = _H2Answer()
-    conn = H2Codec(answer, client_side=True)
+    head = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", authority.encode("latin-1")),
+        (b":path", target.encode("latin-1")),
+    ]
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
-            head.insert(2, (b":authority", authority.encode("latin-1")))
-            conn.send_headers(conn.new_stream(), head + fields, end=True)
-            writer.write(conn.data_to_send())
-            while not answer.ended:
-                data = await reader.read(_READ_CHUNK)
-                if not data:
-                    raise EOFError("connection closed before the response was complete")
-                conn.receive(data)
-                if answer.gone:
-                    raise EOFError("the server reset the stream")
-                writer.write(conn.data_to_send())
-            return HttpProbeResponse(status=answer.status, body=bytes(answer.body))
+            answer = await h2c_call(reader, writer, head + fields)
     except TimeoutError:
         raise ProbeError(f"GET {url} (h2c): timeout after {timeout:g}s") from None
     except (H2Error, ValueError) as exc:
@@ -207,16 +199,24 @@ async def probe_h2c(
     finally:
         if writer is not None:
             writer.transport.abort()
+    if answer.reset is not None or answer.goaway:
+        raise ProbeError(f"GET {url} (h2c): the server reset the stream")
+    return HttpProbeResponse(status=answer.status, body=bytes(answer.body))
 
 
-class _H2Answer:
-    """The one answer ``probe_h2c`` waits for (a ``proxy.h2codec.H2Handler``)."""
+class H2Answer:
+    """The answer ``h2c_call`` waits for (a ``proxy.h2codec.H2Handler``): its status, body
+    (at most ``limit`` bytes; ``overflow`` says more came), whether it ended, and how it
+    failed (``reset``: the RST_STREAM code; ``goaway``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.status = 0
         self.body = bytearray()
+        self.overflow = False
         self.ended = False
-        self.gone = False
+        self.reset: int | None = None
+        self.goaway = False
 
     def on_headers(self, sid: int, fields: list[tuple[bytes, bytes]], ended: bool) -> None:
         self.status = int(dict(fields).get(b":status", b"0"))
@@ -229,14 +229,16 @@ class _H2Answer:
         """Trailers are not part of a probe's answer."""
 
     def on_data(self, sid: int, data: bytes, flow: int, ended: bool) -> None:
-        self.body += data[: MAX_BODY_BYTES - len(self.body)]
+        room = self.limit - len(self.body)
+        self.overflow = self.overflow or len(data) > room
+        self.body += data[:room]
         self.ended = ended
 
     def on_reset(self, sid: int, code: int) -> None:
-        self.gone = True
+        self.reset = code
 
     def on_window(self, sid: int) -> None:
-        """Nothing to send."""
+        """Nothing waits to be sent."""
 
     def on_settings(self, changed: dict[int, int]) -> None:
         """Applied by the codec."""
@@ -245,7 +247,36 @@ class _H2Answer:
         """Answered by the codec."""
 
     def on_goaway(self, last_sid: int, code: int) -> None:
-        self.gone = True
+        self.goaway = True
+
+
+async def h2c_call(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    fields: list[tuple[bytes, bytes]],
+    body: bytes | None = None,
+    limit: int = MAX_BODY_BYTES,
+) -> H2Answer:
+    """One request (``fields``, then ``body`` if any) on a fresh h2c connection, prior
+    knowledge, through the engine's codec; returns once the answer ended, the stream was
+    reset or the server said GOAWAY. Raises ``EOFError`` if the connection closes first,
+    ``proxy.h2codec.H2Error`` on a protocol error; the caller bounds the time."""
+    from proxy.h2codec import H2Codec
+
+    answer = H2Answer(limit)
+    conn = H2Codec(answer, client_side=True)
+    sid = conn.new_stream()
+    conn.send_headers(sid, fields, end=body is None)
+    if body is not None:
+        conn.send_data(sid, body, end=True)
+    writer.write(conn.data_to_send())
+    while not answer.ended and answer.reset is None and not answer.goaway:
+        data = await reader.read(_READ_CHUNK)
+        if not data:
+            raise EOFError("connection closed before the response was complete")
+        conn.receive(data)
+        writer.write(conn.data_to_send())
+    return answer
 
 
 async def _read_response(reader: asyncio.StreamReader) -> HttpProbeResponse:

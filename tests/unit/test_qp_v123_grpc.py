@@ -13,23 +13,26 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.dataplane.prober import ProbeError
-from queueproxy.grpc_health import probe_grpc_health, request_bytes, serving_status
+from queueproxy.grpc_health import (
+    probe_grpc_health,
+    request_fields,
+    request_message,
+    serving_status,
+)
 from queueproxy.readiness import GrpcAction, ProbeSpec, ReadinessProber
 from tests.ports import closed_port
 
 pytestmark = pytest.mark.timeout(20)
 
 
-def test_request_is_preface_settings_headers_then_data() -> None:
-    raw = request_bytes("127.0.0.1:50051", "svc", "kube-probe//")
-    assert raw.startswith(
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-    )
-    assert b"/grpc.health.v1.Health/Check" in raw and b"application/grpc" in raw
-    # The DATA frame: END_STREAM on stream 1, a 5-byte prefix, then field 1 = "svc".
-    assert raw.endswith(
-        b"\x00\x00\x0a\x00\x01\x00\x00\x00\x01" + b"\x00\x00\x00\x00\x05\x0a\x03svc"
-    )
+def test_the_request_is_grpc_gos_health_call() -> None:
+    fields = dict(request_fields("127.0.0.1:50051", "kube-probe//"))
+    assert fields[b":method"] == b"POST" and fields[b":path"] == b"/grpc.health.v1.Health/Check"
+    assert fields[b"content-type"] == b"application/grpc" and fields[b"te"] == b"trailers"
+    assert fields[b":authority"] == b"127.0.0.1:50051"
+    # A 5-byte prefix (uncompressed, length 5), then field 1 = "svc"; nothing for "".
+    assert request_message("svc") == b"\x00\x00\x00\x00\x05\x0a\x03svc"
+    assert request_message("") == b"\x00\x00\x00\x00\x00"
 
 
 @pytest.mark.parametrize(
