@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, cast
 from proxy.client import NotProcessed, ResponseSink, UpstreamClosed
 from proxy.errors import BadGateway
 from proxy.exchange import Exchange
-from proxy.h2codec import H2Codec, H2Error
+from proxy.h2codec import H2Codec
+from proxy.h2frames import H2Error
 from proxy.headers import HeaderList
 from proxy.request_head import Rewrite, h2_request_fields
 

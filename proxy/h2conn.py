@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import TYPE_CHECKING
 
-from proxy.h2codec import H2Error, check_settings, decode_settings
+from proxy.h2frames import H2Error, check_settings, decode_settings
 from proxy.headers import HOP_BY_HOP, HeaderList, connection_tokens
 
 if TYPE_CHECKING:

@@ -32,7 +32,8 @@ from typing import cast
 
 from proxy.context import ServerContext, serve
 from proxy.errors import BadRequest, PayloadTooLarge
-from proxy.h2codec import INITIAL_WINDOW_SIZE, PREFACE, H2Codec, H2Error
+from proxy.h2codec import H2Codec
+from proxy.h2frames import INITIAL_WINDOW_SIZE, PREFACE, H2Error
 from proxy.h2stream import CANCEL, NO_ERROR, REFUSED_STREAM, H2Exchange, H2Stream, read_head
 from proxy.headers import HeaderList
 

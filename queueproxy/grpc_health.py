@@ -101,7 +101,7 @@ async def probe_grpc_health(
     host: str, port: int, service: str, timeout: float, user_agent: str = "kube-probe//"
 ) -> None:
     """One health check of ``service`` on ``host:port``; raises ``ProbeError`` unless SERVING."""
-    from proxy.h2codec import H2Error
+    from proxy.h2frames import H2Error
 
     target = f"{host}:{port}"
     writer: asyncio.StreamWriter | None = None

@@ -167,7 +167,7 @@ async def probe_h2c(
     one ``GET`` on stream 1, the answer's status and (at most ``MAX_BODY_BYTES`` of) its
     body. A ``Host`` among ``headers`` becomes ``:authority``. Raises ``ProbeError`` as
     ``probe_http`` does, also when the peer does not speak HTTP/2."""
-    from proxy.h2codec import H2Error  # loaded only when a probe speaks HTTP/2
+    from proxy.h2frames import H2Error  # loaded only when a probe speaks HTTP/2
 
     hostport = _hostport(host, port)
     target = path if path.startswith("/") else "/" + path

@@ -31,7 +31,8 @@ from hpack.hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.h2codec import PREFACE, H2Codec, H2Error, settings_payload
+from proxy.h2codec import H2Codec
+from proxy.h2frames import PREFACE, H2Error, settings_payload
 from proxy.h2hpack import REQUEST, RESPONSE, check_fields
 from tests.unit.test_h2codec import REQUEST_FIELDS, Recorder, frame, goaway_code
 

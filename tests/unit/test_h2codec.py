@@ -15,7 +15,8 @@ import h2.settings
 import pytest
 from hpack.hpack import Encoder
 
-from proxy.h2codec import PREFACE, H2Codec, H2Error, decode_settings, settings_payload
+from proxy.h2codec import H2Codec
+from proxy.h2frames import PREFACE, H2Error, decode_settings, settings_payload
 from proxy.h2hpack import (
     REQUEST,
     RESPONSE,
