@@ -68,6 +68,10 @@ __all__ = ["H2Codec"]
 
 #: CONTINUATION frames one header block may take (a flood of empty ones costs CPU only).
 _MAX_CONTINUATIONS = 64
+#: Kept with a header block's flags (above the frame's eight bits) when its HEADERS said the
+#: stream depends on itself: a stream error, once the block is decoded (the dynamic table
+#: must see it either way).
+_SELF_DEPENDENT = 0x100
 
 
 class H2Codec(H2Output):
@@ -235,16 +239,11 @@ class H2Codec(H2Output):
             if len(fragment) < 5:
                 raise H2Error(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             if U32.unpack_from(fragment)[0] & 0x7FFFFFFF == sid:
-                self._decode_later(sid, flags, fragment[5:], depends_on_itself=True)
-                return
+                flags |= _SELF_DEPENDENT
             fragment = fragment[5:]
         self._decode_later(sid, flags, fragment)
 
-    def _decode_later(
-        self, sid: int, flags: int, fragment: bytes, depends_on_itself: bool = False
-    ) -> None:
-        if depends_on_itself:
-            flags |= 0x100  # remembered until the block is decoded (its table must be)
+    def _decode_later(self, sid: int, flags: int, fragment: bytes) -> None:
         if flags & END_HEADERS:
             self._block_done(sid, flags, fragment)
         else:
@@ -275,7 +274,7 @@ class H2Codec(H2Output):
         if not stream.remote_open:
             self._decode(block, IGNORED)  # keeps the table in step
             raise StreamError(STREAM_CLOSED, "HEADERS after END_STREAM")
-        if flags & 0x100:
+        if flags & _SELF_DEPENDENT:
             self._decode(block, IGNORED)
             raise StreamError(PROTOCOL_ERROR, "stream depends on itself")
         if not stream.got_head and self.client_side:
@@ -313,7 +312,7 @@ class H2Codec(H2Output):
         self.streams[sid] = stream
         try:
             fields, length = self._decode(block, REQUEST)
-            if flags & 0x100:
+            if flags & _SELF_DEPENDENT:
                 raise StreamError(PROTOCOL_ERROR, "stream depends on itself")
         except StreamError:
             del self.streams[sid]
