@@ -30,6 +30,7 @@ __all__ = [
     "HeaderError",
     "StaticEncoder",
     "check_fields",
+    "encode_integer",
 ]
 
 # What a header block is for: each has its own rules (RFC 9113 section 8.3); an IGNORED one

@@ -25,6 +25,7 @@ from proxy.h2hpack import (
     HeaderError,
     StaticEncoder,
     check_fields,
+    encode_integer,
 )
 
 REQUEST_FIELDS = [
@@ -420,3 +421,17 @@ def test_settings_payloads_round_trip() -> None:
     assert decode_settings(settings_payload(values)) == values
     with pytest.raises(ValueError):
         decode_settings(b"\x00\x03\x00")
+
+
+def test_an_hpack_bomb_is_refused_within_the_header_list_limit() -> None:
+    # One 4000-byte value added to the dynamic table, then referred to 100 times: 23 bytes
+    # on the wire the second time, 400 KB decoded.
+    decoder = BlockDecoder(65536)
+    value = b"v" * 4000
+    literal = b"\x40\x01x" + encode_integer(len(value), 7) + value  # incremental indexing
+    first = StaticEncoder().encode(REQUEST_FIELDS) + literal
+    assert decoder.decode(first, REQUEST)[0][-1] == (b"x", value)
+    bomb = StaticEncoder().encode(REQUEST_FIELDS) + b"\xbe" * 100
+    with pytest.raises(HeaderError) as err:
+        decoder.decode(bomb, REQUEST)
+    assert err.value.fatal and err.value.code == 0xB  # ENHANCE_YOUR_CALM
