@@ -79,7 +79,7 @@ class Upgrades(ConnectionIO):
 
     def _h2c_upgrade(self, ex: Exchange) -> bool:
         """Whether ``proxy.http2.accept_upgrade`` took an ``Upgrade: h2c`` (and wrote 101)."""
-        from proxy.h2conn import accept_upgrade
+        from proxy.h2upgrade import accept_upgrade
 
         upgrade = accept_upgrade(ex, self.ctx, alone=self._current is None)
         if upgrade is None:
