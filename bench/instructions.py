@@ -13,8 +13,10 @@ Targets: ``engine`` (``proxy.passthrough``'s handler), ``queue-proxy`` (CC 0),
 ``queue-proxy-cc10`` (CC 10, never full), ``queue-proxy-queued`` (CC 1, every second request
 waits in the breaker queue and is granted from the event loop) and ``queue-proxy-pair`` (the
 same two requests and loop turn at CC 2, so nothing waits: the difference to
-``queue-proxy-queued`` is what queueing costs) and ``activator`` (CC 0, one route's Host, one
-pod already healthy: routing, throttler and forwarding, no probing).
+``queue-proxy-queued`` is what queueing costs), ``activator`` (CC 0, one route's Host, one
+pod already healthy: routing, throttler and forwarding, no probing), and ``engine-h2`` and
+``queue-proxy-h2`` (CC 0): the same handlers over HTTP/2, as ``h2load -c 1 -m 1`` and
+``nghttpd`` speak it (``H2Rig``).
 
 ``--driver TARGET N`` (used under valgrind) serves N requests after a warm-up and exits;
 ``--check`` serves a few hundred requests without valgrind and fails if any answer is wrong or
@@ -29,12 +31,14 @@ import collections
 import gc
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
 
@@ -58,6 +62,9 @@ from queueproxy.handler import QueueProxyHandler, QueueProxyState
 from queueproxy.metrics import RequestMetrics
 from queueproxy.readiness import ReadinessProber
 
+if TYPE_CHECKING:
+    from proxy.http2 import H2ServerProtocol
+
 TARGETS = (
     "engine",
     "queue-proxy",
@@ -65,6 +72,8 @@ TARGETS = (
     "queue-proxy-queued",
     "queue-proxy-pair",
     "activator",
+    "engine-h2",
+    "queue-proxy-h2",
 )
 #: Requests of the two measured runs; their difference cancels start-up and warm-up.
 SMALL_N, LARGE_N = 1000, 6000
@@ -167,6 +176,236 @@ class Rig:
         self.up.clear()
 
 
+# ------------------------------------------------------------------------------ HTTP/2
+
+#: What ``h2load`` sends per request (in its order), and what ``nghttpd`` answers.
+H2_REQUEST = (
+    (b":method", b"GET"),
+    (b":scheme", b"http"),
+    (b":authority", b"127.0.0.1:8012"),
+    (b":path", b"/"),
+    (b"user-agent", b"h2load/1.52.0"),
+)
+H2_RESPONSE = (
+    (b":status", b"200"),
+    (b"server", b"nghttpd nghttp2/1.52.0"),
+    (b"date", b"Sun, 22 Nov 2026 08:30:00 GMT"),
+    (b"content-length", b"12"),
+)
+BODY = b"hello world\n"
+
+# The wire format, written here rather than taken from ``proxy.h2frames``, so that the
+# codec under test does not make its own input.
+_FRAME = struct.Struct(">IBI")  # length << 8 | type, flags, stream id (RFC 9113 section 4.1)
+_DATA, _HEADERS, _SETTINGS, _WINDOW_UPDATE = 0x0, 0x1, 0x4, 0x8
+_END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
+_WINDOW = 2**30 - 1  # h2load's default stream and connection windows (``-w 30 -W 30``)
+
+
+def _frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return _FRAME.pack(len(payload) << 8 | kind, flags, sid) + payload
+
+
+def _settings(*pairs: tuple[int, int]) -> bytes:
+    return _frame(_SETTINGS, 0, 0, b"".join(struct.pack(">HI", k, v) for k, v in pairs))
+
+
+#: The client's start: the preface, SETTINGS (no push, its stream window), the connection
+#: window opened as far, and the ACK of the server's SETTINGS (sent before this is read).
+H2_CLIENT_START = (
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    + _settings((0x2, 0), (0x4, _WINDOW))
+    + _frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", _WINDOW - 65535))
+    + _frame(_SETTINGS, _ACK, 0)
+)
+#: The upstream's start: its SETTINGS (``nghttpd``'s stream limit) and the ACK of ours.
+H2_UPSTREAM_START = _settings((0x3, 100)) + _frame(_SETTINGS, _ACK, 0)
+
+
+def _h2_feeds(first: int, count: int) -> tuple[list[bytes], list[bytes]]:
+    """What the client and the upstream send for requests ``first`` to ``first + count - 1``
+    (request k on stream 2k + 1; the proxy's upstream calls get the same ids). The first
+    header blocks add their fields to the HPACK dynamic table and the later ones refer to
+    them, as h2load's and nghttpd's do, so from the second request on each block is the same
+    bytes again (the codec's decoded-block cache is exercised, as when serving h2load)."""
+    import hpack  # only the HTTP/2 targets need it
+
+    encoder = hpack.Encoder()
+    request_first, request = encoder.encode(H2_REQUEST), encoder.encode(H2_REQUEST)
+    encoder = hpack.Encoder()
+    response_first, response = encoder.encode(H2_RESPONSE), encoder.encode(H2_RESPONSE)
+    requests: list[bytes] = []
+    responses: list[bytes] = []
+    if first == 0:
+        requests.append(_frame(_HEADERS, _END_STREAM | _END_HEADERS, 1, request_first))
+        responses.append(
+            _frame(_HEADERS, _END_HEADERS, 1, response_first) + _frame(_DATA, _END_STREAM, 1, BODY)
+        )
+        first, count = 1, count - 1
+    # The others differ only in their stream id: packed by C loops (a Struct over map), so
+    # that the driver's own work stays a small part of each measured request.
+    sids = range(2 * first + 1, 2 * (first + count), 2)
+    packer = struct.Struct(f">IBI{len(request)}s")
+    requests += map(
+        packer.pack,
+        repeat(len(request) << 8 | _HEADERS),
+        repeat(_END_STREAM | _END_HEADERS),
+        sids,
+        repeat(request),
+    )
+    packer = struct.Struct(f">IBI{len(response)}sIBI{len(BODY)}s")
+    responses += map(
+        packer.pack,
+        repeat(len(response) << 8 | _HEADERS),
+        repeat(_END_HEADERS),
+        sids,
+        repeat(response),
+        repeat(len(BODY) << 8 | _DATA),
+        repeat(_END_STREAM),
+        sids,
+        repeat(BODY),
+    )
+    return requests, responses
+
+
+class _H2Wire(_Wire):
+    """A client transport that can be handed to another protocol (``proxy.http2.serve_h2``)."""
+
+    protocol: asyncio.BaseProtocol | None = None
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol | None:
+        return self.protocol
+
+
+class H2Rig:
+    """One HTTP/2 client connection (prior knowledge, switched from ``HttpServerProtocol``
+    as a real one is) and one pooled h2c upstream connection around ``handler``.
+
+    A request takes two loop turns, as its two reads do when served: its HEADERS in (a
+    handler's task, if it takes one, runs and the request goes upstream), then the
+    upstream's HEADERS and DATA (the answer goes out); each connection writes what a turn
+    queued once. The turns are chained as callbacks and ``batch`` awaits ``BATCH`` requests
+    at once: a task waking per turn would cost the driver about 10k instructions per
+    request, a callback about half of that, most of it the loop's turn itself."""
+
+    #: Requests one ``batch`` serves, and how many requests' bytes are made at a time.
+    BATCH = 50
+    FEED = 1000
+
+    def __init__(
+        self, handler: Handler, pool: UpstreamPool, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        from proxy.h2client import H2Upstream  # as the engine: HTTP/2 only
+        from proxy.http2 import H2ServerProtocol
+
+        self.loop = loop
+        self.down: list[bytes] = []
+        self.up: list[bytes] = []
+        self.requests, self.responses = _h2_feeds(0, self.FEED)
+        self.served = 0
+        self._left = 0
+        self._done: asyncio.Future[None] | None = None
+        self._answers: _H2Answers | None = None
+        # The upstream connection as ``UpstreamPool.connect_h2`` keeps it, its peer settled.
+        self.upstream = H2Upstream(pool, _UPSTREAM, loop)
+        self.upstream.connection_made(cast(asyncio.Transport, _Wire(self.up)))
+        pool._h2.setdefault(_UPSTREAM, []).append(self.upstream)
+        self.upstream.data_received(H2_UPSTREAM_START)
+        wire = _H2Wire(self.down)
+        first = HttpServerProtocol(ServerContext(handler, ServerLimits(), loop))
+        first.connection_made(cast(asyncio.Transport, wire))
+        first.data_received(H2_CLIENT_START)
+        if not isinstance(wire.protocol, H2ServerProtocol):
+            raise RuntimeError("the client connection was not switched to HTTP/2")
+        self.client: H2ServerProtocol = wire.protocol
+
+    async def batch(self) -> None:
+        """Serve ``BATCH`` requests, one after the other."""
+        self._left = self.BATCH
+        self._done = done = self.loop.create_future()
+        self.loop.call_soon(self._request)
+        await done
+
+    def _request(self) -> None:
+        if not self._left:
+            assert self._done is not None
+            self._done.set_result(None)
+            return
+        self._left -= 1
+        n = self.served
+        if n == len(self.requests):
+            more = _h2_feeds(n, self.FEED)
+            self.requests += more[0]
+            self.responses += more[1]
+        self.client.data_received(self.requests[n])
+        self.loop.call_soon(self._response)
+
+    def _response(self) -> None:
+        n = self.served
+        self.served = n + 1
+        self.upstream.data_received(self.responses[n])
+        self.loop.call_soon(self._request)
+
+    def check_answers(self, expected: int) -> None:
+        if self._answers is None:
+            self._answers = _H2Answers()
+        self._answers.check(self.down, expected)
+        self.down.clear()
+        self.up.clear()
+
+
+class _H2Answers:
+    """What the proxy wrote to the client, read as a client would with the ``h2`` library
+    (only in checks): each stream, in order, must end with a 200 and ``BODY``."""
+
+    #: Streams open at once in the reader (below the server's SETTINGS_MAX_CONCURRENT_STREAMS).
+    AHEAD = 50
+
+    def __init__(self) -> None:
+        import h2.config  # a dev dependency, never on the measured path
+        import h2.connection
+
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.initiate_connection()
+        self.next_sid = 1
+
+    def check(self, chunks: list[bytes], expected: int) -> None:
+        import h2.events
+
+        conn = self.conn
+        first, end = self.next_sid, self.next_sid + 2 * expected
+        status: dict[int, object] = {}
+        bodies: dict[int, bytes] = {}
+        ended: set[int] = set()
+        for chunk in chunks:
+            # Open (send, unsent) the streams the answers may come on, a few ahead.
+            while self.next_sid < end and self.next_sid - first - 2 * len(ended) < 2 * self.AHEAD:
+                conn.send_headers(self.next_sid, H2_REQUEST, end_stream=True)
+                self.next_sid += 2
+            conn.data_to_send()
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status[event.stream_id or 0] = dict(event.headers or ()).get(b":status")
+                elif isinstance(event, h2.events.DataReceived):
+                    sid = event.stream_id or 0
+                    bodies[sid] = bodies.get(sid, b"") + (event.data or b"")
+                    conn.acknowledge_received_data(event.flow_controlled_length or 0, sid)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id or 0)
+                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise RuntimeError(f"the proxy ended a stream or the connection: {event}")
+        good = sum(
+            status.get(sid) == b"200" and bodies.get(sid) == BODY and sid in ended
+            for sid in range(first, end, 2)
+        )
+        if good != expected or len(ended) != expected or self.next_sid != end:
+            raise RuntimeError(f"{good} good answers of {len(ended)}, expected {expected}")
+
+
 def _queue_proxy(pool: UpstreamPool, loop: asyncio.AbstractEventLoop, cc: int) -> Handler:
     state = QueueProxyState(
         pool=pool,
@@ -208,9 +447,17 @@ def _activator(pool: UpstreamPool) -> Handler:
 Step = Callable[[], Awaitable[None]]
 
 
-def build(target: str, loop: asyncio.AbstractEventLoop) -> tuple[Rig, Step, int]:
+def build(target: str, loop: asyncio.AbstractEventLoop) -> tuple[Rig | H2Rig, Step, int]:
     """The rig for ``target``, its step, and how many requests one step serves."""
     pool = UpstreamPool()
+    if target in ("engine-h2", "queue-proxy-h2"):
+        h2_handler: Handler
+        if target == "engine-h2":
+            h2_handler = Passthrough(pool, *_UPSTREAM)
+        else:
+            h2_handler = _queue_proxy(pool, loop, 0)
+        h2_rig = H2Rig(h2_handler, pool, loop)
+        return h2_rig, h2_rig.batch, H2Rig.BATCH
     if target == "engine":
         handler: Handler = Passthrough(pool, *_UPSTREAM)
     elif target == "queue-proxy":
