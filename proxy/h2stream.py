@@ -261,6 +261,14 @@ class H2Stream:
             waiter.exception()  # read here, so that a waiter nobody awaits is not reported
         if self.flow_listener is not None:
             self.flow_listener.flow(False)
+        self.release()
+
+    def release(self) -> None:
+        """The stream is over: let go of its exchange and the exchange's owner, which point
+        back at it (the request's objects are then freed by reference counting alone, not
+        left for the cycle collector: the hot-path rule in ``proxy/http1.py``)."""
+        self.ex = None
+        self.flow_listener = None
 
 
 class H2Exchange(Exchange):

@@ -363,6 +363,7 @@ class H2ServerProtocol(asyncio.Protocol):
             return
         del self.streams[stream.sid]
         stream.closed = True
+        stream.release()
         self._idle_check()
 
     def _idle_check(self) -> None:

@@ -76,6 +76,11 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         return await self._dial(host, port, lambda: UpstreamConnection(self, (host, port), loop))
 
+    def take(self, host: str, port: int, h2: bool) -> Upstream | None:
+        """A pooled upstream for one request to ``host:port``: with ``h2`` a call on an h2c
+        connection with room for it, else an idle HTTP/1.1 connection; None: dial."""
+        return self.take_h2(host, port) if h2 else self.take_idle(host, port)
+
     def take_h2(self, host: str, port: int) -> H2Call | None:
         """A call on a live h2c connection to ``host:port`` with room for one more stream."""
         for conn in self._h2.get((host, port), ()):

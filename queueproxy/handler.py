@@ -35,8 +35,10 @@ from proxy.dataplane.drain import Drainer
 from proxy.errors import ProxyError, QueueFull
 from proxy.exchange import Exchange
 from proxy.forward import Forwarding, Rewrite
+from proxy.h2stream import VERSION as H2
 from proxy.headers import Header, connection_tokens
 from proxy.pool import UpstreamPool
+from proxy.upstream import Upstream
 from queueproxy.forwarded import forwarded_value
 from queueproxy.readiness import ReadinessProber
 
@@ -286,9 +288,12 @@ class QueueProxyHandler:
                 ticket = breaker.take(self._on_grant, req, self._on_leave)
             except QueueFull:
                 return False  # the task path answers 503 and counts it
-        conn = None
+        conn: Upstream | None = None
         if ticket is None:
-            conn = pool.take_idle(s.user_host, s.user_port)
+            if ex.version is H2:
+                conn = pool.take_h2(s.user_host, s.user_port)
+            else:
+                conn = pool.take_idle(s.user_host, s.user_port)
             if conn is None:
                 if breaker is not None:
                     breaker.release()
@@ -311,7 +316,7 @@ class QueueProxyHandler:
         req.app_started = self._loop.time()
         assert s.breaker is not None
         self._entered_app(req, s.breaker)
-        req.start(s.pool.take_idle(s.user_host, s.user_port))  # none: it dials
+        req.start(s.pool.take(s.user_host, s.user_port, ex.version is H2))  # none: it dials
 
     def _leave_queue(self, req: _Request) -> None:
         """A queued request's client left or its timeout answered (its ticket has given

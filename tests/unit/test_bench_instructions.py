@@ -6,11 +6,6 @@ import pytest
 
 from bench import instructions
 
-#: Targets whose requests are known to be left in reference cycles by the engine: an
-#: HTTP/2 stream and its exchange refer to each other after the stream is over
-#: (``proxy.http2.H2ServerProtocol.stream_over`` keeps ``stream.ex``).
-KNOWN_CYCLES = {"engine-h2", "queue-proxy-h2"}
-
 
 @pytest.mark.parametrize("target", instructions.TARGETS)
 async def test_driver_answers_every_request_and_leaves_no_cycles(target: str) -> None:
@@ -18,8 +13,6 @@ async def test_driver_answers_every_request_and_leaves_no_cycles(target: str) ->
     # its own stream, read back with the h2 library), and lists the request objects left
     # in reference cycles (each would wait for the cyclic collector).
     left = await instructions.check(target, requests=200)
-    if left and target in KNOWN_CYCLES:
-        pytest.xfail(f"the engine leaves HTTP/2 requests in cycles: {left[0]}")
     assert left == []
 
 
