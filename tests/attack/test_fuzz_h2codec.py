@@ -38,6 +38,14 @@ from tests.unit.test_h2codec import REQUEST_FIELDS, Recorder, frame, goaway_code
 
 _ON_DEMAND = os.environ.get("SLUICE_FUZZ_EXAMPLES")
 EXAMPLES = int(_ON_DEMAND or "200")
+#: Bounded and repeatable in the default suite, random on demand.
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=_ON_DEMAND is None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 _REQUESTS = [
     REQUEST_FIELDS,
@@ -74,17 +82,31 @@ garbage = st.builds(
 )
 odd = st.sampled_from([1, 1, 3, 5])
 blocks = st.sampled_from(_REQUESTS).map(lambda fields: Encoder().encode(fields))
-# Mostly frames a real client sends, so that requests get through and the streams' states
-# are exercised; the garbage among them finds the errors.
-frames = st.one_of(
-    st.builds(frame, st.just(1), st.sampled_from([0x4, 0x5, 0x24, 0x0]), odd, blocks),
-    st.builds(frame, st.just(9), st.sampled_from([0x4, 0x0]), odd, blocks),
-    st.builds(frame, st.just(0), st.sampled_from([0, 0x1]), odd, st.binary(max_size=8)),
-    st.builds(frame, st.just(8), st.just(0), st.sampled_from([0, 1, 3]), st.just(b"\0\0\1\0")),
-    st.builds(frame, st.just(3), st.just(0), odd, st.just(b"\0\0\0\x08")),
-    st.builds(frame, st.just(6), st.just(0), st.just(0), st.just(b"12345678")),
-    garbage,
-)
+
+
+def peer_frames(
+    sids: st.SearchStrategy[int],
+    blocks: st.SearchStrategy[bytes],
+    head_flags: list[int],
+    extra: bytes,
+) -> st.SearchStrategy[bytes]:
+    """Mostly frames a real peer sends on ``sids`` (HEADERS and CONTINUATION of ``blocks``,
+    DATA, WINDOW_UPDATE, RST_STREAM, ``extra``), so that heads get through and the streams'
+    states are exercised; the garbage among them finds the errors."""
+    return st.one_of(
+        st.builds(frame, st.just(1), st.sampled_from(head_flags), sids, blocks),
+        st.builds(frame, st.just(9), st.sampled_from([0x4, 0x0]), sids, blocks),
+        st.builds(frame, st.just(0), st.sampled_from([0, 0x1]), sids, st.binary(max_size=8)),
+        st.builds(frame, st.just(8), st.just(0), st.sampled_from([0, 1, 3]), st.just(b"\0\0\1\0")),
+        st.builds(
+            frame, st.just(3), st.just(0), sids, st.sampled_from([b"\0\0\0\x08", b"\0\0\0\x07"])
+        ),
+        st.just(extra),
+        garbage,
+    )
+
+
+frames = peer_frames(odd, blocks, [0x4, 0x5, 0x24, 0x0], frame(6, 0, 0, b"12345678"))
 #: A client's connection: its preface and SETTINGS, a first request, then the drawn frames.
 connections = st.lists(frames, min_size=1, max_size=10).map(
     lambda fs: (
@@ -163,13 +185,7 @@ def _frames_of(data: bytes) -> list[bytes]:
     return pieces
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize=_ON_DEMAND is None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@FUZZ
 @given(data=connections, cuts=st.lists(st.integers(1, 400), max_size=4))
 def test_the_codec_never_reads_a_request_h2_does_not(data: bytes, cuts: list[int]) -> None:
     points = sorted({c for c in cuts if c < len(data)})
@@ -198,14 +214,8 @@ _RESPONSES = [
 ]
 response_blocks = st.sampled_from(_RESPONSES).map(lambda fields: Encoder().encode(fields))
 ours_sids = st.sampled_from([1, 1, 3, 2, 5])
-server_frames = st.one_of(
-    st.builds(frame, st.just(1), st.sampled_from([0x4, 0x5, 0x0]), ours_sids, response_blocks),
-    st.builds(frame, st.just(9), st.sampled_from([0x4, 0x0]), ours_sids, response_blocks),
-    st.builds(frame, st.just(0), st.sampled_from([0, 0x1]), ours_sids, st.binary(max_size=8)),
-    st.builds(frame, st.just(8), st.just(0), st.sampled_from([0, 1, 3]), st.just(b"\0\0\1\0")),
-    st.builds(frame, st.just(3), st.just(0), ours_sids, st.just(b"\0\0\0\x07")),
-    st.builds(frame, st.just(7), st.just(0), st.just(0), st.just(b"\0\0\0\1\0\0\0\0")),
-    garbage,
+server_frames = peer_frames(
+    ours_sids, response_blocks, [0x4, 0x5, 0x0], frame(7, 0, 0, b"\0\0\0\1\0\0\0\0")
 )
 #: What a server sends: its SETTINGS, stream 1's answer (half the time), the drawn frames.
 answers = st.builds(
@@ -215,13 +225,7 @@ answers = st.builds(
 )
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize=_ON_DEMAND is None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@FUZZ
 @given(data=answers)
 def test_the_client_codec_never_reads_a_response_h2_does_not(data: bytes) -> None:
     rec = Recorder()
