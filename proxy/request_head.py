@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from proxy.exchange import Exchange
 from proxy.headers import HOP_BY_HOP, Header, HeaderList, connection_tokens
+from proxy.headrules import split_absolute
 
 __all__ = ["NO_REWRITE", "Rewrite", "build_request_head", "h2_request_fields"]
 
@@ -58,33 +59,15 @@ def _skip_sets(
 NO_REWRITE = Rewrite()
 
 
-_ABSOLUTE = (b"http://", b"https:/")
-
-
-def _origin_form(target: bytes) -> tuple[bytes, bytes]:
-    """An absolute-form target as (origin-form target, authority), as Go's server reads it.
-
-    RFC 9112 section 3.2.2: the target's authority replaces the Host header, and the app
-    gets the origin form (``http://a.example/p?q`` becomes ``/p?q`` with Host ``a.example``).
-    """
-    rest = target.split(b"//", 1)[1]
-    end = len(rest)
-    for sep in (b"/", b"?"):
-        at = rest.find(sep)
-        if 0 <= at < end:
-            end = at
-    authority, path = rest[:end], rest[end:]
-    return (path if path[:1] == b"/" else b"/" + path), authority
-
-
 def build_request_head(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> bytes:
     """The upstream request head for ``ex`` (HTTP/1.1)."""
     headers = ex.headers
     names = ex.names
     host = rewrite.host
     target = ex.target
-    if target[:1] != b"/" and target[:7].lower() in _ABSOLUTE:
-        target, authority = _origin_form(target)
+    if target[:1] != b"/" and (split := split_absolute(target)) is not None:
+        # Absolute form (RFC 9112 3.2.2): its authority is the Host, as Go's server reads it.
+        target, authority = split
         if host is None:
             host = authority
     xff: list[bytes] = []
@@ -138,8 +121,9 @@ def h2_request_fields(ex: Exchange, rewrite: Rewrite, default_host: bytes) -> He
     trailers`` kept (gRPC servers require it; it is the only TE HTTP/2 allows)."""
     host = rewrite.host
     target = ex.target
-    if target[:1] != b"/" and target[:7].lower() in _ABSOLUTE:
-        target, authority = _origin_form(target)
+    if target[:1] != b"/" and (split := split_absolute(target)) is not None:
+        # Absolute form (RFC 9112 3.2.2): its authority is the Host, as Go's server reads it.
+        target, authority = split
         if host is None:
             host = authority
     skip = rewrite.skip
