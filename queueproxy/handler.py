@@ -290,10 +290,7 @@ class QueueProxyHandler:
                 return False  # the task path answers 503 and counts it
         conn: Upstream | None = None
         if ticket is None:
-            if ex.version is H2:
-                conn = pool.take_h2(s.user_host, s.user_port)
-            else:
-                conn = pool.take_idle(s.user_host, s.user_port)
+            conn = pool.take(s.user_host, s.user_port, ex.version is H2)
             if conn is None:
                 if breaker is not None:
                     breaker.release()
